@@ -1,0 +1,26 @@
+import secrets
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "First run only: create an `admin` superuser with a random password and say how to sign in."
+
+    def handle(self, *args, **options):
+        User = get_user_model()
+        if User.objects.exists():
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "", password)
+        path = settings.DATA_DIR / "initial-admin-password"
+        path.write_text(password + "\n")
+        path.chmod(0o600)
+        self.stdout.write(
+            self.style.SUCCESS(
+                "\nCreated the first account. Sign in at http://127.0.0.1:8000/ with\n"
+                f"    username: admin\n    password: {password}\n"
+                f"(also saved in {path}; change it under Account once signed in)\n"
+            )
+        )

@@ -1,0 +1,112 @@
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+
+class ConversationQuerySet(models.QuerySet):
+    def for_user(self, user):
+        """Conversations the given user owns; every page and socket goes through this."""
+        if not user.is_authenticated:
+            return self.none()
+        return self.filter(user=user)
+
+
+class Conversation(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
+    )
+    title = models.CharField(max_length=200, blank=True)
+    model = models.CharField(max_length=200, blank=True, help_text="Blank: the site's default model.")
+    system_prompt = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class MessageQuerySet(models.QuerySet):
+    def current(self):
+        """The conversation as it stands: earlier versions of regenerated replies left out."""
+        return self.filter(superseded=False)
+
+    def stale_streams(self):
+        """Replies still marked streaming whose worker stopped renewing the lease."""
+        return self.filter(status=Message.Status.STREAMING, lease_until__lt=timezone.now())
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+        SYSTEM = "system"
+
+    class Status(models.TextChoices):
+        STREAMING = "streaming"
+        FINISHED = "finished"
+        CANCELLED = "cancelled"
+        FAILED = "failed"
+        INTERRUPTED = "interrupted"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    content = models.TextField(blank=True)
+    # Tokens of this message's content alone (tiktoken). Null: the vocabulary could
+    # not be loaded, so the count is unknown rather than wrong.
+    token_count = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    # Assistant replies only.
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)
+    reply_to = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies",
+        help_text="The user message this reply answers; several replies are versions.",
+    )
+    superseded = models.BooleanField(default=False, help_text="An earlier version of a regenerated reply.")
+    model = models.CharField(max_length=200, blank=True)
+    finish_reason = models.CharField(max_length=32, blank=True)
+    prompt_tokens = models.PositiveIntegerField(null=True, blank=True)
+    completion_tokens = models.PositiveIntegerField(null=True, blank=True)
+    usage = models.JSONField(null=True, blank=True, help_text="Usage as the upstream reported it.")
+    reasoning = models.TextField(blank=True)
+    refusal = models.TextField(blank=True)
+    error_code = models.CharField(max_length=64, blank=True)
+    error_detail = models.TextField(blank=True)
+    ttft_ms = models.FloatField(null=True, blank=True, verbose_name="time to first token (ms)")
+    duration_ms = models.FloatField(null=True, blank=True)
+    seq = models.PositiveIntegerField(default=0, help_text="Last delta persisted while streaming.")
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            # One reply at a time per conversation, across every worker process.
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(status="streaming"),
+                name="one_streaming_reply_per_conversation",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["conversation", "id"], name="message_history"),
+            models.Index(fields=["status", "lease_until"], name="message_lease"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:60]}"
+
+    @property
+    def upstream_prompt_tokens(self) -> int | None:
+        return (self.usage or {}).get("prompt_tokens")
+
+    @property
+    def upstream_completion_tokens(self) -> int | None:
+        return (self.usage or {}).get("completion_tokens")

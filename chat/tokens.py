@@ -1,0 +1,108 @@
+"""Token counting with tiktoken, matching what OpenAI bills for chat requests.
+
+Prompt tokens follow the OpenAI cookbook's chat format: every message costs 3
+tokens of framing plus its role and content (+1 with a `name`), and 3 more prime
+the reply. Each message's content count is stored on the message, so a prompt's
+count is a sum rather than a re-tokenisation of the whole history.
+
+Vocabularies load from the local tiktoken cache only (TIKTOKEN_CACHE_DIR). When
+one is missing, counts are None ("unavailable"), never a guess and never a
+download in the middle of a chat: `manage.py fetch_vocabularies` fetches them.
+"""
+
+import hashlib
+import logging
+import os
+import tempfile
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+VOCABULARY_URL = "https://openaipublic.blob.core.windows.net/encodings/{name}.tiktoken"
+_load_lock = threading.Lock()
+
+
+def cache_dir() -> Path:
+    """Where tiktoken looks for vocabularies (its own rules, in its own order)."""
+    configured = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
+    return Path(configured) if configured else Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def vocabulary_path(name: str) -> Path:
+    url = VOCABULARY_URL.format(name=name)
+    return cache_dir() / hashlib.sha1(url.encode()).hexdigest()
+
+
+def encoding_name(model: str) -> str:
+    """tiktoken's encoding for a model; CHAT_TOKEN_ENCODING for models it does not know."""
+    from tiktoken.model import encoding_name_for_model
+
+    try:
+        return encoding_name_for_model(model)
+    except KeyError:
+        return settings.CHAT_TOKEN_ENCODING
+
+
+@lru_cache(maxsize=8)
+def _load(name: str, allow_download: bool):
+    import tiktoken
+
+    if not allow_download and not vocabulary_path(name).exists():
+        log.warning(
+            "Token counts are unavailable: the %s vocabulary is not in %s. "
+            "Run `python manage.py fetch_vocabularies` once with network access.",
+            name, cache_dir(),
+        )
+        return None
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception:
+        log.exception("Token counts are unavailable: the %s vocabulary could not be loaded", name)
+        return None
+
+
+def get_encoding(name: str, allow_download: bool = False):
+    """The tiktoken Encoding, or None when its vocabulary cannot be loaded."""
+    with _load_lock:  # two threads loading the same 3 MB vocabulary at once is wasted work
+        return _load(name, allow_download)
+
+
+def count_tokens(text: str, model: str) -> int | None:
+    encoding = get_encoding(encoding_name(model))
+    if encoding is None:
+        return None
+    return len(encoding.encode(text, disallowed_special=()))
+
+
+def message_overhead(role: str, model: str, name: str = "") -> int | None:
+    """Tokens a message costs beyond its content: framing, role, and name if any."""
+    encoding = get_encoding(encoding_name(model))
+    if encoding is None:
+        return None
+    overhead = TOKENS_PER_MESSAGE + len(encoding.encode(role))
+    if name:
+        overhead += TOKENS_PER_NAME + len(encoding.encode(name))
+    return overhead
+
+
+def count_prompt_tokens(messages: list[tuple[str, int | None]], model: str) -> int | None:
+    """Prompt tokens for (role, content token count) pairs, as the provider bills them."""
+    total = REPLY_PRIMING
+    for role, content_tokens in messages:
+        overhead = message_overhead(role, model)
+        if overhead is None or content_tokens is None:
+            return None
+        total += overhead + content_tokens
+    return total
+
+
+def warm_up(model: str) -> None:
+    """Load the model's vocabulary ahead of the first message (it takes about a second)."""
+    get_encoding(encoding_name(model))

@@ -1,0 +1,403 @@
+"""The OpenAI-compatible streaming client: the only code in the app that talks to a model.
+
+One shared httpx.AsyncClient per process and event loop, explicit timeouts (the
+read timeout is the idle timeout: it applies between bytes, so keep-alive
+comments keep a queued request alive while a silent stream ends), retries only
+before any text exists, and every failure mapped to UpstreamError.
+"""
+
+import asyncio
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from django.conf import settings
+
+from chat.upstream.chunks import parse_chunk
+from chat.upstream.errors import UpstreamError, redact
+from chat.upstream.sse import SSEDecoder
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Provider:
+    base_url: str
+    api_key: str = field(default="", repr=False)
+    headers: tuple[tuple[str, str], ...] = ()
+    demo: bool = False
+
+    @classmethod
+    def from_settings(cls) -> "Provider":
+        if settings.CHAT_DEMO:
+            return cls(base_url="http://demo.invalid/v1", demo=True)
+        return cls(base_url=settings.OPENAI_BASE_URL.rstrip("/"), api_key=settings.OPENAI_API_KEY)
+
+
+@dataclass(slots=True)
+class Piece:
+    """What one network read added to the reply."""
+
+    content: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.content or self.reasoning or self.refusal)
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempt: int
+    delay: float
+    reason: str
+
+
+# Base URLs that answered 400 to stream_options; asked without it from then on.
+_rejects_usage_option: set[str] = set()
+_clients: dict[tuple[int, bool], httpx.AsyncClient] = {}
+
+
+def get_client(demo: bool = False) -> httpx.AsyncClient:
+    """The process's shared client for the running event loop (connections belong to a loop)."""
+    loop = asyncio.get_running_loop()
+    key = (id(loop), demo)
+    client = _clients.get(key)
+    if client is None or client.is_closed:
+        timeout = httpx.Timeout(
+            connect=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
+            read=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
+            write=30.0,
+            pool=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
+        )
+        limits = httpx.Limits(
+            max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
+            max_keepalive_connections=min(100, settings.CHAT_UPSTREAM_MAX_CONNECTIONS),
+        )
+        transport = None
+        if demo:
+            from chat.upstream.demo import DemoTransport
+
+            transport = DemoTransport()
+        client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
+        if any(k[0] != key[0] for k in _clients):
+            _clients.clear()  # a previous loop ended (tests); its connections are unusable
+        _clients[key] = client
+    return client
+
+
+class ChatStream:
+    """One streamed chat completion.
+
+    Iterate it for `Piece`s (one per network read that carried text); afterwards
+    `finish_reason` and `usage` hold what the provider said. Any failure, including
+    a stream that ends with no finish reason and no [DONE], raises UpstreamError;
+    pieces already yielded stay valid (the caller keeps the partial reply).
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        model: str,
+        messages: list[dict],
+        *,
+        include_usage: bool = True,
+        on_retry: Callable[[Retry], object] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.model = model
+        self.messages = messages
+        self.include_usage = include_usage
+        self.on_retry = on_retry
+        self.finish_reason = ""
+        self.usage: dict | None = None
+        self.response_model = ""
+        self.done = False
+
+    # -- request ---------------------------------------------------------------
+    def _body(self) -> dict:
+        body = {"model": self.model, "messages": self.messages, "stream": True}
+        if self.include_usage and self.provider.base_url not in _rejects_usage_option:
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    def _headers(self) -> dict:
+        headers = {"accept": "text/event-stream", **dict(self.provider.headers)}
+        if self.provider.api_key:
+            headers["authorization"] = f"Bearer {self.provider.api_key}"
+        return headers
+
+    async def _open(self) -> httpx.Response:
+        """Send the request; retry transient failures, which is safe as nothing was shown yet."""
+        client = get_client(self.provider.demo)
+        url = f"{self.provider.base_url}/chat/completions"
+        attempt = 0
+        while True:
+            try:
+                request = client.build_request("POST", url, json=self._body(), headers=self._headers())
+                response = await client.send(request, stream=True)
+                if response.status_code < 400:
+                    return response
+                error = await self._http_error(response)
+            except httpx.TimeoutException:
+                error = UpstreamError(
+                    "upstream_timeout",
+                    "The model provider did not answer in time.",
+                    retryable=True,
+                )
+            except httpx.TransportError as exc:
+                error = UpstreamError(
+                    "upstream_connect",
+                    f"Could not reach the model provider at {httpx.URL(url).host} ({_reason(exc)}).",
+                    retryable=True,
+                )
+            if error.code == "upstream_usage_option_rejected":
+                _rejects_usage_option.add(self.provider.base_url)
+                continue
+            delay = self._retry_delay(error, attempt)
+            if delay is None:
+                raise error
+            attempt += 1
+            if self.on_retry is not None:
+                await _maybe_await(self.on_retry(Retry(attempt, delay, error.detail)))
+            await asyncio.sleep(delay)
+
+    def _retry_delay(self, error: UpstreamError, attempt: int) -> float | None:
+        if not error.retryable or attempt >= settings.CHAT_UPSTREAM_RETRIES:
+            return None
+        if error.retry_after is not None:
+            if error.retry_after > settings.CHAT_UPSTREAM_MAX_RETRY_WAIT:
+                return None
+            return error.retry_after
+        backoff = min(0.5 * 2**attempt, settings.CHAT_UPSTREAM_MAX_RETRY_WAIT)
+        return backoff * (0.75 + random.random() / 2)
+
+    async def _http_error(self, response: httpx.Response) -> UpstreamError:
+        body = b""
+        try:
+            async for part in response.aiter_bytes():
+                body += part
+                if len(body) > MAX_ERROR_BODY:
+                    break
+        except httpx.HTTPError:
+            pass
+        finally:
+            await response.aclose()
+        status = response.status_code
+        message, provider_code = _error_message(body, response.headers.get("content-type", ""))
+        if status in (400, 422) and "stream_options" in message and self.provider.base_url not in _rejects_usage_option:
+            return UpstreamError("upstream_usage_option_rejected", message, status=status)
+        message = redact(message, self.provider.api_key)
+        code, what = _STATUS_WORDS.get(status, ("upstream_http_error", "The model provider returned an error"))
+        if status >= 500 and status not in _STATUS_WORDS:
+            code, what = "upstream_unavailable", "The model provider had a server error"
+        detail = f"{what} (HTTP {status})" + (f": {message}" if message else ".")
+        return UpstreamError(
+            code,
+            detail,
+            status=status,
+            retry_after=_retry_after(response.headers),
+            retryable=status in RETRYABLE_STATUS,
+            provider_code=provider_code,
+        )
+
+    # -- response --------------------------------------------------------------
+    async def __aiter__(self) -> AsyncIterator[Piece]:
+        response = await self._open()
+        try:
+            if "json" in response.headers.get("content-type", "") and "event-stream" not in response.headers.get(
+                "content-type", ""
+            ):
+                piece = await self._whole_reply(response)
+                if piece:
+                    yield piece
+                return
+            decoder = SSEDecoder()
+            try:
+                async for data in response.aiter_bytes():
+                    piece = self._read(decoder.feed(data))
+                    if piece:
+                        yield piece
+                    if self.done:
+                        return
+                piece = self._read(decoder.close())
+                if piece:
+                    yield piece
+            except httpx.ReadTimeout:
+                raise UpstreamError(
+                    "upstream_timeout",
+                    f"The model provider went silent for {settings.CHAT_UPSTREAM_IDLE_TIMEOUT:g} seconds; "
+                    "the reply so far was kept.",
+                ) from None
+            except httpx.TransportError:
+                raise UpstreamError(
+                    "upstream_interrupted",
+                    "The connection to the model provider was cut before the reply finished; "
+                    "the reply so far was kept.",
+                ) from None
+            if not self.done and not self.finish_reason:
+                raise UpstreamError(
+                    "upstream_interrupted",
+                    "The model provider ended the stream before the reply finished; the reply so far was kept.",
+                )
+        finally:
+            await response.aclose()
+
+    def _read(self, events) -> Piece:
+        piece = Piece()
+        error = None
+        for event in events:
+            if event.data.strip() == "[DONE]":
+                self.done = True
+                break
+            try:
+                obj = json.loads(event.data)
+            except ValueError:
+                if event.event == "error":
+                    obj = {"error": {"message": event.data}}
+                else:
+                    log.warning("Ignored a stream event that is not JSON (%d bytes)", len(event.data))
+                    continue
+            if event.event == "error" and isinstance(obj, dict) and "error" not in obj:
+                obj = {"error": obj}
+            chunk = parse_chunk(obj)
+            piece.content += chunk.content
+            piece.reasoning += chunk.reasoning
+            piece.refusal += chunk.refusal
+            if chunk.usage is not None:
+                self.usage = chunk.usage
+            if isinstance(obj, dict) and isinstance(obj.get("model"), str):
+                self.response_model = obj["model"]
+            if chunk.error is not None:
+                error = chunk.error
+                break
+            if chunk.finish_reason:
+                self.finish_reason = chunk.finish_reason
+        if error is not None:
+            code = f" (code {error['code']})" if error.get("code") else ""
+            raise _MidStreamError(
+                piece,
+                UpstreamError(
+                    "upstream_error",
+                    redact(f"The model provider reported an error mid-reply{code}: {error['message']}",
+                           self.provider.api_key),
+                    provider_code=error.get("code"),
+                ),
+            )
+        return piece
+
+    async def _whole_reply(self, response: httpx.Response) -> Piece:
+        """Servers that ignore `stream: true` answer one JSON body; read it whole."""
+        body = await response.aread()
+        try:
+            obj = json.loads(body)
+            message = obj["choices"][0].get("message") or {}
+            self.finish_reason = obj["choices"][0].get("finish_reason") or "stop"
+            self.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
+            self.done = True
+            return Piece(
+                content=message.get("content") or obj["choices"][0].get("text") or "",
+                reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
+                refusal=message.get("refusal") or "",
+            )
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise UpstreamError(
+                "upstream_bad_response", "The model provider sent a reply this app cannot read."
+            ) from None
+
+
+class _MidStreamError(Exception):
+    """Carries the text that arrived in the same read as an error object."""
+
+    def __init__(self, piece: Piece, error: UpstreamError) -> None:
+        self.piece, self.error = piece, error
+
+
+async def stream_chat(
+    provider: Provider,
+    model: str,
+    messages: list[dict],
+    *,
+    on_retry: Callable[[Retry], object] | None = None,
+) -> AsyncIterator[tuple[Piece, ChatStream]]:
+    """Yield (piece, stream) per network read with text; raises UpstreamError on failure."""
+    stream = ChatStream(provider, model, messages, on_retry=on_retry)
+    try:
+        async for piece in stream:
+            yield piece, stream
+    except _MidStreamError as exc:
+        if exc.piece:
+            yield exc.piece, stream
+        raise exc.error from None
+
+
+_STATUS_WORDS = {
+    400: ("upstream_bad_request", "The model provider rejected the request"),
+    401: ("upstream_auth", "The model provider rejected the API key"),
+    403: ("upstream_auth", "The model provider refused access"),
+    404: ("upstream_not_found", "The model or endpoint was not found at the provider"),
+    408: ("upstream_timeout", "The model provider timed out"),
+    413: ("upstream_bad_request", "The conversation is too long for the model provider"),
+    429: ("upstream_rate_limited", "The model provider is rate limiting requests"),
+    500: ("upstream_unavailable", "The model provider had a server error"),
+    502: ("upstream_unavailable", "The model provider's gateway failed"),
+    503: ("upstream_unavailable", "The model provider is unavailable"),
+    504: ("upstream_unavailable", "The model provider's gateway timed out"),
+}
+_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.I | re.S)
+
+
+def _error_message(body: bytes, content_type: str) -> tuple[str, str | None]:
+    """The provider's own words from an error body: JSON of any common shape, or HTML."""
+    try:
+        obj = json.loads(body)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        error = obj.get("error", obj)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("error") or ""
+            code = error.get("code") if error.get("code") is not None else error.get("type")
+            return str(message)[:500], None if code is None else str(code)
+        return str(error)[:500], None
+    title = _TITLE.search(body)
+    if title:
+        return " ".join(title.group(1).decode("utf-8", "replace").split())[:200], None
+    if b"<" in body[:200] or "html" in content_type:
+        return "an HTML error page", None
+    return " ".join(body[:300].decode("utf-8", "replace").split()), None
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """`retry-after-ms` (OpenAI) wins over `retry-after` (seconds; dates are not honoured)."""
+    for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) * scale)
+            except ValueError:
+                continue
+    return None
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host not found"
+    return type(exc).__name__
+
+
+async def _maybe_await(value) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+def monotonic_ms() -> float:
+    return time.monotonic() * 1000
