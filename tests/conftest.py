@@ -1,0 +1,28 @@
+# --- loopback upstream server (tests/upstream_server.py) ----------------------------------------
+# Import helpers in tests with: from tests.upstream_server import Reply, chat_chunks, sse
+import pytest
+
+from tests.upstream_server import UpstreamServer
+
+TEST_API_KEY = "sk-test-SECRET-key-123456"
+
+
+@pytest.fixture
+def upstream():
+    """A running OpenAI-compatible server on 127.0.0.1; queue replies with `upstream.queue(...)`."""
+    server = UpstreamServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def provider(upstream):
+    """A chat.upstream.Provider pointed at the `upstream` server, with TEST_API_KEY."""
+    from chat.upstream import Provider
+
+    return Provider(base_url=upstream.base_url, api_key=TEST_API_KEY)
+
+
+# --- end of loopback upstream server block -------------------------------------------------------
