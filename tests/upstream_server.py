@@ -19,15 +19,9 @@ import collections
 import json
 import threading
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 __all__ = ["Reply", "UpstreamServer", "chat_chunks", "sse"]
-
-_REASONS = {
-    200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    408: "Request Timeout", 413: "Payload Too Large", 422: "Unprocessable Entity",
-    429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
-    503: "Service Unavailable", 504: "Gateway Timeout",
-}
 
 
 @dataclass
@@ -117,7 +111,9 @@ class UpstreamServer:
         with self._lock:
             if self._replies:
                 return self._replies.popleft()
-        return self.default if self.default is not None else _error_reply("no reply was queued for this request")
+        if self.default is not None:
+            return self.default
+        return _error_reply("no reply was queued for this request")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -163,7 +159,11 @@ class UpstreamServer:
         chunked = "content-length" not in headers
         if chunked:
             headers["transfer-encoding"] = "chunked"
-        head = f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Status')}\r\n"
+        try:
+            reason = HTTPStatus(reply.status).phrase
+        except ValueError:
+            reason = "Status"
+        head = f"HTTP/1.1 {reply.status} {reason}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
         writer.write(head.encode("latin-1"))
         await writer.drain()
@@ -171,7 +171,8 @@ class UpstreamServer:
             if isinstance(piece, str):
                 piece = piece.encode()
             if index and reply.wait_for is not None:
-                while not reply.wait_for.is_set():
+                # A threading.Event cannot be awaited; polling keeps close() able to cancel.
+                while not reply.wait_for.is_set():  # noqa: ASYNC110
                     await asyncio.sleep(0.005)
             if reply.delay:
                 await asyncio.sleep(reply.delay)
@@ -193,8 +194,7 @@ class UpstreamServer:
 def sse(*chunks: dict | str, done: bool = True) -> list[bytes]:
     """One SSE event per dict (`data: <json>` and a blank line); a str is written as is."""
     out = [
-        (chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n").encode()
-        for chunk in chunks
+        (chunk if isinstance(chunk, str) else f"data: {json.dumps(chunk)}\n\n").encode() for chunk in chunks
     ]
     if done:
         out.append(b"data: [DONE]\n\n")
