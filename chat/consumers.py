@@ -1,5 +1,99 @@
+"""The chat websocket: authorise, read frames, hand them to chat.generation. Nothing else.
+
+See docs/protocol.md for the frames.
+"""
+
+import asyncio
+import json
+
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import generation
+from chat.models import Conversation
+from chat.protocol import BadFrame, FrameLimiter, parse
+
+DENIED = 4403
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    pass
+    conversation = None
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        conversation_id = self.scope["url_route"]["kwargs"]["conversation_id"]
+        if user is None or not user.is_authenticated:
+            await self.close(DENIED)
+            return
+        self.conversation = await Conversation.objects.for_user(user).filter(pk=conversation_id).afirst()
+        if self.conversation is None:  # unknown and not-yours look the same from outside
+            await self.close(DENIED)
+            return
+        self.send_lock = asyncio.Lock()
+        self.limiter = FrameLimiter()
+        self.remote_watchdog: asyncio.Task | None = None
+        await self.accept()
+        await generation.watch(self, self.conversation.id)
+
+    async def disconnect(self, code) -> None:
+        if self.conversation is None:
+            return
+        if self.remote_watchdog is not None:
+            self.remote_watchdog.cancel()
+        await generation.unwatch(self, self.conversation.id)
+
+    async def receive(self, text_data=None, bytes_data=None) -> None:
+        if not self.limiter.allow():
+            if not self.limiter.warned:  # one notice per burst, not one per dropped frame
+                self.limiter.warned = True
+                await self.send_error("rate_limited", "Too many frames; slow down. This one was ignored.")
+            return
+        try:
+            command = parse(text_data, bytes_data)
+        except BadFrame as exc:
+            await self.send_error(exc.code, exc.detail)
+            return
+        if command.type == "send":
+            await generation.send(self, self.conversation, command.content)
+        elif command.type == "regenerate":
+            await generation.regenerate(self, self.conversation)
+        elif command.type == "stop":
+            await generation.stop(self, self.conversation.id)
+        else:
+            await self.send_frame('{"type":"pong"}')
+
+    # -- sending -----------------------------------------------------------------------
+    async def send_frame(self, text: str) -> None:
+        """Frames go out one at a time, so a resume is never overtaken by a delta."""
+        async with self.send_lock:
+            await self.send(text_data=text)
+
+    async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
+        await self.send_frame(
+            json.dumps({"type": "error", "code": code, "detail": detail, "message_id": message_id})
+        )
+
+    # -- replies streaming in another worker process (Redis channel layer) -------------
+    async def chat_started(self, event) -> None:
+        await generation.on_started(self, event, self.conversation.id)
+
+    async def chat_frame(self, event) -> None:
+        await self.send_frame(event["frame"])
+        if event.get("final") and self.remote_watchdog is not None:
+            self.remote_watchdog.cancel()
+            self.remote_watchdog = None
+
+    def watch_remote_reply(self, reply_id: int) -> None:
+        if self.remote_watchdog is not None:
+            self.remote_watchdog.cancel()
+        self.remote_watchdog = asyncio.create_task(self._settle_remote(reply_id))
+
+    async def _settle_remote(self, reply_id: int) -> None:
+        """If the process streaming the reply dies or the reply ends unseen, show its final state."""
+        while True:
+            await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL * 2)
+            finals = await generation.settle_remote(self.conversation.id, reply_id)
+            if finals is not None:
+                for text in finals:
+                    await self.send_frame(text)
+                return

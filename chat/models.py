@@ -13,9 +13,7 @@ class ConversationQuerySet(models.QuerySet):
 
 
 class Conversation(models.Model):
-    user = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations"
-    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, blank=True)
     model = models.CharField(max_length=200, blank=True, help_text="Blank: the site's default model.")
     system_prompt = models.TextField(blank=True)
@@ -65,7 +63,11 @@ class Message(models.Model):
     # Assistant replies only.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)
     reply_to = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="replies",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="replies",
         help_text="The user message this reply answers; several replies are versions.",
     )
     superseded = models.BooleanField(default=False, help_text="An earlier version of a regenerated reply.")

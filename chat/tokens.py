@@ -58,7 +58,8 @@ def _load(name: str, allow_download: bool):
         log.warning(
             "Token counts are unavailable: the %s vocabulary is not in %s. "
             "Run `python manage.py fetch_vocabularies` once with network access.",
-            name, cache_dir(),
+            name,
+            cache_dir(),
         )
         return None
     try:

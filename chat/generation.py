@@ -1,0 +1,468 @@
+"""Running replies: one asyncio task per reply, owned by the process, not by a socket.
+
+A socket only watches a conversation. Closing every tab leaves the reply
+running to the end; `stop` from any tab (any process) cancels it. Deltas go
+straight to this process's sockets; other processes' sockets (Redis channel
+layer) get them coalesced through one pump task per reply. Text is persisted
+by one checkpoint task per process, about once a second for all replies.
+"""
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections import defaultdict
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from chat import replies
+from chat.models import Message
+from chat.upstream import ChatStream, Provider, Retry, UpstreamError
+
+Status = Message.Status
+
+log = logging.getLogger(__name__)
+
+_running: dict[int, "Generation"] = {}  # conversation id -> the reply this process streams
+_watchers: dict[int, set] = defaultdict(set)  # conversation id -> this process's sockets on it
+_checkpointer: asyncio.Task | None = None
+_swept = False
+PROCESS_ID = uuid.uuid4().hex
+
+
+def single_process() -> bool:
+    """With the in-memory channel layer, no other process can be streaming anything."""
+    backend = settings.CHANNEL_LAYERS["default"]["BACKEND"]
+    return backend.endswith("InMemoryChannelLayer")
+
+
+def gen_group(conversation_id: int) -> str:
+    return f"chat-gen-{conversation_id}"
+
+
+def conv_group(conversation_id: int) -> str:
+    return f"chat-conv-{conversation_id}"
+
+
+def frame(**fields) -> str:
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def live_ids() -> list[int]:
+    return [g.reply_id for g in _running.values()]
+
+
+class Generation:
+    def __init__(self, turn: replies.Turn) -> None:
+        self.turn = turn
+        self.conversation_id = turn.conversation_id
+        self.reply_id = turn.reply_id
+        self.content: list[str] = []  # one entry per delta: content[seq - 1]
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.seq = 0
+        self.persisted_seq = 0
+        self.started = time.monotonic()
+        self.ttft_ms: float | None = None
+        self.task: asyncio.Task | None = None
+        self.channel: str | None = None  # for attach/stop requests from other processes
+        self.remote: dict[str, int] = {}  # other processes' sockets -> last seq sent
+        self.remote_pending: set[str] = set()  # attached, resume not yet sent
+        self.remote_wakeup = asyncio.Event()
+        self.remote_tasks: list[asyncio.Task] = []
+
+    # -- what sockets see ---------------------------------------------------------
+    def start_frame(self) -> str:
+        return frame(
+            type="start",
+            message_id=self.reply_id,
+            user_message=self.turn.user_message,
+            replaces=self.turn.replaces,
+            model=self.turn.model,
+            prompt_tokens=self.turn.prompt_tokens,
+        )
+
+    def resume_frame(self) -> str:
+        return frame(
+            type="resume",
+            message_id=self.reply_id,
+            content="".join(self.content),
+            reasoning="".join(self.reasoning),
+            refusal="".join(self.refusal),
+            seq=self.seq,
+        )
+
+    async def broadcast(self, text: str) -> None:
+        """Send a frame to this process's sockets now; wake the pump for other processes'."""
+        await send_local(self.conversation_id, text)
+        if self.remote or self.remote_pending:
+            self.remote_wakeup.set()
+
+    # -- the reply ----------------------------------------------------------------
+    async def run(self) -> None:
+        provider = Provider.from_settings()
+        stream = ChatStream(provider, self.turn.model, self.turn.prompt, on_retry=self._on_retry)
+        status, finish_reason, error = Message.Status.FINISHED, "", None
+        try:
+            async for piece in stream:
+                await self._append(piece)
+            finish_reason = stream.finish_reason or "stop"
+        except UpstreamError as exc:
+            interrupted = exc.code in ("upstream_interrupted",)
+            status = Message.Status.INTERRUPTED if interrupted else Message.Status.FAILED
+            finish_reason = "interrupted" if interrupted else "error"
+            error = (exc.code, exc.detail)
+            log.warning("Reply %s failed: %s (%s)", self.reply_id, exc.code, exc.detail)
+        except asyncio.CancelledError:
+            status, finish_reason = Message.Status.CANCELLED, "cancelled"
+        except Exception:
+            log.exception("Reply %s failed inside the app", self.reply_id)
+            status, finish_reason = Message.Status.FAILED, "error"
+            error = ("internal_error", "Something went wrong on the server; the reply so far was kept.")
+        await asyncio.shield(self._finish(stream, status, finish_reason, error))
+
+    async def _append(self, piece) -> None:
+        if self.ttft_ms is None:
+            self.ttft_ms = (time.monotonic() - self.started) * 1000
+        self.seq += 1
+        self.content.append(piece.content)
+        self.reasoning.append(piece.reasoning)
+        self.refusal.append(piece.refusal)
+        fields = {"type": "delta", "message_id": self.reply_id, "seq": self.seq, "content": piece.content}
+        if piece.reasoning:
+            fields["reasoning"] = piece.reasoning
+        if piece.refusal:
+            fields["refusal"] = piece.refusal
+        await self.broadcast(frame(**fields))
+
+    async def _on_retry(self, retry: Retry) -> None:
+        await self.broadcast(
+            frame(
+                type="retrying",
+                message_id=self.reply_id,
+                attempt=retry.attempt,
+                delay=round(retry.delay, 2),
+                detail=retry.reason,
+            )
+        )
+
+    async def _finish(self, stream: ChatStream, status: str, finish_reason: str, error) -> None:
+        fields = dict(
+            status=status,
+            finish_reason=finish_reason,
+            content="".join(self.content),
+            reasoning="".join(self.reasoning),
+            refusal="".join(self.refusal),
+            seq=self.seq,
+            usage=stream.usage,
+            ttft_ms=self.ttft_ms,
+            duration_ms=(time.monotonic() - self.started) * 1000,
+            error_code=error[0] if error else "",
+            error_detail=error[1] if error else "",
+            model_for_count=self.turn.model,
+        )
+        if stream.response_model:
+            fields["model"] = stream.response_model
+        try:
+            saved = await database_sync_to_async(replies.finish)(self.reply_id, **fields)
+        except Exception:
+            # Leave it streaming: the lease runs out and recovery marks it interrupted
+            # with the last checkpoint, rather than losing the reply silently here.
+            log.exception("Could not save reply %s", self.reply_id)
+            saved = fields
+        finally:
+            _running.pop(self.conversation_id, None)
+        finals = [
+            frame(
+                type="done",
+                message_id=self.reply_id,
+                status=status,
+                finish_reason=finish_reason,
+                prompt_tokens=self.turn.prompt_tokens,
+                completion_tokens=saved.get("completion_tokens"),
+                ttft_ms=_round(self.ttft_ms),
+                duration_ms=_round(fields["duration_ms"]),
+                usage=stream.usage,
+            )
+        ]
+        if error:
+            finals.insert(0, frame(type="error", code=error[0], detail=error[1], message_id=self.reply_id))
+        for text in finals:
+            await send_local(self.conversation_id, text)
+        await self._close_remote(finals)
+
+    # -- other processes -------------------------------------------------------------
+    async def open_remote(self) -> None:
+        """Take attach/stop requests from sockets in other worker processes."""
+        layer = get_channel_layer()
+        self.channel = await layer.new_channel("chat-gen.")
+        await layer.group_add(gen_group(self.conversation_id), self.channel)
+        self.remote_tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._pump())]
+        await layer.group_send(
+            conv_group(self.conversation_id),
+            {
+                "type": "chat.started",
+                "frame": self.start_frame(),
+                "process": PROCESS_ID,
+            },
+        )
+
+    async def _listen(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            message = await layer.receive(self.channel)
+            kind = message.get("type")
+            if kind == "chat.attach":
+                self.remote_pending.add(message["channel"])
+                self.remote_wakeup.set()
+            elif kind == "chat.detach":
+                self.remote.pop(message["channel"], None)
+                self.remote_pending.discard(message["channel"])
+            elif kind == "chat.stop":
+                self.stop()
+
+    async def _pump(self) -> None:
+        """The only sender to remote sockets, so resume and deltas keep their order."""
+        layer = get_channel_layer()
+        while True:
+            await self.remote_wakeup.wait()
+            self.remote_wakeup.clear()
+            await self._pump_once(layer)
+
+    async def _pump_once(self, layer) -> None:
+        for channel in list(self.remote_pending):
+            self.remote_pending.discard(channel)
+            self.remote[channel] = self.seq
+            await self._send_remote(layer, channel, self.resume_frame())
+        seq = self.seq
+        for channel, sent in list(self.remote.items()):
+            if sent < seq:
+                self.remote[channel] = seq
+                text = frame(
+                    type="delta",
+                    message_id=self.reply_id,
+                    seq=seq,
+                    content="".join(self.content[sent:seq]),
+                    **_extra("reasoning", self.reasoning[sent:seq]),
+                    **_extra("refusal", self.refusal[sent:seq]),
+                )
+                await self._send_remote(layer, channel, text)
+
+    async def _send_remote(self, layer, channel: str, text: str, final: bool = False) -> None:
+        try:
+            await layer.send(channel, {"type": "chat.frame", "frame": text, "final": final})
+        except Exception:  # ChannelFull: that socket stopped reading; it re-attaches if it comes back
+            log.info("Dropped a remote socket on reply %s", self.reply_id, exc_info=True)
+            self.remote.pop(channel, None)
+
+    async def _close_remote(self, finals: list[str]) -> None:
+        if self.channel is None:
+            return
+        layer = get_channel_layer()
+        for task in self.remote_tasks:
+            task.cancel()
+        await self._pump_once(layer)  # flush the last deltas before the final frames
+        for text in finals:
+            for channel in list(self.remote):
+                await self._send_remote(layer, channel, text, final=True)
+        await layer.group_discard(gen_group(self.conversation_id), self.channel)
+
+    def stop(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+def _extra(name: str, parts: list[str]) -> dict:
+    text = "".join(parts)
+    return {name: text} if text else {}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+# -- what the consumer calls ------------------------------------------------------------
+async def send_local(conversation_id: int, text: str) -> None:
+    for socket in list(_watchers.get(conversation_id, ())):
+        try:
+            await socket.send_frame(text)
+        except Exception:  # a socket that went away must not hurt the reply
+            log.debug("Dropped a socket that failed to take a frame", exc_info=True)
+            _watchers[conversation_id].discard(socket)
+
+
+async def watch(socket, conversation_id: int) -> None:
+    """A socket opened on a conversation: follow it, and catch up on a streaming reply."""
+    global _swept
+    if not single_process():
+        await get_channel_layer().group_add(conv_group(conversation_id), socket.channel_name)
+    if not _swept:  # once per process: replies left streaming by a dead process
+        _swept = True
+        await database_sync_to_async(replies.recover_stale)(None, live_ids())
+    generation = _running.get(conversation_id)
+    _watchers[conversation_id].add(socket)
+    if generation is not None:
+        await socket.send_frame(generation.resume_frame())
+        return
+    await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())
+    if not single_process():
+        streaming = await Message.objects.filter(
+            conversation_id=conversation_id, status=Status.STREAMING
+        ).afirst()
+        if streaming is not None:
+            await attach_remote(socket, conversation_id, streaming.id)
+
+
+async def unwatch(socket, conversation_id: int) -> None:
+    _watchers[conversation_id].discard(socket)
+    if not _watchers[conversation_id]:
+        del _watchers[conversation_id]
+    if not single_process():
+        layer = get_channel_layer()
+        await layer.group_discard(conv_group(conversation_id), socket.channel_name)
+        await layer.group_send(
+            gen_group(conversation_id), {"type": "chat.detach", "channel": socket.channel_name}
+        )
+
+
+async def attach_remote(socket, conversation_id: int, reply_id: int) -> None:
+    """Ask the process streaming this reply to send this socket a resume and then its deltas."""
+    await get_channel_layer().group_send(
+        gen_group(conversation_id), {"type": "chat.attach", "channel": socket.channel_name}
+    )
+    socket.watch_remote_reply(reply_id)
+
+
+async def on_started(socket, event: dict, conversation_id: int) -> None:
+    """Another process started a reply in this conversation (Redis layer only)."""
+    if event["process"] == PROCESS_ID:
+        return  # this process's sockets got the start frame directly
+    await socket.send_frame(event["frame"])
+    await attach_remote(socket, conversation_id, json.loads(event["frame"])["message_id"])
+
+
+async def settle_remote(conversation_id: int, reply_id: int) -> list[str] | None:
+    """For a socket following a reply in another process that has gone quiet: if the reply
+    ended (or its process died), the frames that show its final state; None while it streams."""
+    await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())
+    reply = await Message.objects.filter(pk=reply_id).afirst()
+    if reply is None or reply.status == Status.STREAMING:
+        return None
+    finals = [
+        frame(
+            type="resume",
+            message_id=reply.id,
+            content=reply.content,
+            reasoning=reply.reasoning,
+            refusal=reply.refusal,
+            seq=reply.seq,
+        )
+    ]
+    if reply.error_code:
+        finals.append(
+            frame(type="error", code=reply.error_code, detail=reply.error_detail, message_id=reply.id)
+        )
+    finals.append(
+        frame(
+            type="done",
+            message_id=reply.id,
+            status=reply.status,
+            finish_reason=reply.finish_reason,
+            prompt_tokens=reply.prompt_tokens,
+            completion_tokens=reply.completion_tokens,
+            ttft_ms=_round(reply.ttft_ms),
+            duration_ms=_round(reply.duration_ms),
+            usage=reply.usage,
+        )
+    )
+    return finals
+
+
+async def send(socket, conversation, content: str) -> None:
+    if conversation.id in _running:
+        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        return
+    try:
+        turn = await database_sync_to_async(replies.begin_turn)(conversation, content, live_ids())
+    except replies.Busy:
+        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        return
+    await _start(turn)
+
+
+async def regenerate(socket, conversation) -> None:
+    if conversation.id in _running:
+        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        return
+    try:
+        turn = await database_sync_to_async(replies.begin_regenerate)(conversation, live_ids())
+    except replies.Busy:
+        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        return
+    except replies.NothingToRegenerate:
+        await socket.send_error("nothing_to_regenerate", "There is no message to answer again yet.")
+        return
+    await _start(turn)
+
+
+async def stop(socket, conversation_id: int) -> None:
+    generation = _running.get(conversation_id)
+    if generation is not None:
+        generation.stop()
+        return
+    if (
+        not single_process()
+        and await Message.objects.filter(conversation_id=conversation_id, status=Status.STREAMING).aexists()
+    ):
+        await get_channel_layer().group_send(gen_group(conversation_id), {"type": "chat.stop"})
+        return
+    await socket.send_error("not_streaming", "Nothing is being written right now.")
+
+
+async def _start(turn: replies.Turn) -> Generation:
+    generation = Generation(turn)
+    _running[turn.conversation_id] = generation
+    await generation.broadcast(generation.start_frame())
+    generation.task = asyncio.create_task(generation.run(), name=f"reply-{turn.reply_id}")
+    _ensure_checkpointer()
+    if not single_process():
+        await generation.open_remote()
+    return generation
+
+
+def _ensure_checkpointer() -> None:
+    global _checkpointer
+    loop = asyncio.get_running_loop()
+    if _checkpointer is None or _checkpointer.done() or _checkpointer.get_loop() is not loop:
+        _checkpointer = loop.create_task(_checkpoint_loop(), name="reply-checkpoints")
+
+
+async def _checkpoint_loop() -> None:
+    """Every CHAT_CHECKPOINT_INTERVAL: save new text of every reply and renew their leases,
+    in one transaction for the whole process (never one write per delta)."""
+    while True:
+        await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
+        states, leases = [], []
+        for generation in list(_running.values()):
+            if generation.seq == generation.persisted_seq:
+                leases.append(generation.reply_id)
+                continue
+            generation.persisted_seq = generation.seq
+            states.append(
+                {
+                    "id": generation.reply_id,
+                    "seq": generation.seq,
+                    "content": "".join(generation.content),
+                    "reasoning": "".join(generation.reasoning),
+                    "refusal": "".join(generation.refusal),
+                }
+            )
+        if not states and not leases:
+            continue
+        try:
+            await database_sync_to_async(replies.checkpoint)(states, leases)
+        except Exception:
+            log.exception("Could not checkpoint %d streaming replies", len(states) + len(leases))

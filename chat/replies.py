@@ -1,0 +1,221 @@
+"""The database side of a reply: begin, checkpoint, finish, recover.
+
+Plain synchronous functions, called from the async generation code through
+`database_sync_to_async`. A reply costs three writes (one statement inserting
+the user message and the reply placeholder together, one bumping the
+conversation, one finishing), plus one batched checkpoint a second while it
+streams.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Case, F, Value, When
+from django.utils import timezone
+
+from chat import tokens
+from chat.models import Conversation, Message
+
+TITLE_LENGTH = 60
+
+
+class Busy(Exception):
+    """A reply is already streaming in this conversation."""
+
+
+class NothingToRegenerate(Exception):
+    """The conversation has no user message to answer again."""
+
+
+@dataclass
+class Turn:
+    """Everything a generation needs, read in the transaction that created the reply."""
+
+    conversation_id: int
+    reply_id: int
+    model: str
+    prompt: list[dict]
+    prompt_tokens: int | None
+    user_message: dict | None = None
+    replaces: int | None = None
+
+
+def model_for(conversation: Conversation) -> str:
+    return conversation.model or settings.CHAT_MODEL
+
+
+def lease_deadline():
+    return timezone.now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
+
+
+def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None]], model: str):
+    """The messages sent upstream and their token count as the provider will bill it."""
+    system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
+    if system:
+        history = [("system", system, tokens.count_tokens(system, model)), *history]
+    prompt = [{"role": role, "content": content} for role, content, _ in history]
+    counted = tokens.count_prompt_tokens([(role, count) for role, _, count in history], model)
+    return prompt, counted
+
+
+def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[str, str, int | None]]:
+    rows = (
+        Message.objects.current()
+        .filter(conversation_id=conversation_id)
+        .exclude(status=Message.Status.STREAMING)
+        .exclude(role=Message.Role.ASSISTANT, content="")
+        .order_by("id")
+    )
+    if up_to_id is not None:
+        rows = rows.filter(id__lte=up_to_id)
+    return list(rows.values_list("role", "content", "token_count"))
+
+
+def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
+    """Save the user's message and a streaming reply placeholder, atomically; Busy if one streams."""
+    model = model_for(conversation)
+    content_tokens = tokens.count_tokens(content, model)
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            recover_stale(conversation.id, live_ids)
+            history = _history(conversation.id)
+            history.append(("user", content, content_tokens))
+            prompt, prompt_tokens = _prompt(conversation, history, model)
+            user = Message(
+                conversation_id=conversation.id,
+                role=Message.Role.USER,
+                content=content,
+                token_count=content_tokens,
+                created_at=now,
+            )
+            reply = Message(
+                conversation_id=conversation.id,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                lease_until=lease_deadline(),
+                created_at=now,
+            )
+            Message.objects.bulk_create([user, reply])
+            Conversation.objects.filter(pk=conversation.id).update(
+                updated_at=now,
+                title=Case(When(title="", then=Value(_title(content))), default=F("title")),
+            )
+    except IntegrityError:
+        raise Busy from None
+    return Turn(
+        conversation_id=conversation.id,
+        reply_id=reply.id,
+        model=model,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+        user_message={"id": user.id, "content": content},
+    )
+
+
+def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
+    """A new reply to the last user message; earlier replies to it become earlier versions."""
+    model = model_for(conversation)
+    try:
+        with transaction.atomic():
+            recover_stale(conversation.id, live_ids)
+            last_user = (
+                Message.objects.current()
+                .filter(conversation_id=conversation.id, role=Message.Role.USER)
+                .order_by("-id")
+                .first()
+            )
+            if last_user is None:
+                raise NothingToRegenerate
+            previous = list(
+                Message.objects.current()
+                .filter(conversation_id=conversation.id, role=Message.Role.ASSISTANT, id__gt=last_user.id)
+                .values_list("id", flat=True)
+            )
+            Message.objects.filter(id__in=previous).update(superseded=True)
+            prompt, prompt_tokens = _prompt(conversation, _history(conversation.id, last_user.id), model)
+            reply = Message.objects.create(
+                conversation_id=conversation.id,
+                role=Message.Role.ASSISTANT,
+                status=Message.Status.STREAMING,
+                model=model,
+                prompt_tokens=prompt_tokens,
+                lease_until=lease_deadline(),
+            )
+    except IntegrityError:
+        raise Busy from None
+    return Turn(
+        conversation_id=conversation.id,
+        reply_id=reply.id,
+        model=model,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+        replaces=previous[-1] if previous else None,
+    )
+
+
+def checkpoint(states: list[dict], lease_ids: list[int]) -> None:
+    """Persist streaming replies' text so far and renew every lease this process holds, in one go."""
+    lease_until = lease_deadline()
+    with transaction.atomic():
+        for state in states:
+            Message.objects.filter(pk=state.pop("id"), status=Message.Status.STREAMING).update(
+                lease_until=lease_until, **state
+            )
+        if lease_ids:
+            Message.objects.filter(pk__in=lease_ids, status=Message.Status.STREAMING).update(
+                lease_until=lease_until
+            )
+
+
+def finish(reply_id: int, **fields) -> dict:
+    """Write a reply's final state; returns what the `done` frame reports."""
+    fields["completion_tokens"] = fields["token_count"] = tokens.count_tokens(
+        fields["content"], fields.pop("model_for_count")
+    )
+    fields["lease_until"] = None
+    Message.objects.filter(pk=reply_id).update(**fields)
+    return fields
+
+
+INTERRUPTED_DETAIL = "The server stopped while this reply was streaming; the text saved before that is kept."
+
+
+def recover_stale(conversation_id: int | None = None, live_ids=()) -> int:
+    """Mark replies whose generation died (crash, kill, deploy) as interrupted.
+
+    With several worker processes a reply is dead when its lease ran out (the
+    owner renews it every checkpoint). With the in-memory channel layer there is
+    only one process, so any streaming reply it is not running is dead now.
+    """
+    from chat.generation import single_process
+
+    stale = Message.objects.filter(status=Message.Status.STREAMING)
+    if conversation_id is not None:
+        stale = stale.filter(conversation_id=conversation_id)
+    if single_process():
+        stale = stale.exclude(pk__in=list(live_ids))
+    else:
+        stale = stale.filter(lease_until__lt=timezone.now())
+    count = 0
+    for message in stale.only("id", "content", "model"):
+        counted = tokens.count_tokens(message.content, message.model or settings.CHAT_MODEL)
+        count += Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+            status=Message.Status.INTERRUPTED,
+            finish_reason="interrupted",
+            error_code="interrupted",
+            error_detail=INTERRUPTED_DETAIL,
+            completion_tokens=counted,
+            token_count=counted,
+            lease_until=None,
+        )
+    return count
+
+
+def _title(content: str) -> str:
+    title = " ".join(content.split())
+    return title if len(title) <= TITLE_LENGTH else title[: TITLE_LENGTH - 1].rstrip() + "…"
