@@ -26,3 +26,17 @@ def provider(upstream):
 
 
 # --- end of loopback upstream server block -------------------------------------------------------
+
+
+# --- replies left running by a test ---------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def forget_running_replies():
+    """Each test starts with no reply streaming in this process (ids repeat after a flush)."""
+    yield
+    from chat import generation
+
+    for running in list(generation._running.values()):
+        running.stop()
+    generation._running.clear()
+    generation._watchers.clear()
+    generation._swept = False

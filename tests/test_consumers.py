@@ -1,0 +1,431 @@
+"""The chat websocket through the real ASGI app, against a loopback upstream."""
+
+import asyncio
+import json
+import threading
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
+
+from chat import tokens
+from chat.models import Conversation, Message
+from tests.chat_sockets import frames_until, open_socket, text_of
+from tests.conftest import TEST_API_KEY
+from tests.upstream_server import Reply, chat_chunks, sse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SEED_PROMPT = "Count to 100, with a comma between each number and no newlines. E.g., 1, 2, 3, ..."
+needs_vocabulary = pytest.mark.skipif(
+    not tokens.vocabulary_path("o200k_base").exists(),
+    reason="the o200k_base vocabulary is not in TIKTOKEN_CACHE_DIR (set it to shared/tiktoken-cache)",
+)
+
+
+@pytest.fixture
+def use_upstream(upstream, settings):
+    settings.CHAT_DEMO = False
+    settings.OPENAI_BASE_URL = upstream.base_url
+    settings.OPENAI_API_KEY = TEST_API_KEY
+    settings.CHAT_MODEL = "gpt-4o-mini"
+    return upstream
+
+
+@pytest.fixture
+def alice(db):
+    return User.objects.create_user("alice", password="x")
+
+
+@pytest.fixture
+def bob(db):
+    return User.objects.create_user("bob", password="x")
+
+
+@pytest.fixture
+def conversation(alice):
+    return Conversation.objects.create(user=alice)
+
+
+def held_reply(first: list[str], rest: list[str], **kwargs) -> tuple[Reply, threading.Event]:
+    """A stream that sends `first` at once, then waits for the event before `rest` and the end."""
+    release = threading.Event()
+    chunks = chat_chunks(first + rest, **kwargs)
+    events = sse(*chunks)
+    head = b"".join(events[: 1 + len(first)])
+    return Reply(body=[head, *events[1 + len(first) :]], wait_for=release), release
+
+
+@database_sync_to_async
+def messages_of(conversation):
+    return list(Message.objects.filter(conversation=conversation).order_by("id"))
+
+
+async def wait_for_status(conversation, status, timeout=5.0):
+    async with asyncio.timeout(timeout):
+        while True:
+            reply = await Message.objects.filter(conversation=conversation, role="assistant").alast()
+            if reply is not None and reply.status == status:
+                return reply
+            await asyncio.sleep(0.02)
+
+
+# -- streaming ---------------------------------------------------------------------------
+async def test_it_streams_text_before_the_upstream_finishes(use_upstream, conversation, alice):
+    reply, release = held_reply(["Hel", "lo"], [" there", "!"])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    start = await socket.receive_json_from()
+    assert start["type"] == "start" and start["user_message"]["content"] == "Hi"
+    first = await socket.receive_json_from()
+    assert first == {"type": "delta", "message_id": start["message_id"], "seq": 1, "content": "Hello"}
+    release.set()
+    frames = await frames_until(socket, "done")
+    assert text_of([first, *frames]) == "Hello there!"
+    assert [f["seq"] for f in frames if f["type"] == "delta"] == list(range(2, 2 + len(frames) - 1))
+    done = frames[-1]
+    assert done["status"] == "finished" and done["finish_reason"] == "stop"
+    user_message, saved = await messages_of(conversation)
+    assert (user_message.role, user_message.content) == ("user", "Hi")
+    assert (saved.content, saved.status, saved.finish_reason) == ("Hello there!", "finished", "stop")
+    assert saved.ttft_ms is not None and saved.duration_ms >= saved.ttft_ms
+    await socket.disconnect()
+
+
+@needs_vocabulary
+async def test_it_saves_the_seed_token_counts(use_upstream, conversation, alice):
+    answer = ", ".join(str(i) for i in range(1, 101)) + "."
+    pieces = [answer[i : i + 7] for i in range(0, len(answer), 7)]
+    usage = {"prompt_tokens": 36, "completion_tokens": 299, "total_tokens": 335}
+    use_upstream.queue(Reply(body=sse(*chat_chunks(pieces, usage=usage))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": SEED_PROMPT})
+    done = (await frames_until(socket, "done"))[-1]
+    assert (done["prompt_tokens"], done["completion_tokens"]) == (36, 299)
+    user_message, reply = await messages_of(conversation)
+    assert user_message.token_count == 29
+    assert (reply.prompt_tokens, reply.completion_tokens, reply.content) == (36, 299, answer)
+    assert reply.usage == usage  # the provider's own figures, kept beside ours
+    request = use_upstream.requests[0]["json"]
+    assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
+    assert request["messages"] == [{"role": "user", "content": SEED_PROMPT}]
+    await socket.disconnect()
+
+
+async def test_it_sends_the_history_and_system_prompt(use_upstream, conversation, alice):
+    conversation.system_prompt = "Be brief."
+    await conversation.asave()
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["One"]))), Reply(body=sse(*chat_chunks(["Two"]))))
+    _, socket = await open_socket(conversation.id, alice)
+    for content in ("first", "second"):
+        await socket.send_json_to({"type": "send", "content": content})
+        await frames_until(socket, "done")
+    assert use_upstream.requests[1]["json"]["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "first"},
+        {"role": "assistant", "content": "One"},
+        {"role": "user", "content": "second"},
+    ]
+    await conversation.arefresh_from_db()
+    assert conversation.title == "first"
+    await socket.disconnect()
+
+
+async def test_the_demo_model_streams_without_any_provider(settings, conversation, alice):
+    settings.CHAT_DEMO, settings.CHAT_MODEL, settings.CHAT_DEMO_DELAY = True, "demo", 0.001
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hello demo"})
+    frames = await frames_until(socket, "done")
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert len(deltas) > 10  # it arrives piece by piece, not all at once
+    assert "demo model" in text_of(frames) and "Hello demo" in text_of(frames)
+    assert frames[-1]["status"] == "finished"
+    _, reply = await messages_of(conversation)
+    assert reply.content == text_of(frames) and reply.model == "demo"
+    await socket.disconnect()
+
+
+# -- who may connect ------------------------------------------------------------------------
+async def test_it_refuses_anonymous_users(conversation):
+    connected, _ = await open_socket(conversation.id, None)
+    assert not connected
+
+
+async def test_it_refuses_other_users_conversations(conversation, bob):
+    connected, _ = await open_socket(conversation.id, bob)
+    assert not connected
+    assert await Message.objects.acount() == 0
+
+
+async def test_it_refuses_unknown_conversations(alice):
+    connected, _ = await open_socket(999999, alice)
+    assert not connected
+
+
+async def test_it_refuses_cross_origin_sockets(conversation, alice):
+    connected, _ = await open_socket(conversation.id, alice, origin="https://evil.example")
+    assert not connected
+
+
+# -- stopping and failures ---------------------------------------------------------------------
+@needs_vocabulary
+async def test_stop_cancels_and_keeps_the_partial_reply(use_upstream, conversation, alice):
+    reply, release = held_reply(["Partial ", "answer"], ["never sent"])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Go"})
+    await frames_until(socket, "delta")
+    await socket.send_json_to({"type": "stop"})
+    frames = await frames_until(socket, "done", timeout=3)
+    release.set()
+    done = frames[-1]
+    assert (done["status"], done["finish_reason"]) == ("cancelled", "cancelled")
+    _, saved = await messages_of(conversation)
+    assert (saved.content, saved.status, saved.finish_reason) == ("Partial answer", "cancelled", "cancelled")
+    assert (
+        saved.completion_tokens
+        == tokens.count_tokens("Partial answer", "gpt-4o-mini")
+        == done["completion_tokens"]
+    )
+    await socket.disconnect()
+
+
+async def test_stop_with_nothing_streaming_says_so(conversation, alice):
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "stop"})
+    assert (await socket.receive_json_from())["code"] == "not_streaming"
+    await socket.disconnect()
+
+
+async def test_an_upstream_401_becomes_a_plain_error_and_the_key_stays_secret(
+    use_upstream, conversation, alice
+):
+    body = json.dumps(
+        {"error": {"message": f"Incorrect API key provided: {TEST_API_KEY}.", "code": "invalid_api_key"}}
+    )
+    use_upstream.queue(Reply(status=401, headers={"content-type": "application/json"}, body=[body.encode()]))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    frames = await frames_until(socket, "done")
+    error = next(f for f in frames if f["type"] == "error")
+    assert error["code"] == "upstream_auth" and "API key" in error["detail"]
+    assert TEST_API_KEY not in json.dumps(frames)
+    user_message, reply = await messages_of(conversation)
+    assert user_message.content == "Hi"  # saved even though the provider refused
+    assert (reply.status, reply.error_code) == ("failed", "upstream_auth")
+    assert TEST_API_KEY not in reply.error_detail
+    await socket.disconnect()
+
+
+async def test_a_cut_stream_keeps_the_partial_reply_marked_interrupted(use_upstream, conversation, alice):
+    use_upstream.queue(
+        Reply(body=sse(*chat_chunks(["Half an ", "answer"], finish_reason=None), done=False), cut=True)
+    )
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    frames = await frames_until(socket, "done")
+    assert next(f for f in frames if f["type"] == "error")["code"] == "upstream_interrupted"
+    assert frames[-1]["status"] == "interrupted"
+    _, reply = await messages_of(conversation)
+    assert (reply.content, reply.status) == ("Half an answer", "interrupted")
+    await socket.disconnect()
+
+
+async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstream, conversation, alice):
+    reply, release = held_reply([], ["late"])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Remember me"})
+    await frames_until(socket, "start")
+    saved = await messages_of(conversation)
+    assert [(m.role, m.content, m.status) for m in saved] == [
+        ("user", "Remember me", "finished"),
+        ("assistant", "", "streaming"),
+    ]
+    release.set()
+    await frames_until(socket, "done")
+    await socket.disconnect()
+
+
+# -- bad frames -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_frame"),
+        ('"send"', "bad_frame"),
+        ('{"content": "hi"}', "bad_field"),
+        ('{"type": "dance"}', "unknown_type"),
+        ('{"type": "send"}', "bad_field"),
+        ('{"type": "send", "content": 42}', "bad_field"),
+        ('{"type": "send", "content": "   "}', "empty_content"),
+        (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
+        (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
+    ],
+)
+async def test_bad_frames_get_a_specific_error_and_change_nothing(
+    use_upstream, conversation, alice, raw, code
+):
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_to(text_data=raw)
+    error = await socket.receive_json_from()
+    assert (error["type"], error["code"], error["message_id"]) == ("error", code, None)
+    await socket.send_json_to({"type": "ping"})
+    assert await socket.receive_json_from() == {"type": "pong"}  # still usable
+    assert await Message.objects.acount() == 0
+    assert use_upstream.requests == []
+    await socket.disconnect()
+
+
+async def test_binary_frames_are_refused(conversation, alice):
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_to(bytes_data=b"\x00\x01")
+    assert (await socket.receive_json_from())["code"] == "bad_frame"
+    await socket.disconnect()
+
+
+async def test_a_flood_of_frames_is_throttled(settings, conversation, alice):
+    settings.CHAT_FRAMES_PER_SECOND, settings.CHAT_FRAME_BURST = 1, 5
+    _, socket = await open_socket(conversation.id, alice)
+    for _ in range(20):
+        await socket.send_json_to({"type": "ping"})
+    received = []
+    while not await socket.receive_nothing(timeout=0.2):
+        received.append(await socket.receive_json_from())
+    assert received.count({"type": "pong"}) == 5
+    assert [f["code"] for f in received if f["type"] == "error"] == ["rate_limited"]
+    await socket.disconnect()
+
+
+# -- one reply at a time, several tabs, closed tabs ------------------------------------------------
+async def test_a_second_send_while_streaming_is_busy_and_harmless(use_upstream, conversation, alice):
+    reply, release = held_reply(["One"], [" two"])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "first"})
+    await frames_until(socket, "delta")
+    await socket.send_json_to({"type": "send", "content": "second"})
+    assert (await socket.receive_json_from())["code"] == "busy"
+    release.set()
+    frames = await frames_until(socket, "done")
+    assert text_of(frames) == " two" and frames[-1]["status"] == "finished"
+    assert [m.content for m in await messages_of(conversation)] == ["first", "One two"]
+    assert len(use_upstream.requests) == 1
+    await socket.disconnect()
+
+
+async def test_a_reply_finishes_and_is_saved_after_the_tab_closes(use_upstream, conversation, alice):
+    reply, release = held_reply(["Still "], ["here", "."])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    await frames_until(socket, "delta")
+    await socket.disconnect()
+    release.set()
+    saved = await wait_for_status(conversation, "finished")
+    assert saved.content == "Still here."
+
+
+async def test_a_socket_opened_mid_stream_resumes_exactly(use_upstream, conversation, alice):
+    reply, release = held_reply(["Alpha ", "beta "], ["gamma ", "delta"])
+    use_upstream.queue(reply)
+    _, first = await open_socket(conversation.id, alice)
+    await first.send_json_to({"type": "send", "content": "Go"})
+    await frames_until(first, "delta")
+    _, second = await open_socket(conversation.id, alice)
+    resume = await second.receive_json_from()
+    assert resume["type"] == "resume" and resume["content"] == "Alpha beta " and resume["seq"] == 1
+    release.set()
+    frames = await frames_until(second, "done")
+    deltas = [f for f in frames if f["type"] == "delta"]
+    assert all(f["seq"] > resume["seq"] for f in deltas)
+    assert resume["content"] + text_of(frames) == "Alpha beta gamma delta"
+    assert text_of(await frames_until(first, "done")) == "gamma delta"
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_stop_from_another_tab_stops_the_reply_for_both(use_upstream, conversation, alice):
+    reply, release = held_reply(["Some"], [" more"])
+    use_upstream.queue(reply)
+    _, first = await open_socket(conversation.id, alice)
+    _, second = await open_socket(conversation.id, alice)
+    await first.send_json_to({"type": "send", "content": "Go"})
+    start = (await frames_until(second, "start"))[-1]
+    assert start["user_message"]["content"] == "Go"  # the other tab sees the message too
+    await frames_until(second, "delta")
+    await second.send_json_to({"type": "stop"})
+    for socket in (first, second):
+        assert (await frames_until(socket, "done"))[-1]["status"] == "cancelled"
+    release.set()
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_regenerate_keeps_the_earlier_reply_as_a_version(use_upstream, conversation, alice):
+    use_upstream.queue(
+        Reply(body=sse(*chat_chunks(["First try"]))), Reply(body=sse(*chat_chunks(["Second try"])))
+    )
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Question"})
+    first_done = (await frames_until(socket, "done"))[-1]
+    await socket.send_json_to({"type": "regenerate"})
+    frames = await frames_until(socket, "done")
+    assert frames[0]["type"] == "start" and frames[0]["replaces"] == first_done["message_id"]
+    assert frames[0]["user_message"] is None
+    assert text_of(frames) == "Second try"
+    assert use_upstream.requests[1]["json"]["messages"] == [{"role": "user", "content": "Question"}]
+    saved = await messages_of(conversation)
+    assert [(m.content, m.superseded) for m in saved] == [
+        ("Question", False),
+        ("First try", True),
+        ("Second try", False),
+    ]
+    await socket.disconnect()
+
+
+async def test_regenerate_with_no_message_says_so(conversation, alice):
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "regenerate"})
+    assert (await socket.receive_json_from())["code"] == "nothing_to_regenerate"
+    await socket.disconnect()
+
+
+# -- crash safety -------------------------------------------------------------------------------------
+async def test_streaming_text_is_checkpointed_about_once_a_second(
+    use_upstream, settings, conversation, alice
+):
+    settings.CHAT_CHECKPOINT_INTERVAL = 0.1
+    reply, release = held_reply(["Saved ", "early"], [" and late"])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Go"})
+    await frames_until(socket, "delta")
+    async with asyncio.timeout(3):
+        while (
+            await Message.objects.aget(conversation=conversation, role="assistant")
+        ).content != "Saved early":
+            await asyncio.sleep(0.05)
+    streaming = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert streaming.status == "streaming" and streaming.seq == 1 and streaming.lease_until is not None
+    release.set()
+    await frames_until(socket, "done")
+    await socket.disconnect()
+
+
+async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(conversation, alice):
+    await Message.objects.acreate(conversation=conversation, role="user", content="Hi")
+    await Message.objects.acreate(
+        conversation=conversation, role="assistant", content="Saved before the crash", status="streaming"
+    )
+    _, socket = await open_socket(conversation.id, alice)
+    reply = await Message.objects.aget(conversation=conversation, role="assistant")
+    assert (reply.status, reply.finish_reason, reply.content) == (
+        "interrupted",
+        "interrupted",
+        "Saved before the crash",
+    )
+    await socket.send_json_to({"type": "send", "content": "Carry on"})  # the conversation goes on
+    assert (await socket.receive_json_from())["type"] == "start"
+    await socket.disconnect()
