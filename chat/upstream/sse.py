@@ -20,7 +20,7 @@ class Event:
 
 class SSEDecoder:
     def __init__(self) -> None:
-        self._partial = b""  # bytes of a line whose end has not arrived yet
+        self._partial = bytearray()  # bytes of a line whose end has not arrived yet
         self._skip_lf = False  # the last read ended in CR; an LF opening the next is its pair
         self._first_line = True
         self._data: list[str] = []
@@ -34,9 +34,15 @@ class SSEDecoder:
                 chunk = chunk[1:]
         if not chunk:
             return []
-        *lines, self._partial = _LINE_END.split(self._partial + chunk)
-        if not self._partial and chunk[-1:] == b"\r":
-            self._skip_lf = True
+        # Only the new bytes are searched for line ends (the partial line has none), and
+        # the partial line grows in place: a long line in many small reads stays linear.
+        lines = _LINE_END.split(chunk)
+        if len(lines) == 1:
+            self._partial += chunk
+            return []
+        lines[0] = bytes(self._partial) + lines[0]
+        self._partial = bytearray(lines.pop())
+        self._skip_lf = chunk.endswith(b"\r")
         events: list[Event] = []
         for raw in lines:
             event = self._line(raw.decode("utf-8", "replace"))
@@ -51,7 +57,7 @@ class SSEDecoder:
         events = []
         if self._partial:
             event = self._line(self._partial.decode("utf-8", "replace"))
-            self._partial = b""
+            self._partial = bytearray()
             if event is not None:
                 events.append(event)
         event = self._line("")
