@@ -6,4 +6,12 @@ app_name = "chat"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("new/", views.new_chat, name="new"),
+    path("c/", views.create, name="create"),
+    path("c/<int:conversation_id>/", views.conversation, name="conversation"),
+    path("c/<int:conversation_id>/rename/", views.rename, name="rename"),
+    path("c/<int:conversation_id>/delete/", views.delete, name="delete"),
+    path("c/<int:conversation_id>/settings/", views.update_settings, name="settings"),
+    path("c/<int:conversation_id>/messages/", views.message_list, name="messages"),
+    path("c/<int:conversation_id>/messages/<int:message_id>/", views.message_detail, name="message"),
 ]

@@ -1,7 +1,185 @@
+"""The chat pages. Every lookup goes through Conversation.objects.for_user(), so another
+user's conversation is a 404, never a 403 that would confirm it exists."""
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse
+from django.db.models import Q
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from chat.forms import ConversationSettingsForm, TitleForm
+from chat.models import Conversation, Message
+from chat.rendering import format_stats, render_markdown
+
+SIDEBAR_LIMIT = 200
+
+
+def _owned(request: HttpRequest, conversation_id: int) -> Conversation:
+    return get_object_or_404(Conversation.objects.for_user(request.user), pk=conversation_id)
+
+
+def _sidebar(request: HttpRequest) -> tuple[list[Conversation], str]:
+    """The user's conversations, newest first, narrowed by ?q= over titles and message text."""
+    query = request.GET.get("q", "").strip()
+    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
+    if query:
+        conversations = conversations.filter(
+            Q(title__icontains=query) | Q(messages__content__icontains=query)
+        ).distinct()
+    return list(conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT]), query
+
+
+def _urls(conversation: Conversation) -> dict:
+    return {
+        "id": conversation.pk,
+        "url": conversation_url(conversation),
+        "messages_url": reverse("chat:messages", args=[conversation.pk]),
+        "ws_path": f"/ws/chat/{conversation.pk}/",
+        "rename_url": reverse("chat:rename", args=[conversation.pk]),
+        "delete_url": reverse("chat:delete", args=[conversation.pk]),
+        "settings_url": reverse("chat:settings", args=[conversation.pk]),
+    }
+
+
+def conversation_url(conversation: Conversation) -> str:
+    return reverse("chat:conversation", args=[conversation.pk])
+
+
+def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+    conversations, query = _sidebar(request)
+    messages = list(conversation.messages.current()) if conversation else []
+    last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
+    config = {
+        "conversation": _urls(conversation) if conversation else None,
+        "create_url": reverse("chat:create"),
+        "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        "demo": settings.CHAT_DEMO,
+    }
+    return render(
+        request,
+        "chat/page.html",
+        {
+            "conversation": conversation,
+            "conversations": conversations,
+            "query": query,
+            "chat_messages": messages,
+            "last_reply_id": last_reply.pk if last_reply else None,
+            "default_model": settings.CHAT_MODEL,
+            "demo": settings.CHAT_DEMO,
+            "config": config,
+            # Unsaved messages render the <template>s the page clones for new messages,
+            # so a message has one markup whether the server or chat.js draws it.
+            "blank_user": Message(role=Message.Role.USER),
+            "blank_reply": Message(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING),
+        },
+    )
 
 
 @login_required
-def home(request):
-    return HttpResponse("chat")
+@require_GET
+def home(request: HttpRequest) -> HttpResponse:
+    newest = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id").first()
+    if newest is None:
+        return _page(request, None)
+    url = conversation_url(newest)
+    if request.GET.get("q"):
+        url += "?" + request.GET.urlencode()
+    return redirect(url)
+
+
+@login_required
+@require_GET
+def new_chat(request: HttpRequest) -> HttpResponse:
+    return _page(request, None)
+
+
+@login_required
+@require_GET
+def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return _page(request, _owned(request, conversation_id))
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return request.headers.get("Accept", "").startswith("application/json")
+
+
+@login_required
+@require_POST
+def create(request: HttpRequest) -> HttpResponse:
+    form = TitleForm(request.POST)
+    title = form.cleaned_data["title"] if form.is_valid() else ""
+    conversation = Conversation.objects.create(user=request.user, title=title)
+    if _wants_json(request):
+        return JsonResponse({**_urls(conversation), "title": conversation.title}, status=201)
+    return redirect(conversation_url(conversation))
+
+
+@login_required
+@require_POST
+def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _owned(request, conversation_id)
+    form = TitleForm(request.POST, instance=conversation)
+    if form.is_valid():
+        # update_fields: renaming is not activity, so it must not reorder the sidebar.
+        form.instance.save(update_fields=["title"])
+    if _wants_json(request):
+        return JsonResponse({"id": conversation.pk, "title": conversation.title})
+    return redirect(conversation_url(conversation))
+
+
+@login_required
+@require_POST
+def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    _owned(request, conversation_id).delete()
+    return redirect("chat:home")
+
+
+@login_required
+@require_POST
+def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _owned(request, conversation_id)
+    form = ConversationSettingsForm(request.POST, instance=conversation)
+    if form.is_valid():
+        form.instance.save(update_fields=["model", "system_prompt"])
+    return redirect(conversation_url(conversation))
+
+
+def message_payload(message: Message) -> dict:
+    """One message as the page needs it; ``html`` is sanitised (user text is shown verbatim)."""
+    is_reply = message.role == Message.Role.ASSISTANT
+    return {
+        "id": message.pk,
+        "role": message.role,
+        "content": message.content,
+        "reasoning": message.reasoning,
+        "refusal": message.refusal,
+        "html": render_markdown(message.content) if is_reply else "",
+        "status": message.status,
+        "finish_reason": message.finish_reason,
+        "model": message.model,
+        "reply_to": message.reply_to_id,
+        "prompt_tokens": message.prompt_tokens,
+        "completion_tokens": message.completion_tokens,
+        "ttft_ms": message.ttft_ms,
+        "duration_ms": message.duration_ms,
+        "error_code": message.error_code,
+        "error_detail": message.error_detail,
+        "stats": format_stats(message) if is_reply else "",
+    }
+
+
+@login_required
+@require_GET
+def message_detail(request: HttpRequest, conversation_id: int, message_id: int) -> JsonResponse:
+    message = get_object_or_404(_owned(request, conversation_id).messages, pk=message_id)
+    return JsonResponse(message_payload(message))
+
+
+@login_required
+@require_GET
+def message_list(request: HttpRequest, conversation_id: int) -> JsonResponse:
+    """The conversation as it stands, for a page that was offline and must catch up."""
+    messages = _owned(request, conversation_id).messages.current()
+    return JsonResponse({"messages": [message_payload(m) for m in messages]})

