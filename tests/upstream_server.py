@@ -10,6 +10,10 @@ so a test decides exactly where the client's network reads split.
         upstream.queue(Reply(body=sse(*chat_chunks(["Hel", "lo"]))))
         ... point the client at upstream.base_url ...
         assert upstream.requests[0]["json"]["stream"] is True
+
+Each recorded request is a dict: method, path, headers (lower-case names), json
+(the parsed body or None), body (raw bytes) and disconnected (a threading.Event
+set when the client hung up before the reply was fully written, e.g. on stop).
 """
 
 from __future__ import annotations
@@ -124,7 +128,7 @@ class UpstreamServer:
                 if request is None:
                     break
                 self.requests.append(request)
-                keep_open = await self._write_reply(writer, self._next_reply())
+                keep_open = await self._reply_while_watching(reader, writer, self._next_reply(), request)
                 if not keep_open or request["headers"].get("connection", "").lower() == "close":
                     break
         except (asyncio.CancelledError, ConnectionError, asyncio.IncompleteReadError):
@@ -133,6 +137,28 @@ class UpstreamServer:
             self._connections.discard(task)
             if not writer.transport.is_closing():
                 writer.close()
+
+    async def _reply_while_watching(self, reader, writer, reply: Reply, request: dict) -> bool:
+        """Write the reply; stop early, setting request["disconnected"], if the client leaves."""
+        writing = asyncio.ensure_future(self._write_reply(writer, reply))
+        watching = asyncio.ensure_future(self._client_gone(reader))
+        try:
+            await asyncio.wait({writing, watching}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watching.cancel()
+            if not writing.done():
+                writing.cancel()
+                request["disconnected"].set()
+        try:
+            return writing.result()
+        except (asyncio.CancelledError, ConnectionError):
+            request["disconnected"].set()
+            return False
+
+    async def _client_gone(self, reader: asyncio.StreamReader) -> None:
+        # No read here: a byte consumed would belong to the client's next request.
+        while not reader.at_eof():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> dict | None:
         try:
@@ -151,7 +177,15 @@ class UpstreamServer:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        return {"method": method, "path": path, "headers": headers, "json": parsed, "body": body}
+        return {
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "json": parsed,
+            "body": body,
+            # Set when the client closed the connection before the reply was fully written.
+            "disconnected": threading.Event(),
+        }
 
     async def _write_reply(self, writer: asyncio.StreamWriter, reply: Reply) -> bool:
         """Write one response; False when the connection must not be reused."""
