@@ -112,3 +112,25 @@ class Message(models.Model):
     @property
     def upstream_completion_tokens(self) -> int | None:
         return (self.usage or {}).get("completion_tokens")
+
+
+class TranscriptAccess(models.Model):
+    """Which staff member opened or exported which conversation, and when (audit trail)."""
+
+    class Kind(models.TextChoices):
+        VIEW = "view"
+        EXPORT = "export"
+
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    staff_username = models.CharField(max_length=150)
+    conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
+    conversation_ref = models.PositiveBigIntegerField(help_text="The conversation's id, kept after deletion.")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "transcript accesses"
+
+    def __str__(self) -> str:
+        return f"{self.staff_username} {self.kind} conversation {self.conversation_ref} at {self.at:%Y-%m-%d %H:%M}"
