@@ -192,4 +192,5 @@ if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
 
 # tiktoken reads its vocabulary cache from this variable; keep it in the data
 # directory by default so `fetch_vocabularies` survives reboots (tmp does not).
-os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(DATA_DIR / "tiktoken-cache"))
+if not os.environ.get("TIKTOKEN_CACHE_DIR"):
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(DATA_DIR / "tiktoken-cache")
