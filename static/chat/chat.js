@@ -45,27 +45,30 @@ function focusComposer() {
 
 let stick = true; // follow new text until the user scrolls up
 let lastTop = 0;
-let programmatic = false;
 
 function nearBottom() {
   return scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 40;
 }
 
 function toBottom() {
-  programmatic = true;
   scroller.scrollTop = scroller.scrollHeight;
+  lastTop = scroller.scrollTop;
   stick = true;
   jump.hidden = true;
 }
 
+// Our own scrolling only ever moves down, so moving up away from the bottom is the user.
 scroller.addEventListener("scroll", () => {
   const top = scroller.scrollTop;
-  if (programmatic) programmatic = false;
-  else if (top < lastTop) stick = false;
   if (nearBottom()) stick = true;
+  else if (top < lastTop) stick = false;
   lastTop = top;
   jump.hidden = stick;
 });
+// A wheel turn upwards stops following at once, before the next frame pulls the view down.
+scroller.addEventListener("wheel", (event) => {
+  if (event.deltaY < 0) stick = false;
+}, { passive: true });
 jump.addEventListener("click", () => {
   toBottom();
   focusComposer();
