@@ -193,10 +193,16 @@ class ChatStream:
             await response.aclose()
         status = response.status_code
         message, provider_code = _error_message(body, response.headers.get("content-type", ""))
-        if status in (400, 422) and "stream_options" in message and self.provider.base_url not in _rejects_usage_option:
+        if (
+            status in (400, 422)
+            and "stream_options" in message
+            and self.provider.base_url not in _rejects_usage_option
+        ):
             return UpstreamError("upstream_usage_option_rejected", message, status=status)
         message = redact(message, self.provider.api_key)
-        code, what = _STATUS_WORDS.get(status, ("upstream_http_error", "The model provider returned an error"))
+        code, what = _STATUS_WORDS.get(
+            status, ("upstream_http_error", "The model provider returned an error")
+        )
         if status >= 500 and status not in _STATUS_WORDS:
             code, what = "upstream_unavailable", "The model provider had a server error"
         detail = f"{what} (HTTP {status})" + (f": {message}" if message else ".")
@@ -213,9 +219,9 @@ class ChatStream:
     async def __aiter__(self) -> AsyncIterator[Piece]:
         response = await self._open()
         try:
-            if "json" in response.headers.get("content-type", "") and "event-stream" not in response.headers.get(
+            if "json" in response.headers.get(
                 "content-type", ""
-            ):
+            ) and "event-stream" not in response.headers.get("content-type", ""):
                 piece = await self._whole_reply(response)
                 if piece:
                     yield piece
@@ -223,14 +229,18 @@ class ChatStream:
             decoder = SSEDecoder()
             try:
                 async for data in response.aiter_bytes():
-                    piece = self._read(decoder.feed(data))
+                    piece, error = self._read(decoder.feed(data))
                     if piece:
                         yield piece
+                    if error is not None:
+                        raise error
                     if self.done:
                         return
-                piece = self._read(decoder.close())
+                piece, error = self._read(decoder.close())
                 if piece:
                     yield piece
+                if error is not None:
+                    raise error
             except httpx.ReadTimeout:
                 raise UpstreamError(
                     "upstream_timeout",
@@ -251,7 +261,8 @@ class ChatStream:
         finally:
             await response.aclose()
 
-    def _read(self, events) -> Piece:
+    def _read(self, events) -> tuple[Piece, UpstreamError | None]:
+        """Fold the events of one read into a Piece; an error object ends the stream."""
         piece = Piece()
         error = None
         for event in events:
@@ -281,18 +292,14 @@ class ChatStream:
                 break
             if chunk.finish_reason:
                 self.finish_reason = chunk.finish_reason
-        if error is not None:
-            code = f" (code {error['code']})" if error.get("code") else ""
-            raise _MidStreamError(
-                piece,
-                UpstreamError(
-                    "upstream_error",
-                    redact(f"The model provider reported an error mid-reply{code}: {error['message']}",
-                           self.provider.api_key),
-                    provider_code=error.get("code"),
-                ),
-            )
-        return piece
+        if error is None:
+            return piece, None
+        self.done = True
+        code = f" (code {error['code']})" if error.get("code") else ""
+        detail = f"The model provider reported an error mid-reply{code}: {error['message']}"
+        return piece, UpstreamError(
+            "upstream_error", redact(detail, self.provider.api_key), provider_code=error.get("code")
+        )
 
     async def _whole_reply(self, response: httpx.Response) -> Piece:
         """Servers that ignore `stream: true` answer one JSON body; read it whole."""
@@ -314,13 +321,6 @@ class ChatStream:
             ) from None
 
 
-class _MidStreamError(Exception):
-    """Carries the text that arrived in the same read as an error object."""
-
-    def __init__(self, piece: Piece, error: UpstreamError) -> None:
-        self.piece, self.error = piece, error
-
-
 async def stream_chat(
     provider: Provider,
     model: str,
@@ -330,13 +330,8 @@ async def stream_chat(
 ) -> AsyncIterator[tuple[Piece, ChatStream]]:
     """Yield (piece, stream) per network read with text; raises UpstreamError on failure."""
     stream = ChatStream(provider, model, messages, on_retry=on_retry)
-    try:
-        async for piece in stream:
-            yield piece, stream
-    except _MidStreamError as exc:
-        if exc.piece:
-            yield exc.piece, stream
-        raise exc.error from None
+    async for piece in stream:
+        yield piece, stream
 
 
 _STATUS_WORDS = {

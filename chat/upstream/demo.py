@@ -47,16 +47,28 @@ class DemoStream(httpx.AsyncByteStream):
         self.text, self.model, self.include_usage = text, model, include_usage
 
     async def __aiter__(self):
-        base = {"id": "chatcmpl-demo", "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.model}
-        yield _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                           "finish_reason": None}]})
+        base = {
+            "id": "chatcmpl-demo",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.model,
+        }
+        yield _event(
+            {
+                **base,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
+                ],
+            }
+        )
         delay = settings.CHAT_DEMO_DELAY
         pieces = _WORD.findall(self.text)
         for piece in pieces:
             if delay:
                 await asyncio.sleep(delay)
-            yield _event({**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+            yield _event(
+                {**base, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            )
         yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
         yield b"data: [DONE]\n\n"
 
@@ -67,6 +79,9 @@ class DemoTransport(httpx.AsyncBaseTransport):
         prompt = next(
             (m.get("content", "") for m in reversed(body.get("messages", [])) if m.get("role") == "user"), ""
         )
-        stream = DemoStream(demo_reply(str(prompt)), body.get("model", "demo"),
-                            bool(body.get("stream_options", {}).get("include_usage")))
+        stream = DemoStream(
+            demo_reply(str(prompt)),
+            body.get("model", "demo"),
+            bool(body.get("stream_options", {}).get("include_usage")),
+        )
         return httpx.Response(200, headers={"content-type": "text/event-stream"}, stream=stream)
