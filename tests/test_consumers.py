@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -12,7 +11,7 @@ from chat import tokens
 from chat.models import Conversation, Message
 from tests.chat_sockets import frames_until, open_socket, text_of
 from tests.conftest import TEST_API_KEY
-from tests.upstream_server import Reply, chat_chunks, sse
+from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -45,15 +44,6 @@ def bob(db):
 @pytest.fixture
 def conversation(alice):
     return Conversation.objects.create(user=alice)
-
-
-def held_reply(first: list[str], rest: list[str], **kwargs) -> tuple[Reply, threading.Event]:
-    """A stream that sends `first` at once, then waits for the event before `rest` and the end."""
-    release = threading.Event()
-    chunks = chat_chunks(first + rest, **kwargs)
-    events = sse(*chunks)
-    head = b"".join(events[: 1 + len(first)])
-    return Reply(body=[head, *events[1 + len(first) :]], wait_for=release), release
 
 
 @database_sync_to_async

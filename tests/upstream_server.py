@@ -25,7 +25,7 @@ import threading
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
-__all__ = ["Reply", "UpstreamServer", "chat_chunks", "sse"]
+__all__ = ["Reply", "UpstreamServer", "chat_chunks", "held_reply", "sse"]
 
 
 @dataclass
@@ -150,7 +150,7 @@ class UpstreamServer:
                 writing.cancel()
                 request["disconnected"].set()
         try:
-            return writing.result()
+            return await writing
         except (asyncio.CancelledError, ConnectionError):
             request["disconnected"].set()
             return False
@@ -255,3 +255,11 @@ def chat_chunks(
     if usage is not None:
         out.append({**base, "choices": [], "usage": usage})
     return out
+
+
+def held_reply(first: list[str], rest: list[str], **kwargs) -> tuple[Reply, threading.Event]:
+    """A stream that sends `first` at once, then waits for the event before `rest` and the end."""
+    release = threading.Event()
+    events = sse(*chat_chunks(first + rest, **kwargs))
+    head = b"".join(events[: 1 + len(first)])
+    return Reply(body=[head, *events[1 + len(first) :]], wait_for=release), release
