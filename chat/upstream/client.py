@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -63,14 +64,28 @@ class Retry:
 
 # Base URLs that answered 400 to stream_options; asked without it from then on.
 _rejects_usage_option: set[str] = set()
-_clients: dict[tuple[int, bool], httpx.AsyncClient] = {}
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def get_client(demo: bool = False) -> httpx.AsyncClient:
-    """The process's shared client for the running event loop (connections belong to a loop)."""
+    """The process's shared client for the running event loop (connections belong to a loop).
+
+    Keyed by the loop object, weakly: an id() is reused once a loop is collected, and
+    a client whose pool belongs to a dead loop fails; loops running side by side (an
+    async_to_sync call beside the server's loop) each keep their own client. The
+    timeout settings are part of the key so a changed value takes effect.
+    """
     loop = asyncio.get_running_loop()
-    key = (id(loop), demo)
-    client = _clients.get(key)
+    key = (
+        demo,
+        settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
+        settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
+        settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
+    )
+    per_loop = _clients.setdefault(loop, {})
+    client = per_loop.get(key)
     if client is None or client.is_closed:
         timeout = httpx.Timeout(
             connect=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
@@ -88,9 +103,7 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
 
             transport = DemoTransport()
         client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
-        if any(k[0] != key[0] for k in _clients):
-            _clients.clear()  # a previous loop ended (tests); its connections are unusable
-        _clients[key] = client
+        per_loop[key] = client
     return client
 
 
@@ -211,7 +224,8 @@ class ChatStream:
             detail,
             status=status,
             retry_after=_retry_after(response.headers),
-            retryable=status in RETRYABLE_STATUS,
+            # OpenAI's 429 insufficient_quota needs billing fixed, not another attempt.
+            retryable=status in RETRYABLE_STATUS and provider_code != "insufficient_quota",
             provider_code=provider_code,
         )
 
@@ -219,9 +233,8 @@ class ChatStream:
     async def __aiter__(self) -> AsyncIterator[Piece]:
         response = await self._open()
         try:
-            if "json" in response.headers.get(
-                "content-type", ""
-            ) and "event-stream" not in response.headers.get("content-type", ""):
+            content_type = response.headers.get("content-type", "")
+            if "json" in content_type and "event-stream" not in content_type:
                 piece = await self._whole_reply(response)
                 if piece:
                     yield piece
@@ -241,16 +254,20 @@ class ChatStream:
                     yield piece
                 if error is not None:
                     raise error
-            except httpx.ReadTimeout:
+            except httpx.RequestError as exc:
+                if self.finish_reason:
+                    # The reply itself is whole; only the usage chunk or [DONE] was lost.
+                    log.info("Stream ended without [DONE] after finish_reason (%s)", type(exc).__name__)
+                    return
+                if not isinstance(exc, httpx.ReadTimeout):
+                    raise UpstreamError(
+                        "upstream_interrupted",
+                        "The connection to the model provider was cut before the reply finished; "
+                        "the reply so far was kept.",
+                    ) from None
                 raise UpstreamError(
                     "upstream_timeout",
                     f"The model provider went silent for {settings.CHAT_UPSTREAM_IDLE_TIMEOUT:g} seconds; "
-                    "the reply so far was kept.",
-                ) from None
-            except httpx.TransportError:
-                raise UpstreamError(
-                    "upstream_interrupted",
-                    "The connection to the model provider was cut before the reply finished; "
                     "the reply so far was kept.",
                 ) from None
             if not self.done and not self.finish_reason:
@@ -295,30 +312,45 @@ class ChatStream:
         if error is None:
             return piece, None
         self.done = True
+        return piece, self._reported_error(error, " mid-reply")
+
+    def _reported_error(self, error: dict, when: str = "") -> UpstreamError:
         code = f" (code {error['code']})" if error.get("code") else ""
-        detail = f"The model provider reported an error mid-reply{code}: {error['message']}"
-        return piece, UpstreamError(
+        detail = f"The model provider reported an error{when}{code}: {error['message']}"
+        return UpstreamError(
             "upstream_error", redact(detail, self.provider.api_key), provider_code=error.get("code")
         )
 
     async def _whole_reply(self, response: httpx.Response) -> Piece:
-        """Servers that ignore `stream: true` answer one JSON body; read it whole."""
+        """Servers that ignore `stream: true` answer one JSON body; read it whole.
+
+        The reply is read as one chunk whose delta is the message, so content parts,
+        reasoning, refusals, usage and error objects are understood as in a stream.
+        """
         body = await response.aread()
         try:
             obj = json.loads(body)
-            message = obj["choices"][0].get("message") or {}
-            self.finish_reason = obj["choices"][0].get("finish_reason") or "stop"
-            self.usage = obj.get("usage") if isinstance(obj.get("usage"), dict) else None
-            self.done = True
-            return Piece(
-                content=message.get("content") or obj["choices"][0].get("text") or "",
-                reasoning=message.get("reasoning_content") or message.get("reasoning") or "",
-                refusal=message.get("refusal") or "",
-            )
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        except ValueError:
+            obj = None
+        choices = obj.get("choices") if isinstance(obj, dict) else None
+        if isinstance(choices, list):
+            obj = {
+                **obj,
+                "choices": [{**c, "delta": c.get("message")} if isinstance(c, dict) else c for c in choices],
+            }
+        chunk = parse_chunk(obj)
+        if chunk.error is not None:
+            raise self._reported_error(chunk.error)
+        if not choices:
             raise UpstreamError(
                 "upstream_bad_response", "The model provider sent a reply this app cannot read."
-            ) from None
+            )
+        if isinstance(obj.get("model"), str):
+            self.response_model = obj["model"]
+        self.finish_reason = chunk.finish_reason or "stop"
+        self.usage = chunk.usage
+        self.done = True
+        return Piece(content=chunk.content, reasoning=chunk.reasoning, refusal=chunk.refusal)
 
 
 async def stream_chat(
@@ -328,10 +360,18 @@ async def stream_chat(
     *,
     on_retry: Callable[[Retry], object] | None = None,
 ) -> AsyncIterator[tuple[Piece, ChatStream]]:
-    """Yield (piece, stream) per network read with text; raises UpstreamError on failure."""
+    """Yield (piece, stream) per network read with text; raises UpstreamError on failure.
+
+    Closing this generator early (the user pressed stop) closes the provider
+    connection at once, so the provider stops generating and billing.
+    """
     stream = ChatStream(provider, model, messages, on_retry=on_retry)
-    async for piece in stream:
-        yield piece, stream
+    pieces = aiter(stream)
+    try:
+        async for piece in pieces:
+            yield piece, stream
+    finally:
+        await pieces.aclose()
 
 
 _STATUS_WORDS = {

@@ -1,0 +1,1114 @@
+"""The streaming client against a real loopback server replaying providers' streams.
+
+Each test follows a conformance case in shared SSE-CONFORMANCE.md and checks what
+the user ends up with: the text shown, how the reply ended, the usage, and the
+error in plain words. Transcripts are byte-exact recordings of each provider's
+shape (ids and numbers shortened).
+"""
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from chat.upstream import ChatStream, Retry, UpstreamError, stream_chat
+from tests.conftest import TEST_API_KEY
+from tests.upstream_server import Reply, chat_chunks, sse
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+JSON = {"content-type": "application/json"}
+
+
+@dataclass
+class Outcome:
+    """What the user saw: the reply's text as shown, how it ended, and any error."""
+
+    text: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+    pieces: int = 0
+    finish_reason: str = ""
+    usage: dict | None = None
+    error: UpstreamError | None = None
+    retries: list[Retry] = field(default_factory=list)
+
+
+async def ask(provider, messages=HELLO, model="test-model") -> Outcome:
+    outcome, stream = Outcome(), None
+    try:
+        async for piece, current in stream_chat(provider, model, messages, on_retry=outcome.retries.append):
+            stream = current
+            outcome.pieces += 1
+            outcome.text += piece.content
+            outcome.reasoning += piece.reasoning
+            outcome.refusal += piece.refusal
+    except UpstreamError as exc:
+        outcome.error = exc
+    if stream is not None:  # the same ChatStream comes with every piece; read it once the reply ended
+        outcome.finish_reason, outcome.usage = stream.finish_reason, stream.usage
+    return outcome
+
+
+def assert_plain_words(detail: str) -> None:
+    """A sentence a person can read: no JSON, no HTML, no traceback, no key."""
+    assert detail and detail[0].isupper()
+    for fragment in ("{", "}", "<", "Traceback", "httpx", "httpcore", TEST_API_KEY, "SECRET"):
+        assert fragment not in detail, detail
+
+
+@pytest.fixture(autouse=True)
+def quick_upstream(settings):
+    """No retries unless a test asks; a hang fails in seconds, not a minute."""
+    settings.CHAT_UPSTREAM_RETRIES = 0
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 5.0
+    settings.CHAT_UPSTREAM_CONNECT_TIMEOUT = 5.0
+    settings.CHAT_UPSTREAM_MAX_RETRY_WAIT = 5.0
+    return settings
+
+
+def events(*lines: str) -> bytes:
+    """A transcript from its lines, each ending in LF (blank lines included as "")."""
+    return "".join(line + "\n" for line in lines).encode()
+
+
+# -- Transcripts, as each provider writes them ---------------------------------------------------------
+
+_OA = '"id":"chatcmpl-B1","object":"chat.completion.chunk","created":1732000000,"model":"gpt-4o-mini-2024-07-18"'
+_OA += ',"service_tier":"default","system_fingerprint":"fp_0ba0d124f1"'
+OPENAI = events(
+    f'data: {{{_OA},"choices":[{{"index":0,"delta":{{"role":"assistant","content":"","refusal":null}},'
+    '"logprobs":null,"finish_reason":null}],"usage":null}',
+    "",
+    f'data: {{{_OA},"choices":[{{"index":0,"delta":{{"content":"Hello"}},"logprobs":null,"finish_reason":null}}],'
+    '"usage":null}',
+    "",
+    f'data: {{{_OA},"choices":[{{"index":0,"delta":{{"content":", w\u00f6rld \U0001f44b"}},"logprobs":null,'
+    '"finish_reason":null}],"usage":null}',
+    "",
+    f'data: {{{_OA},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}],"usage":null}}',
+    "",
+    f'data: {{{_OA},"choices":[],"usage":{{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15,'
+    '"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":'
+    '{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+OPENAI_TEXT = "Hello, w\u00f6rld \U0001f44b"
+OPENAI_USAGE = {
+    "prompt_tokens": 10,
+    "completion_tokens": 5,
+    "total_tokens": 15,
+    "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+    "completion_tokens_details": {
+        "reasoning_tokens": 0,
+        "audio_tokens": 0,
+        "accepted_prediction_tokens": 0,
+        "rejected_prediction_tokens": 0,
+    },
+}
+
+_AZ_SAFE = (
+    '{"hate":{"filtered":false,"severity":"safe"},"self_harm":{"filtered":false,"severity":"safe"},'
+    '"sexual":{"filtered":false,"severity":"safe"},"violence":{"filtered":false,"severity":"safe"}}'
+)
+_AZ = '"created":1732000000,"id":"chatcmpl-Az1","model":"gpt-4o-2024-08-06","object":"chat.completion.chunk"'
+_AZ += ',"system_fingerprint":"fp_04751d0b65"'
+AZURE = events(
+    'data: {"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":'
+    f'[{{"prompt_index":0,"content_filter_results":{_AZ_SAFE}}}]}}',
+    "",
+    'data: {"choices":[{"content_filter_results":{},"delta":{"content":"","refusal":null,"role":"assistant"},'
+    f'"finish_reason":null,"index":0,"logprobs":null}}],{_AZ}}}',
+    "",
+    f'data: {{"choices":[{{"content_filter_results":{_AZ_SAFE},"delta":{{"content":"Hello"}},'
+    f'"finish_reason":null,"index":0,"logprobs":null}}],{_AZ}}}',
+    "",
+    f'data: {{"choices":[{{"content_filter_results":{_AZ_SAFE},"delta":{{"content":" from Azure."}},'
+    f'"finish_reason":null,"index":0,"logprobs":null}}],{_AZ}}}',
+    "",
+    'data: {"choices":[{"content_filter_results":{},"delta":{},"finish_reason":"stop","index":0,'
+    f'"logprobs":null}}],{_AZ}}}',
+    "",
+    # Asynchronous filter: annotations arrive after the finish chunk, with no delta and an empty id.
+    'data: {"choices":[{"content_filter_offsets":{"check_offset":0,"start_offset":0,"end_offset":17},'
+    f'"content_filter_results":{_AZ_SAFE},"finish_reason":null,"index":0}}],"created":0,"id":"",'
+    '"model":"","object":""}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_VL = '"id":"chatcmpl-9f2","object":"chat.completion.chunk","created":1732000000'
+_VL += ',"model":"meta-llama/Llama-3.1-8B-Instruct"'
+VLLM = events(
+    f'data: {{{_VL},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,'
+    '"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":12,"completion_tokens":0}}',
+    "",
+    f'data: {{{_VL},"choices":[{{"index":0,"delta":{{"content":"Hello"}},"logprobs":null,'
+    '"finish_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":13,"completion_tokens":1}}',
+    "",
+    # The last text rides on the finish chunk.
+    f'data: {{{_VL},"choices":[{{"index":0,"delta":{{"content":" from vLLM."}},"logprobs":null,'
+    '"finish_reason":"stop","stop_reason":null}],"usage":{"prompt_tokens":12,"total_tokens":16,'
+    '"completion_tokens":4}}',
+    "",
+    f'data: {{{_VL},"choices":[],"usage":{{"prompt_tokens":12,"total_tokens":16,"completion_tokens":4}}}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_OL = '"id":"chatcmpl-322","object":"chat.completion.chunk","created":1732000000,"model":"llama3.2"'
+_OL += ',"system_fingerprint":"fp_ollama"'
+OLLAMA = events(
+    f'data: {{{_OL},"choices":[{{"index":0,"delta":{{"role":"assistant","content":"Hello"}},'
+    '"finish_reason":null}]}',
+    "",
+    f'data: {{{_OL},"choices":[{{"index":0,"delta":{{"role":"assistant","content":" from Ollama."}},'
+    '"finish_reason":null}]}',
+    "",
+    f'data: {{{_OL},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
+    '"finish_reason":"stop"}]}',
+    "",
+    f'data: {{{_OL},"choices":[],"usage":{{"prompt_tokens":26,"completion_tokens":4,"total_tokens":30}}}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_LC = '"created":1732000000,"id":"chatcmpl-Qx","model":"gpt-3.5-turbo","system_fingerprint":"b4000-1f5ec6e8"'
+_LC += ',"object":"chat.completion.chunk"'
+LLAMA_CPP = events(
+    f'data: {{"choices":[{{"finish_reason":null,"index":0,"delta":{{"role":"assistant","content":null}}}}],{_LC}}}',
+    "",
+    f'data: {{"choices":[{{"finish_reason":null,"index":0,"delta":{{"content":"Hello"}}}}],{_LC}}}',
+    "",
+    f'data: {{"choices":[{{"finish_reason":null,"index":0,"delta":{{"content":" from llama.cpp."}}}}],{_LC}}}',
+    "",
+    f'data: {{"choices":[{{"finish_reason":"stop","index":0,"delta":{{}}}}],{_LC},"timings":{{"prompt_n":10,'
+    '"prompt_ms":20.1,"prompt_per_second":497.5,"predicted_n":5,"predicted_ms":30.5,"predicted_per_second":163.9}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_OR = '"id":"gen-1732000000-abc","provider":"OpenAI","model":"openai/gpt-4o-mini"'
+_OR += ',"object":"chat.completion.chunk","created":1732000000'
+OPENROUTER = events(
+    ": OPENROUTER PROCESSING",
+    "",
+    ": OPENROUTER PROCESSING",
+    "",
+    f'data: {{{_OR},"choices":[{{"index":0,"delta":{{"role":"assistant","content":"Hello"}},'
+    '"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}',
+    "",
+    ": OPENROUTER PROCESSING",
+    "",
+    f'data: {{{_OR},"choices":[{{"index":0,"delta":{{"role":"assistant","content":" via OpenRouter."}},'
+    '"finish_reason":null,"native_finish_reason":null,"logprobs":null}]}',
+    "",
+    f'data: {{{_OR},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},'
+    '"finish_reason":"stop","native_finish_reason":"stop","logprobs":null}]}',
+    "",
+    f'data: {{{_OR},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null,'
+    '"native_finish_reason":null,"logprobs":null}],"usage":{"prompt_tokens":10,"completion_tokens":5,'
+    '"total_tokens":15,"cost":0.0000045}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_DS = '"id":"d1","object":"chat.completion.chunk","created":1732000000,"model":"deepseek-reasoner"'
+_DS += ',"system_fingerprint":"fp_7e73fd9a08"'
+DEEPSEEK = events(
+    ": keep-alive",
+    "",
+    f'data: {{{_DS},"choices":[{{"index":0,"delta":{{"role":"assistant","content":null,'
+    '"reasoning_content":""},"logprobs":null,"finish_reason":null}]}',
+    "",
+    f'data: {{{_DS},"choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":"The user"}},'
+    '"logprobs":null,"finish_reason":null}]}',
+    "",
+    f'data: {{{_DS},"choices":[{{"index":0,"delta":{{"content":null,"reasoning_content":" greets me."}},'
+    '"logprobs":null,"finish_reason":null}]}',
+    "",
+    f'data: {{{_DS},"choices":[{{"index":0,"delta":{{"content":"Hello!","reasoning_content":null}},'
+    '"logprobs":null,"finish_reason":null}]}',
+    "",
+    f'data: {{{_DS},"choices":[{{"index":0,"delta":{{"content":"","reasoning_content":null}},'
+    '"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":20,'
+    '"total_tokens":29,"prompt_tokens_details":{"cached_tokens":0},"completion_tokens_details":'
+    '{"reasoning_tokens":16},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":9}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_GQ = '"id":"chatcmpl-g1","object":"chat.completion.chunk","created":1732000000,"model":"qwen/qwen3-32b"'
+_GQ += ',"system_fingerprint":"fp_a4265e44d5"'
+GROQ = events(
+    f'data: {{{_GQ},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,'
+    '"finish_reason":null}],"x_groq":{"id":"req_01jd"}}',
+    "",
+    f'data: {{{_GQ},"choices":[{{"index":0,"delta":{{"reasoning":"Greeting back."}},"logprobs":null,'
+    '"finish_reason":null}]}',
+    "",
+    f'data: {{{_GQ},"choices":[{{"index":0,"delta":{{"content":"Hello from Groq."}},"logprobs":null,'
+    '"finish_reason":null}]}',
+    "",
+    f'data: {{{_GQ},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"stop"}}],'
+    '"x_groq":{"id":"req_01jd","usage":{"queue_time":0.01,"prompt_tokens":40,"prompt_time":0.002,'
+    '"completion_tokens":7,"completion_time":0.004,"total_tokens":47,"total_time":0.006}}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+_MI = '"id":"cmpl-m1","object":"chat.completion.chunk","created":1732000000,"model":"mistral-small-latest"'
+MISTRAL = events(
+    f'data:  {{{_MI},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}]}}',
+    "",
+    f'data:  {{{_MI},"choices":[{{"index":0,"delta":{{"content":[{{"type":"text","text":"Hello"}},'
+    '{"type":"text","text":" from"}]},"finish_reason":null}]}',
+    "",
+    f'data:  {{{_MI},"choices":[{{"index":0,"delta":{{"content":" Mistral."}},"finish_reason":"stop"}}],'
+    '"usage":{"prompt_tokens":8,"total_tokens":12,"completion_tokens":4}}',
+    "",
+    "data:  [DONE]",
+    "",
+)
+
+
+# -- 1. Line endings and `data:` spacing ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r", "mixed"])
+async def test_it_reads_the_same_reply_whatever_the_line_endings(upstream, provider, ending):
+    if ending == "mixed":
+        endings = iter(["\r\n", "\n", "\r"] * 100)
+        transcript = b"".join(line + next(endings).encode() for line in OPENAI.split(b"\n")[:-1])
+    else:
+        transcript = OPENAI.replace(b"\n", ending.encode())
+    upstream.queue(Reply(body=[transcript]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert (outcome.text, outcome.finish_reason, outcome.usage) == (OPENAI_TEXT, "stop", OPENAI_USAGE)
+
+
+@pytest.mark.parametrize("spaces", ["", " ", "  "])
+async def test_it_reads_data_lines_with_zero_one_or_two_spaces(upstream, provider, spaces):
+    transcript = OPENAI.replace(b"data: ", f"data:{spaces}".encode())
+    upstream.queue(Reply(body=[transcript]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.text, outcome.finish_reason, outcome.error) == (OPENAI_TEXT, "stop", None)
+
+
+async def test_it_reads_mistral_two_space_data_and_content_parts(upstream, provider):
+    upstream.queue(Reply(body=[MISTRAL]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.text == "Hello from Mistral."
+    assert outcome.finish_reason == "stop"
+    assert outcome.usage == {"prompt_tokens": 8, "total_tokens": 12, "completion_tokens": 4}
+
+
+# -- 2. Comments ---------------------------------------------------------------------------------------
+
+
+async def test_it_ignores_openrouter_processing_comments(upstream, provider):
+    upstream.queue(Reply(body=[event + b"\n\n" for event in OPENROUTER.split(b"\n\n")[:-1]]))  # a read each
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.text == "Hello via OpenRouter."
+    assert outcome.finish_reason == "stop"
+    assert outcome.usage["total_tokens"] == 15
+
+
+async def test_it_ignores_deepseek_keep_alives_while_queued(upstream, provider):
+    keep_alives = [b": keep-alive\n\n"] * 5
+    upstream.queue(Reply(body=keep_alives + [DEEPSEEK], delay=0.01))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Hello!", "stop")
+
+
+# -- 3. Any byte-level split ---------------------------------------------------------------------------
+
+
+async def test_it_gives_the_same_reply_when_every_read_is_one_byte(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI[i : i + 1] for i in range(len(OPENAI))]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert (outcome.text, outcome.finish_reason, outcome.usage) == (OPENAI_TEXT, "stop", OPENAI_USAGE)
+
+
+async def test_it_gives_the_same_reply_split_in_two_at_every_offset(upstream, provider):
+    """Every split of the stream, including between CR and LF and inside a multibyte character."""
+    transcript = (
+        'data: {"choices":[{"index":0,"delta":{"content":"Hello, w\u00f6rld \U0001f44b"}}]}\r\n\r\n'
+        ": keep-alive\r\n\r\n"
+        'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\r\n\r\n'
+        'data: {"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}\r\n\r\n'
+        "data: [DONE]\r\n\r\n"
+    ).encode()
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    upstream.queue(*(Reply(body=[transcript[:i], transcript[i:]]) for i in range(1, len(transcript))))
+
+    for offset in range(1, len(transcript)):
+        outcome = await ask(provider)
+        assert outcome.error is None, f"split at {offset}: {outcome.error}"
+        assert (outcome.text, outcome.finish_reason, outcome.usage) == (OPENAI_TEXT, "stop", usage), offset
+    assert len(upstream.requests) == len(transcript) - 1
+
+
+async def test_it_shows_text_as_it_arrives(upstream, provider):
+    """A piece per read that carried text: the user sees the reply grow, not all at the end."""
+    held = threading.Event()
+    body = sse(*chat_chunks(["Hel", "lo", "!"]))
+    upstream.queue(Reply(body=[b"".join(body[:2])] + body[2:], wait_for=held))
+
+    async def first_piece():
+        async for piece, _stream in stream_chat(provider, "test-model", HELLO):
+            return piece.content
+
+    assert await asyncio.wait_for(first_piece(), 5) == "Hel"  # while the rest is held back
+    held.set()
+
+
+# -- 4. Odd chunks -------------------------------------------------------------------------------------
+
+
+async def test_it_reads_azure_filter_results_and_late_annotations(upstream, provider):
+    upstream.queue(Reply(body=[AZURE]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Hello from Azure.", "stop")
+
+
+async def test_it_keeps_text_when_azure_filters_the_rest(upstream, provider):
+    filtered = AZURE.replace(b'"finish_reason":"stop"', b'"finish_reason":"content_filter"')
+    upstream.queue(Reply(body=[filtered]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (
+        None,
+        "Hello from Azure.",
+        "content_filter",
+    )
+
+
+async def test_it_survives_chunks_with_missing_or_oddly_typed_fields(upstream, provider):
+    odd = [
+        {"choices": None},
+        {"choices": [{"index": 0}]},
+        {"choices": [{"index": 0, "delta": None}]},
+        {"choices": [{"index": 0, "delta": {"content": 42, "tool_calls": None}}]},
+        {"choices": [None, "x", {"index": 0, "delta": {"content": "Hello"}, "future_field": {"a": 1}}]},
+        {"choices": [{"index": 1, "delta": {"content": " (second choice, not shown)"}}]},
+        {"object": "chat.completion.chunk"},
+        "just a string",
+        [1, 2, 3],
+        None,
+        {"choices": [{"index": 0, "delta": {"content": " world"}, "finish_reason": None}], "usage": "n/a"},
+    ]
+    body = b"".join(f"data: {json.dumps(chunk)}\n\n".encode() for chunk in odd)
+    body += b"data: {not json at all\n\n"
+    body += b"".join(
+        sse(*chat_chunks([], usage={"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}))
+    )
+    upstream.queue(Reply(body=[body]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.text == "Hello world"
+    assert outcome.finish_reason == "stop"
+    assert outcome.usage == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+
+
+async def test_it_reads_llama_cpp_null_first_delta_and_timings(upstream, provider):
+    upstream.queue(Reply(body=[LLAMA_CPP]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Hello from llama.cpp.", "stop")
+    assert outcome.usage is None  # counted locally with tiktoken instead
+
+
+async def test_it_reads_ollama_repeated_roles(upstream, provider):
+    upstream.queue(Reply(body=[OLLAMA]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Hello from Ollama.", "stop")
+    assert outcome.usage == {"prompt_tokens": 26, "completion_tokens": 4, "total_tokens": 30}
+
+
+# -- 5. Content on the finish chunk, content as parts --------------------------------------------------
+
+
+async def test_it_keeps_vllm_text_on_the_finish_chunk(upstream, provider):
+    upstream.queue(Reply(body=[VLLM]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Hello from vLLM.", "stop")
+
+
+async def test_it_reads_legacy_completion_text(upstream, provider):
+    chunks = [
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": "Once", "finish_reason": None}],
+        },
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "choices": [{"index": 0, "text": " upon", "finish_reason": "length"}],
+        },
+    ]
+    upstream.queue(Reply(body=sse(*chunks)))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Once upon", "length")
+
+
+# -- 6. Usage in all its forms -------------------------------------------------------------------------
+
+
+async def test_it_takes_the_last_cumulative_usage_from_vllm_never_the_sum(upstream, provider):
+    upstream.queue(Reply(body=[VLLM]))
+
+    outcome = await ask(provider)
+
+    assert outcome.usage == {"prompt_tokens": 12, "total_tokens": 16, "completion_tokens": 4}
+
+
+async def test_it_reads_usage_on_the_deepseek_finish_chunk(upstream, provider):
+    upstream.queue(Reply(body=[DEEPSEEK]))
+
+    outcome = await ask(provider)
+
+    assert outcome.usage["prompt_tokens"] == 9
+    assert outcome.usage["completion_tokens"] == 20
+
+
+async def test_it_reads_groq_usage_under_x_groq(upstream, provider):
+    upstream.queue(Reply(body=[GROQ]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.usage["prompt_tokens"] == 40
+    assert outcome.usage["completion_tokens"] == 7
+
+
+async def test_it_reads_usage_from_the_openai_usage_chunk(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI]))
+
+    outcome = await ask(provider)
+
+    assert outcome.usage == OPENAI_USAGE
+
+
+# -- 7. Reasoning --------------------------------------------------------------------------------------
+
+
+async def test_it_keeps_deepseek_reasoning_apart_from_the_answer(upstream, provider):
+    upstream.queue(Reply(body=[DEEPSEEK]))
+
+    outcome = await ask(provider)
+
+    assert outcome.reasoning == "The user greets me."
+    assert outcome.text == "Hello!"
+
+
+async def test_it_keeps_groq_and_ollama_reasoning_apart_from_the_answer(upstream, provider):
+    upstream.queue(Reply(body=[GROQ]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.reasoning, outcome.text, outcome.finish_reason) == (
+        "Greeting back.",
+        "Hello from Groq.",
+        "stop",
+    )
+
+
+# -- 8. Refusals ---------------------------------------------------------------------------------------
+
+
+async def test_it_keeps_a_refusal_apart_from_the_content(upstream, provider):
+    base = {"id": "chatcmpl-R", "object": "chat.completion.chunk", "model": "gpt-4o-2024-08-06"}
+    chunks = [
+        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": None, "refusal": ""}}]},
+        {**base, "choices": [{"index": 0, "delta": {"refusal": "I'm sorry, "}, "finish_reason": None}]},
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {"refusal": "I can't help with that."}, "finish_reason": None}],
+        },
+        {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]
+    upstream.queue(Reply(body=sse(*chunks)))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.refusal == "I'm sorry, I can't help with that."
+    assert outcome.text == ""
+
+
+# -- 9. Errors in the middle of the stream -------------------------------------------------------------
+
+
+async def test_it_reports_an_openai_mid_stream_error_and_keeps_the_partial_text(upstream, provider):
+    error = {
+        "error": {"message": "The server had an error while processing your request.", "type": "server_error"}
+    }
+    upstream.queue(
+        Reply(body=sse(*chat_chunks(["Partial ", "answer"], finish_reason=None), error, done=False))
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Partial answer"
+    assert outcome.error.code == "upstream_error"
+    assert "The server had an error while processing your request." in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_a_vllm_error_even_when_done_follows(upstream, provider):
+    error = {
+        "error": {
+            "object": "error",
+            "message": "This model's maximum context length is 8192 tokens.",
+            "type": "BadRequestError",
+            "param": None,
+            "code": 400,
+        }
+    }
+    upstream.queue(Reply(body=sse(*chat_chunks(["Half"], finish_reason=None), error)))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Half"
+    assert outcome.error.code == "upstream_error"
+    assert outcome.error.provider_code == "400"
+    assert "maximum context length is 8192 tokens" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_an_openrouter_error_chunk_with_finish_reason_error(upstream, provider):
+    error_chunk = {
+        "id": "gen-1",
+        "object": "chat.completion.chunk",
+        "created": 1732000000,
+        "model": "openai/gpt-4o-mini",
+        "provider": "OpenAI",
+        "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+        "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+    }
+    upstream.queue(
+        Reply(body=sse(": OPENROUTER PROCESSING\n\n", *chat_chunks(["So far"], None), error_chunk))
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "So far"
+    assert outcome.error.code == "upstream_error"
+    assert "Provider disconnected unexpectedly" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_a_bare_finish_reason_error(upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["Some text"], finish_reason="error"))))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Some text"
+    assert outcome.error.code == "upstream_error"
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_a_llama_cpp_bare_error_line(upstream, provider):
+    body = sse(
+        *chat_chunks(["Hi"], finish_reason=None),
+        'error: {"code":503,"message":"Loading model","type":"unavailable_error"}\n\n',
+    )
+    upstream.queue(Reply(body=body))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Hi"
+    assert outcome.error.code == "upstream_error"
+    assert "Loading model" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_keeps_text_that_arrived_in_the_same_read_as_the_error(upstream, provider):
+    error = {"error": {"message": "Overloaded", "code": None}}
+    upstream.queue(Reply(body=[b"".join(sse(*chat_chunks(["All ", "in ", "one read"], None), error))]))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "All in one read"
+    assert outcome.error.code == "upstream_error"
+
+
+async def test_it_raises_upstream_error_when_chat_stream_is_iterated_directly(upstream, provider):
+    """The generation task iterates ChatStream itself: errors must still be UpstreamError."""
+    upstream.queue(Reply(body=sse(*chat_chunks(["Partial"], None), {"error": {"message": "Boom"}})))
+    stream = ChatStream(provider, "test-model", HELLO)
+    text = ""
+
+    with pytest.raises(UpstreamError) as raised:
+        async for piece in stream:
+            text += piece.content
+
+    assert text == "Partial"
+    assert raised.value.code == "upstream_error"
+
+
+# -- 10. Interrupted streams ---------------------------------------------------------------------------
+
+
+async def test_it_reports_a_cut_connection_as_interrupted_after_the_partial_text(upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["The start", " of it"], None), done=False), cut=True))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "The start of it"
+    assert outcome.error.code == "upstream_interrupted"
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_a_cut_in_the_middle_of_a_json_line_as_interrupted(upstream, provider):
+    body = (
+        b"".join(sse(*chat_chunks(["Kept"], None), done=False))
+        + b'data: {"choices":[{"index":0,"delta":{"con'
+    )
+    upstream.queue(Reply(body=[body], cut=True))
+
+    outcome = await ask(provider)
+
+    assert (outcome.text, outcome.error.code) == ("Kept", "upstream_interrupted")
+
+
+async def test_it_reports_an_end_without_finish_reason_or_done_as_interrupted(upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["Cut short"], finish_reason=None), done=False)))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Cut short"
+    assert outcome.error.code == "upstream_interrupted"
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_accepts_a_finish_reason_without_done(upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["Complete."]), done=False)))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Complete.", "stop")
+
+
+async def test_it_accepts_a_trailing_done_without_a_blank_line(upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["Complete."]), done=False) + [b"data: [DONE]"]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "Complete.", "stop")
+
+
+async def test_a_connection_cut_after_the_finish_reason_keeps_the_reply_finished(upstream, provider):
+    """The usage chunk and [DONE] were lost, but the reply itself is whole."""
+    upstream.queue(Reply(body=sse(*chat_chunks(["Whole reply."]), done=False), cut=True))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason, outcome.usage) == (
+        None,
+        "Whole reply.",
+        "stop",
+        None,
+    )
+
+
+async def test_it_does_not_retry_once_text_was_shown(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 3
+    upstream.queue(Reply(body=sse(*chat_chunks(["Shown"], None), done=False), cut=True))
+    upstream.default = Reply(body=sse(*chat_chunks(["A second answer"])))
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Shown"
+    assert outcome.error.code == "upstream_interrupted"
+    assert outcome.retries == []
+    assert len(upstream.requests) == 1
+
+
+async def test_closing_the_stream_early_hangs_up_on_the_provider(upstream, provider):
+    """Stop: the provider connection is released at once, so it stops generating (and billing)."""
+    held = threading.Event()
+    events = sse(*chat_chunks(["First", " never sent"]))
+    upstream.queue(Reply(body=[events[0] + events[1], *events[2:]], wait_for=held))
+    replies = stream_chat(provider, "test-model", HELLO)
+
+    piece, _stream = await anext(replies)
+    await replies.aclose()
+
+    assert piece.content == "First"
+    assert await asyncio.to_thread(upstream.requests[0]["disconnected"].wait, 5)
+    held.set()
+
+
+# -- 11. HTTP errors before streaming ------------------------------------------------------------------
+
+
+def error_body(message: str, type_: str, code) -> list[bytes]:
+    return [json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()]
+
+
+async def test_it_reports_a_rejected_api_key_without_quoting_it(upstream, provider):
+    masked = TEST_API_KEY[:3] + "*" * 18 + TEST_API_KEY[-4:]
+    message = (
+        f"Incorrect API key provided: {masked}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys."
+    )
+    upstream.queue(
+        Reply(status=401, headers=JSON, body=error_body(message, "invalid_request_error", "invalid_api_key"))
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.text == ""
+    assert outcome.error.code == "upstream_auth"
+    assert outcome.error.status == 401
+    assert outcome.error.provider_code == "invalid_api_key"
+    assert "HTTP 401" in outcome.error.detail and "Incorrect API key provided" in outcome.error.detail
+    assert masked not in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_never_shows_the_api_key_even_when_the_provider_quotes_it_whole(upstream, provider):
+    quoted = f"Invalid key {TEST_API_KEY} (key={TEST_API_KEY})"
+    upstream.queue(
+        Reply(status=401, headers=JSON, body=error_body(quoted, "auth", None)),
+        Reply(body=sse(*chat_chunks(["x"], None), {"error": {"message": f"token {TEST_API_KEY} expired"}})),
+    )
+
+    rejected = await ask(provider)
+    mid_stream = await ask(provider)
+
+    for error in (rejected.error, mid_stream.error):
+        assert TEST_API_KEY not in error.detail
+        assert "SECRET" not in error.detail and "123456" not in error.detail
+        assert TEST_API_KEY not in str(error) and TEST_API_KEY not in repr(error.args)
+    assert "Invalid key" in rejected.error.detail
+
+
+async def test_it_sends_the_api_key_as_a_bearer_token(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI]))
+
+    await ask(provider)
+
+    assert upstream.requests[0]["headers"]["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+async def test_it_reports_an_unknown_model(upstream, provider):
+    upstream.queue(
+        Reply(
+            status=404,
+            headers=JSON,
+            body=error_body(
+                "The model `gpt-9` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                "model_not_found",
+            ),
+        )
+    )
+
+    outcome = await ask(provider, model="gpt-9")
+
+    assert outcome.error.code == "upstream_not_found"
+    assert outcome.error.status == 404
+    assert "The model `gpt-9` does not exist" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(500, "upstream_unavailable"), (503, "upstream_unavailable"), (429, "upstream_rate_limited")],
+)
+async def test_it_reports_server_errors_and_rate_limits(upstream, provider, status, code):
+    headers = {**JSON, "retry-after": "7"}
+    upstream.queue(
+        Reply(status=status, headers=headers, body=error_body("Please slow down or retry.", "x", None))
+    )
+
+    outcome = await ask(provider)
+
+    assert (outcome.error.code, outcome.error.status) == (code, status)
+    assert outcome.error.retry_after == 7
+    assert f"HTTP {status}" in outcome.error.detail and "Please slow down or retry." in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reads_a_gateway_html_page_without_crashing(upstream, provider):
+    page = (
+        b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1>"
+        b"</center>\r\n<hr><center>nginx/1.25.3</center>\r\n</body>\r\n</html>\r\n"
+    )
+    upstream.queue(Reply(status=502, headers={"content-type": "text/html"}, body=[page]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_unavailable"
+    assert outcome.error.status == 502
+    assert "502 Bad Gateway" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reads_a_plain_text_error_body(upstream, provider):
+    upstream.queue(Reply(status=400, headers={"content-type": "text/plain"}, body=[b"model is required\n"]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_bad_request"
+    assert "model is required" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reports_an_unreachable_provider(provider, upstream):
+    from chat.upstream import Provider
+
+    upstream.close()  # nothing listens on that port any more
+    outcome = await ask(Provider(base_url=provider.base_url, api_key=TEST_API_KEY))
+
+    assert outcome.error.code == "upstream_connect"
+    assert "127.0.0.1" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+# -- 11b. Retries --------------------------------------------------------------------------------------
+
+
+async def test_it_retries_a_503_and_then_streams(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 2
+    upstream.queue(
+        Reply(status=503, headers={**JSON, "retry-after-ms": "20"}, body=error_body("Overloaded", "x", None)),
+        Reply(body=[OPENAI]),
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.text == OPENAI_TEXT
+    assert len(upstream.requests) == 2
+    assert [(r.attempt, r.delay) for r in outcome.retries] == [(1, 0.02)]
+    assert "HTTP 503" in outcome.retries[0].reason
+
+
+async def test_retry_after_ms_wins_over_retry_after(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 1
+    headers = {**JSON, "retry-after": "3", "retry-after-ms": "15"}
+    upstream.queue(
+        Reply(status=429, headers=headers, body=error_body("Rate limit reached", "x", None)),
+        Reply(body=[OPENAI]),
+    )
+    started = time.monotonic()
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert [r.delay for r in outcome.retries] == [0.015]
+    assert time.monotonic() - started < 2
+
+
+async def test_it_does_not_wait_out_a_long_retry_after(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 2
+    settings.CHAT_UPSTREAM_MAX_RETRY_WAIT = 5
+    upstream.queue(
+        Reply(status=429, headers={**JSON, "retry-after": "60"}, body=error_body("Slow down", "x", None))
+    )
+    upstream.default = Reply(body=[OPENAI])
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_rate_limited"
+    assert outcome.error.retry_after == 60
+    assert outcome.retries == []
+    assert len(upstream.requests) == 1
+
+
+async def test_it_gives_up_after_the_configured_retries(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 2
+    upstream.default = Reply(
+        status=500, headers={**JSON, "retry-after-ms": "1"}, body=error_body("Boom", "x", None)
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_unavailable"
+    assert [r.attempt for r in outcome.retries] == [1, 2]
+    assert len(upstream.requests) == 3
+
+
+async def test_it_does_not_retry_an_exhausted_quota(upstream, provider, settings):
+    """OpenAI's 429 insufficient_quota needs billing, not patience."""
+    settings.CHAT_UPSTREAM_RETRIES = 2
+    upstream.default = Reply(
+        status=429,
+        headers=JSON,
+        body=error_body("You exceeded your current quota.", "insufficient_quota", "insufficient_quota"),
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_rate_limited"
+    assert "You exceeded your current quota." in outcome.error.detail
+    assert len(upstream.requests) == 1
+
+
+@pytest.mark.parametrize("status", [401, 404, 400])
+async def test_it_does_not_retry_client_errors(upstream, provider, settings, status):
+    settings.CHAT_UPSTREAM_RETRIES = 2
+    upstream.default = Reply(status=status, headers=JSON, body=error_body("No.", "x", None))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.status == status
+    assert len(upstream.requests) == 1
+
+
+# -- The request -----------------------------------------------------------------------------------------
+
+
+async def test_it_asks_for_a_stream_with_usage(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI]))
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi \u00e9\U0001f600"},
+    ]
+
+    await ask(provider, messages=messages, model="gpt-4o-mini")
+
+    request = upstream.requests[0]
+    assert (request["method"], request["path"]) == ("POST", "/v1/chat/completions")
+    assert request["json"] == {
+        "model": "gpt-4o-mini",
+        "messages": messages,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    assert "text/event-stream" in request["headers"]["accept"]
+
+
+async def test_it_asks_again_without_stream_options_when_the_server_rejects_them(upstream, provider):
+    rejection = error_body(
+        "Unrecognized request argument supplied: stream_options", "invalid_request_error", None
+    )
+    upstream.queue(
+        Reply(status=400, headers=JSON, body=rejection), Reply(body=[LLAMA_CPP]), Reply(body=[LLAMA_CPP])
+    )
+
+    first = await ask(provider)
+    second = await ask(provider)
+
+    assert (first.error, first.text) == (None, "Hello from llama.cpp.")
+    assert second.text == "Hello from llama.cpp."
+    assert "stream_options" in upstream.requests[0]["json"]
+    assert "stream_options" not in upstream.requests[1]["json"]
+    assert "stream_options" not in upstream.requests[2]["json"]  # remembered for this server
+    assert upstream.requests[1]["json"]["stream"] is True
+
+
+async def test_it_reads_a_whole_json_reply_from_a_server_that_does_not_stream(upstream, provider):
+    reply = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": "tiny",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello in one go."},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    }
+    upstream.queue(Reply(headers={"content-type": "application/json"}, body=[json.dumps(reply).encode()]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert (outcome.text, outcome.finish_reason) == ("Hello in one go.", "stop")
+    assert outcome.usage == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+
+
+async def test_it_reports_an_error_in_a_whole_json_reply(upstream, provider):
+    body = json.dumps({"error": {"message": "Model is loading", "code": 503}}).encode()
+    upstream.queue(Reply(headers={"content-type": "application/json; charset=utf-8"}, body=[body]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_error"
+    assert "Model is loading" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reuses_the_connection_for_the_next_reply(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI]), Reply(body=[OPENAI]))
+
+    first, second = await ask(provider), await ask(provider)
+
+    assert first.text == second.text == OPENAI_TEXT
+    assert len(upstream.requests) == 2
+
+
+# -- 12. Idle timeout ----------------------------------------------------------------------------------
+
+
+async def test_a_silent_upstream_ends_the_reply_with_a_timeout(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.5
+    upstream.queue(Reply(body=sse(*chat_chunks(["Before the silence"], None), done=False), stall=3))
+    started = time.monotonic()
+
+    outcome = await ask(provider)
+
+    assert outcome.text == "Before the silence"
+    assert outcome.error.code == "upstream_timeout"
+    assert "0.5 seconds" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+    assert time.monotonic() - started < 2.5
+
+
+async def test_keep_alive_comments_keep_a_slow_upstream_alive(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.5
+    events = sse(*chat_chunks(["Slow", " but", " alive"]))
+    keep_alives = [b": keep-alive\n\n"] * 7  # every 0.2 s for 1.4 s, then the rest of the reply
+    upstream.queue(Reply(body=[events[0] + events[1], *keep_alives, b"".join(events[2:])], delay=0.2))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert (outcome.text, outcome.finish_reason) == ("Slow but alive", "stop")
