@@ -149,9 +149,11 @@ const handlers = {
       pending &&
       ((pending.kind === "send" && f.user_message && f.user_message.content === pending.content) ||
         (pending.kind === "regenerate" && !f.user_message));
+    let stopNow = false;
     if (mine) {
       if (pending.userEl) M.setId(pending.userEl, f.user_message.id);
       replyEl = pending.replyEl;
+      stopNow = pending.stopRequested;
       pending = null;
     } else {
       // Started in another tab (or we never saw our own rollback): draw it as it is.
@@ -163,6 +165,7 @@ const handlers = {
     beginStreaming(replyEl, f.message_id);
     moveSidebarItemToTop();
     afterGrowth();
+    if (stopNow) stop(); // Stop was pressed before the reply had begun
   },
 
   resume(f) {
@@ -444,6 +447,12 @@ function regenerate() {
 }
 
 function stop() {
+  if (pending && !streaming) {
+    pending.stopRequested = true;
+    stopButton.disabled = true;
+    stopButton.textContent = "Stopping…";
+    return;
+  }
   if (!streaming || !socket) return;
   if (socket.send({ type: "stop" })) {
     stopButton.disabled = true;
@@ -491,7 +500,7 @@ $("composer").addEventListener("submit", (event) => {
 });
 stopButton.addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && streaming && !document.querySelector("dialog[open]")) {
+  if (event.key === "Escape" && (streaming || pending) && !document.querySelector("dialog[open]")) {
     event.preventDefault();
     stop();
   }

@@ -126,6 +126,7 @@ export function finish(el, payload) {
     details.hidden = !payload.reasoning;
   }
   if (payload.stats !== undefined) setStats(el, payload.stats);
+  el.querySelector('[data-testid="copy"]').hidden = !payload.content;
   if (payload.status === "failed" || payload.status === "interrupted") {
     showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");
   }
