@@ -30,9 +30,17 @@ _load_lock = threading.Lock()
 
 
 def cache_dir() -> Path:
-    """Where tiktoken looks for vocabularies (its own rules, in its own order)."""
-    configured = os.environ.get("TIKTOKEN_CACHE_DIR") or os.environ.get("DATA_GYM_CACHE_DIR")
-    return Path(configured) if configured else Path(tempfile.gettempdir()) / "data-gym-cache"
+    """Where tiktoken looks for vocabularies (its own rules, in its own order: a variable
+    that is set wins even when empty, see tiktoken.load.read_file_cached)."""
+    for variable in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if variable in os.environ:
+            return Path(os.environ[variable])
+    return Path(tempfile.gettempdir()) / "data-gym-cache"
+
+
+def cache_disabled() -> bool:
+    """An empty TIKTOKEN_CACHE_DIR makes tiktoken download the vocabulary on every load."""
+    return os.environ.get("TIKTOKEN_CACHE_DIR", os.environ.get("DATA_GYM_CACHE_DIR")) == ""
 
 
 def vocabulary_path(name: str) -> Path:
@@ -54,6 +62,9 @@ def encoding_name(model: str) -> str:
 def _load(name: str, allow_download: bool):
     import tiktoken
 
+    if not allow_download and cache_disabled():
+        log.warning("Token counts are unavailable: TIKTOKEN_CACHE_DIR is empty, so tiktoken would download.")
+        return None
     if not allow_download and not vocabulary_path(name).exists():
         log.warning(
             "Token counts are unavailable: the %s vocabulary is not in %s. "
