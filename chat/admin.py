@@ -2,7 +2,10 @@
 
 import csv
 
+from asgiref.sync import async_to_sync
+from django import forms
 from django.contrib import admin
+from django.contrib import messages as admin_messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, Subquery, Sum
 from django.db.models.fields.json import KeyTextTransform
@@ -14,8 +17,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
-from chat import exports
-from chat.models import Conversation, Message, TranscriptAccess
+from chat import exports, upstream
+from chat.models import Budget, ChatModel, Conversation, Message, Provider, TranscriptAccess
 from chat.rendering import render_markdown
 
 
@@ -298,3 +301,108 @@ class TranscriptAccessAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class ProviderForm(forms.ModelForm):
+    """The API key is write-only: never rendered back; leave it blank to keep the stored one."""
+
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        help_text="Write-only. Leave blank to keep the current key.",
+    )
+    clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
+    base_url = forms.URLField(assume_scheme="https", help_text="Ends in /v1, e.g. http://localhost:11434/v1")
+
+    class Meta:
+        model = Provider
+        fields = ("name", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers", "enabled")
+
+    def clean_extra_headers(self):
+        headers = self.cleaned_data["extra_headers"] or {}
+        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+            raise forms.ValidationError('Headers must be a JSON object of strings, e.g. {"X-Title": "Chat"}.')
+        return headers
+
+    def save(self, commit=True):
+        provider = super().save(commit=False)
+        if self.cleaned_data.get("clear_api_key"):
+            provider.api_key = ""
+        elif not self.cleaned_data.get("api_key") and provider.pk:
+            provider.api_key = Provider.objects.only("api_key").get(pk=provider.pk).api_key
+        if commit:
+            provider.save()
+        return provider
+
+
+class ChatModelInline(admin.TabularInline):
+    model = ChatModel
+    extra = 0
+    fields = (
+        "name",
+        "display_name",
+        "encoding",
+        "context_window",
+        "stream",
+        "include_usage",
+        "api_style",
+        "enabled",
+        "is_default",
+    )
+
+
+@admin.register(Provider)
+class ProviderAdmin(admin.ModelAdmin):
+    form = ProviderForm
+    list_display = ("name", "base_url", "has_key", "enabled")
+    inlines = [ChatModelInline]
+    actions = ["fetch_models"]
+
+    @admin.display(boolean=True, description="key set")
+    def has_key(self, obj):
+        return bool(obj.key())
+
+    @admin.action(description="Fetch models from the provider's /models")
+    def fetch_models(self, request, queryset):
+        for source in queryset:
+            target = upstream.Provider(
+                base_url=source.base_url.rstrip("/"),
+                api_key=source.key(),
+                headers=tuple((source.extra_headers or {}).items()),
+            )
+            try:
+                names = async_to_sync(upstream.list_models)(target)
+            except upstream.UpstreamError as exc:
+                self.message_user(request, f"{source}: {exc.detail}", admin_messages.ERROR)
+                continue
+            known = set(source.models.values_list("name", flat=True))
+            ChatModel.objects.bulk_create(
+                [ChatModel(provider=source, name=n) for n in names if n not in known]
+            )
+            self.message_user(
+                request, f"{source}: {len(names)} models offered, {len(set(names) - known)} added."
+            )
+
+
+@admin.register(ChatModel)
+class ChatModelAdmin(admin.ModelAdmin):
+    list_display = (
+        "__str__",
+        "name",
+        "provider",
+        "context_window",
+        "api_style",
+        "stream",
+        "enabled",
+        "is_default",
+    )
+    list_filter = ("provider", "enabled", "api_style")
+    list_select_related = ("provider",)
+    search_fields = ("name", "display_name")
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "tokens_per_day", "tokens_per_month", "sends_per_minute")
+    list_select_related = ("user", "group")
+    raw_id_fields = ("user",)

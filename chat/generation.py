@@ -19,8 +19,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import replies
+from chat.budgets import BudgetExceeded
 from chat.models import Message
-from chat.upstream import ChatStream, Provider, Retry, UpstreamError
+from chat.upstream import ChatStream, Retry, UpstreamError
 
 Status = Message.Status
 
@@ -73,6 +74,8 @@ class Generation:
         self.remote_pending: set[str] = set()  # attached, resume not yet sent
         self.remote_wakeup = asyncio.Event()
         self.remote_tasks: list[asyncio.Task] = []
+        self.ended = False  # the reply is over: the pump stops after its current round
+        self.stop_requested = False
 
     # -- what sockets see ---------------------------------------------------------
     def start_frame(self) -> str:
@@ -81,8 +84,10 @@ class Generation:
             message_id=self.reply_id,
             user_message=self.turn.user_message,
             replaces=self.turn.replaces,
-            model=self.turn.model,
+            model=self.turn.target.label,
             prompt_tokens=self.turn.prompt_tokens,
+            trimmed=self.turn.trimmed,
+            budget=self.turn.budget,
         )
 
     def resume_frame(self) -> str:
@@ -103,10 +108,20 @@ class Generation:
 
     # -- the reply ----------------------------------------------------------------
     async def run(self) -> None:
-        provider = Provider.from_settings()
-        stream = ChatStream(provider, self.turn.model, self.turn.prompt, on_retry=self._on_retry)
+        target = self.turn.target
+        stream = ChatStream(
+            target.provider,
+            target.model,
+            self.turn.prompt,
+            include_usage=target.include_usage,
+            stream=target.stream,
+            api_style=target.api_style,
+            on_retry=self._on_retry,
+        )
         status, finish_reason, error = Message.Status.FINISHED, "", None
         try:
+            if self.stop_requested:  # stopped from another process before this task began
+                raise asyncio.CancelledError
             async for piece in stream:
                 await self._append(piece)
             finish_reason = stream.finish_reason or "stop"
@@ -162,7 +177,7 @@ class Generation:
             duration_ms=(time.monotonic() - self.started) * 1000,
             error_code=error[0] if error else "",
             error_detail=error[1] if error else "",
-            model_for_count=self.turn.model,
+            target=self.turn.target,
         )
         if stream.response_model:
             fields["model"] = stream.response_model
@@ -198,7 +213,10 @@ class Generation:
     async def open_remote(self) -> None:
         """Take attach/stop requests from sockets in other worker processes."""
         layer = get_channel_layer()
-        self.channel = await layer.new_channel("chat-gen.")
+        # The default prefix, like the consumers': channels_redis has one receive lock per
+        # process and the holder only pops its own prefix's queue, so a second prefix
+        # starved the sockets (or this listener) until a message for the holder came.
+        self.channel = await layer.new_channel()
         await layer.group_add(gen_group(self.conversation_id), self.channel)
         self.remote_tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._pump())]
         await layer.group_send(
@@ -227,7 +245,7 @@ class Generation:
     async def _pump(self) -> None:
         """The only sender to remote sockets, so resume and deltas keep their order."""
         layer = get_channel_layer()
-        while True:
+        while not self.ended:
             await self.remote_wakeup.wait()
             self.remote_wakeup.clear()
             await self._pump_once(layer)
@@ -262,15 +280,21 @@ class Generation:
         if self.channel is None:
             return
         layer = get_channel_layer()
-        for task in self.remote_tasks:
-            task.cancel()
-        await self._pump_once(layer)  # flush the last deltas before the final frames
+        listener, pump = self.remote_tasks
+        listener.cancel()
+        # Let the pump finish the round it is in: cancelled inside a send, it would have
+        # marked deltas as sent that never left. Then flush what came after.
+        self.ended = True
+        self.remote_wakeup.set()
+        await asyncio.wait([pump])
+        await self._pump_once(layer)
         for text in finals:
             for channel in list(self.remote):
                 await self._send_remote(layer, channel, text, final=True)
         await layer.group_discard(gen_group(self.conversation_id), self.channel)
 
     def stop(self) -> None:
+        self.stop_requested = True
         if self.task is not None and not self.task.done():
             self.task.cancel()
 
@@ -390,6 +414,9 @@ async def send(socket, conversation, content: str) -> None:
     except replies.Busy:
         await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
         return
+    except BudgetExceeded as exc:
+        await socket.send_error(exc.code, exc.detail)
+        return
     await _start(turn)
 
 
@@ -404,6 +431,9 @@ async def regenerate(socket, conversation) -> None:
         return
     except replies.NothingToRegenerate:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again yet.")
+        return
+    except BudgetExceeded as exc:
+        await socket.send_error(exc.code, exc.detail)
         return
     await _start(turn)
 
@@ -426,10 +456,11 @@ async def _start(turn: replies.Turn) -> Generation:
     generation = Generation(turn)
     _running[turn.conversation_id] = generation
     await generation.broadcast(generation.start_frame())
+    if not single_process():
+        # Before the task: a reply that ends fast must find its listener and pump to close.
+        await generation.open_remote()
     generation.task = asyncio.create_task(generation.run(), name=f"reply-{turn.reply_id}")
     _ensure_checkpointer()
-    if not single_process():
-        await generation.open_remote()
     return generation
 
 

@@ -4,6 +4,63 @@ from django.db.models import Q
 from django.utils import timezone
 
 
+class Provider(models.Model):
+    """An OpenAI-compatible server. The environment's OPENAI_* settings are a provider too,
+    used when no model here is chosen or marked default."""
+
+    name = models.CharField(max_length=100, unique=True)
+    base_url = models.URLField(help_text="Ends in /v1, e.g. http://localhost:11434/v1")
+    api_key = models.CharField(max_length=500, blank=True, help_text="Stored here; never shown again.")
+    api_key_env = models.CharField(
+        max_length=100, blank=True, help_text="Or: the name of an environment variable holding the key."
+    )
+    extra_headers = models.JSONField(default=dict, blank=True, help_text='e.g. {"HTTP-Referer": "https://…"}')
+    enabled = models.BooleanField(default=True)
+
+    def __str__(self) -> str:
+        return self.name
+
+    def key(self) -> str:
+        import os
+
+        return os.environ.get(self.api_key_env, "") if self.api_key_env else self.api_key
+
+
+class ChatModel(models.Model):
+    class ApiStyle(models.TextChoices):
+        CHAT = "chat", "chat (/chat/completions)"
+        COMPLETIONS = "completions", "legacy completions (/completions)"
+
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, related_name="models")
+    name = models.CharField(max_length=200, help_text="The provider's model id, e.g. gpt-4o-mini")
+    display_name = models.CharField(max_length=200, blank=True)
+    encoding = models.CharField(
+        max_length=50,
+        blank=True,
+        help_text="tiktoken encoding; blank: tiktoken's choice, else CHAT_TOKEN_ENCODING",
+    )
+    context_window = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Tokens; history beyond it is trimmed, oldest first."
+    )
+    max_reply_tokens = models.PositiveIntegerField(
+        default=1024, help_text="Room kept in the context window for the reply when trimming."
+    )
+    stream = models.BooleanField(default=True, help_text="Off for servers that cannot stream.")
+    include_usage = models.BooleanField(default=True, help_text="Ask for stream_options.include_usage.")
+    api_style = models.CharField(max_length=16, choices=ApiStyle.choices, default=ApiStyle.CHAT)
+    enabled = models.BooleanField(default=True)
+    is_default = models.BooleanField(default=False, help_text="Used by conversations that chose no model.")
+
+    class Meta:
+        ordering = ["provider__name", "name"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "name"], name="one_model_name_per_provider")
+        ]
+
+    def __str__(self) -> str:
+        return self.display_name or self.name
+
+
 class ConversationQuerySet(models.QuerySet):
     def for_user(self, user):
         """Conversations the given user owns; every page and socket goes through this."""
@@ -121,7 +178,9 @@ class TranscriptAccess(models.Model):
         VIEW = "view"
         EXPORT = "export"
 
-    staff = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
     staff_username = models.CharField(max_length=150)
     conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
     conversation_ref = models.PositiveBigIntegerField(help_text="The conversation's id, kept after deletion.")
@@ -134,3 +193,33 @@ class TranscriptAccess(models.Model):
 
     def __str__(self) -> str:
         return f"{self.staff_username} {self.kind} conversation {self.conversation_ref} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class Budget(models.Model):
+    """Token and send limits for one user, or for everyone in a group.
+
+    A user's own budget wins; otherwise the most generous of their groups' budgets
+    applies. Blank means unlimited.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="chat_budget"
+    )
+    group = models.OneToOneField(
+        "auth.Group", null=True, blank=True, on_delete=models.CASCADE, related_name="chat_budget"
+    )
+    tokens_per_day = models.PositiveIntegerField(null=True, blank=True)
+    tokens_per_month = models.PositiveIntegerField(null=True, blank=True)
+    sends_per_minute = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(user__isnull=False, group__isnull=True)
+                | Q(user__isnull=True, group__isnull=False),
+                name="budget_for_a_user_or_a_group",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"Budget for {self.user or self.group}"

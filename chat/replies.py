@@ -15,8 +15,9 @@ from django.db import IntegrityError, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from chat import tokens
+from chat import budgets, providers, tokens
 from chat.models import Conversation, Message
+from chat.providers import Target
 
 TITLE_LENGTH = 60
 
@@ -35,29 +36,40 @@ class Turn:
 
     conversation_id: int
     reply_id: int
-    model: str
+    target: Target
     prompt: list[dict]
     prompt_tokens: int | None
     user_message: dict | None = None
     replaces: int | None = None
+    trimmed: int = 0
+    budget: dict | None = None
 
-
-def model_for(conversation: Conversation) -> str:
-    return conversation.model or settings.CHAT_MODEL
+    @property
+    def model(self) -> str:
+        return self.target.model
 
 
 def lease_deadline():
     return timezone.now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
-def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None]], model: str):
-    """The messages sent upstream and their token count as the provider will bill it."""
+def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None]], target: Target):
+    """The messages sent upstream, their token count as the provider will bill it, and how
+    many of the oldest were left out to fit the model's context window."""
+    model, encoding = target.model, target.encoding
     system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
-    if system:
-        history = [("system", system, tokens.count_tokens(system, model)), *history]
-    prompt = [{"role": role, "content": content} for role, content, _ in history]
-    counted = tokens.count_prompt_tokens([(role, count) for role, _, count in history], model)
-    return prompt, counted
+    head = [("system", system, tokens.count_tokens(system, model, encoding))] if system else []
+    counted = tokens.count_prompt_tokens([(r, c) for r, _, c in head + history], model, encoding)
+    trimmed = 0
+    if target.context_window and counted is not None:
+        room = max(1, target.context_window - target.max_reply_tokens)
+        # Drop the oldest messages (never the system prompt or the newest message) until it fits.
+        while counted > room and len(history) > 1:
+            role, _, count = history.pop(0)
+            counted -= count + tokens.message_overhead(role, model, encoding_override=encoding)
+            trimmed += 1
+    prompt = [{"role": role, "content": content} for role, content, _ in head + history]
+    return prompt, counted, trimmed
 
 
 def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[str, str, int | None]]:
@@ -73,17 +85,34 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[st
     return list(rows.values_list("role", "content", "token_count"))
 
 
+def _placeholder(conversation: Conversation, target: Target, prompt_tokens: int | None, now) -> Message:
+    return Message(
+        conversation_id=conversation.id,
+        role=Message.Role.ASSISTANT,
+        status=Message.Status.STREAMING,
+        model=target.model,
+        prompt_tokens=prompt_tokens,
+        lease_until=lease_deadline(),
+        created_at=now,
+    )
+
+
 def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
-    """Save the user's message and a streaming reply placeholder, atomically; Busy if one streams."""
-    model = model_for(conversation)
-    content_tokens = tokens.count_tokens(content, model)
+    """Save the user's message and a streaming reply placeholder, atomically.
+
+    Raises Busy if a reply streams, BudgetExceeded if the user may not send now;
+    either way nothing is written and no model is called.
+    """
+    budget = budgets.check(conversation.user)
+    target = providers.resolve(conversation)
+    content_tokens = tokens.count_tokens(content, target.model, target.encoding)
     now = timezone.now()
     try:
         with transaction.atomic():
             recover_stale(conversation.id, live_ids)
             history = _history(conversation.id)
             history.append(("user", content, content_tokens))
-            prompt, prompt_tokens = _prompt(conversation, history, model)
+            prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
             user = Message(
                 conversation_id=conversation.id,
                 role=Message.Role.USER,
@@ -91,15 +120,7 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
                 token_count=content_tokens,
                 created_at=now,
             )
-            reply = Message(
-                conversation_id=conversation.id,
-                role=Message.Role.ASSISTANT,
-                status=Message.Status.STREAMING,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                lease_until=lease_deadline(),
-                created_at=now,
-            )
+            reply = _placeholder(conversation, target, prompt_tokens, now)
             Message.objects.bulk_create([user, reply])
             Conversation.objects.filter(pk=conversation.id).update(
                 updated_at=now,
@@ -110,16 +131,19 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply.id,
-        model=model,
+        target=target,
         prompt=prompt,
         prompt_tokens=prompt_tokens,
         user_message={"id": user.id, "content": content},
+        trimmed=trimmed,
+        budget=budget,
     )
 
 
 def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
     """A new reply to the last user message; earlier replies to it become earlier versions."""
-    model = model_for(conversation)
+    budget = budgets.check(conversation.user)
+    target = providers.resolve(conversation)
     try:
         with transaction.atomic():
             recover_stale(conversation.id, live_ids)
@@ -137,24 +161,21 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
                 .values_list("id", flat=True)
             )
             Message.objects.filter(id__in=previous).update(superseded=True)
-            prompt, prompt_tokens = _prompt(conversation, _history(conversation.id, last_user.id), model)
-            reply = Message.objects.create(
-                conversation_id=conversation.id,
-                role=Message.Role.ASSISTANT,
-                status=Message.Status.STREAMING,
-                model=model,
-                prompt_tokens=prompt_tokens,
-                lease_until=lease_deadline(),
-            )
+            history = _history(conversation.id, last_user.id)
+            prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+            reply = _placeholder(conversation, target, prompt_tokens, timezone.now())
+            reply.save()
     except IntegrityError:
         raise Busy from None
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply.id,
-        model=model,
+        target=target,
         prompt=prompt,
         prompt_tokens=prompt_tokens,
         replaces=previous[-1] if previous else None,
+        trimmed=trimmed,
+        budget=budget,
     )
 
 
@@ -174,8 +195,9 @@ def checkpoint(states: list[dict], lease_ids: list[int]) -> None:
 
 def finish(reply_id: int, **fields) -> dict:
     """Write a reply's final state; returns what the `done` frame reports."""
+    target = fields.pop("target")
     fields["completion_tokens"] = fields["token_count"] = tokens.count_tokens(
-        fields["content"], fields.pop("model_for_count")
+        fields["content"], target.model, target.encoding
     )
     fields["lease_until"] = None
     Message.objects.filter(pk=reply_id).update(**fields)

@@ -48,10 +48,12 @@ def vocabulary_path(name: str) -> Path:
     return cache_dir() / hashlib.sha1(url.encode()).hexdigest()
 
 
-def encoding_name(model: str) -> str:
-    """tiktoken's encoding for a model; CHAT_TOKEN_ENCODING for models it does not know."""
+def encoding_name(model: str, override: str = "") -> str:
+    """The model's configured encoding, else tiktoken's for it, else CHAT_TOKEN_ENCODING."""
     from tiktoken.model import encoding_name_for_model
 
+    if override:
+        return override
     try:
         return encoding_name_for_model(model)
     except KeyError:
@@ -86,16 +88,16 @@ def get_encoding(name: str, allow_download: bool = False):
         return _load(name, allow_download)
 
 
-def count_tokens(text: str, model: str) -> int | None:
-    encoding = get_encoding(encoding_name(model))
+def count_tokens(text: str, model: str, encoding_override: str = "") -> int | None:
+    encoding = get_encoding(encoding_name(model, encoding_override))
     if encoding is None:
         return None
     return len(encoding.encode(text, disallowed_special=()))
 
 
-def message_overhead(role: str, model: str, name: str = "") -> int | None:
+def message_overhead(role: str, model: str, name: str = "", encoding_override: str = "") -> int | None:
     """Tokens a message costs beyond its content: framing, role, and name if any."""
-    encoding = get_encoding(encoding_name(model))
+    encoding = get_encoding(encoding_name(model, encoding_override))
     if encoding is None:
         return None
     overhead = TOKENS_PER_MESSAGE + len(encoding.encode(role))
@@ -104,11 +106,13 @@ def message_overhead(role: str, model: str, name: str = "") -> int | None:
     return overhead
 
 
-def count_prompt_tokens(messages: list[tuple[str, int | None]], model: str) -> int | None:
+def count_prompt_tokens(
+    messages: list[tuple[str, int | None]], model: str, encoding_override: str = ""
+) -> int | None:
     """Prompt tokens for (role, content token count) pairs, as the provider bills them."""
     total = REPLY_PRIMING
     for role, content_tokens in messages:
-        overhead = message_overhead(role, model)
+        overhead = message_overhead(role, model, encoding_override=encoding_override)
         if overhead is None or content_tokens is None:
             return None
         total += overhead + content_tokens

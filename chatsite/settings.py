@@ -117,7 +117,14 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30},
+            "CONFIG": {
+                # channels_redis waits for messages with a 5 s BZPOPMIN; redis-py 8 reads
+                # with a 5 s socket timeout by default, so idle sockets died every ~5 s
+                # (redis/redis-py#4091, django/channels_redis#422). Read longer than that.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": 1000,
+                "expiry": 30,
+            },
         }
     }
 else:

@@ -123,12 +123,16 @@ class ChatStream:
         messages: list[dict],
         *,
         include_usage: bool = True,
+        stream: bool = True,
+        api_style: str = "chat",
         on_retry: Callable[[Retry], object] | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.messages = messages
         self.include_usage = include_usage
+        self.stream = stream
+        self.api_style = api_style
         self.on_retry = on_retry
         self.finish_reason = ""
         self.usage: dict | None = None
@@ -137,13 +141,22 @@ class ChatStream:
 
     # -- request ---------------------------------------------------------------
     def _body(self) -> dict:
-        body = {"model": self.model, "messages": self.messages, "stream": True}
-        if self.include_usage and self.provider.base_url not in _rejects_usage_option:
+        body = {"model": self.model, "stream": self.stream}
+        if self.api_style == "completions":
+            body["prompt"] = completion_prompt(self.messages)
+        else:
+            body["messages"] = self.messages
+        if self.stream and self.include_usage and self.provider.base_url not in _rejects_usage_option:
             body["stream_options"] = {"include_usage": True}
         return body
 
+    def _url(self) -> str:
+        endpoint = "completions" if self.api_style == "completions" else "chat/completions"
+        return f"{self.provider.base_url}/{endpoint}"
+
     def _headers(self) -> dict:
-        headers = {"accept": "text/event-stream", **dict(self.provider.headers)}
+        accept = "text/event-stream" if self.stream else "application/json"
+        headers = {"accept": accept, **dict(self.provider.headers)}
         if self.provider.api_key:
             headers["authorization"] = f"Bearer {self.provider.api_key}"
         return headers
@@ -151,7 +164,7 @@ class ChatStream:
     async def _open(self) -> httpx.Response:
         """Send the request; retry transient failures, which is safe as nothing was shown yet."""
         client = get_client(self.provider.demo)
-        url = f"{self.provider.base_url}/chat/completions"
+        url = self._url()
         attempt = 0
         while True:
             try:
@@ -353,6 +366,12 @@ class ChatStream:
         return Piece(content=chunk.content, reasoning=chunk.reasoning, refusal=chunk.refusal)
 
 
+def completion_prompt(messages: list[dict]) -> str:
+    """A chat history as one prompt for legacy /completions models (text-davinci-003 style)."""
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join([*lines, "Assistant:"])
+
+
 async def stream_chat(
     provider: Provider,
     model: str,
@@ -423,7 +442,7 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     return None
 
 
-def _reason(exc: httpx.TransportError) -> str:
+def _reason(exc: httpx.HTTPError) -> str:
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host not found"
     return type(exc).__name__
@@ -436,3 +455,25 @@ async def _maybe_await(value) -> None:
 
 def monotonic_ms() -> float:
     return time.monotonic() * 1000
+
+
+async def list_models(provider: Provider) -> list[str]:
+    """Model ids the provider offers (GET {base_url}/models), for the admin's "fetch models"."""
+    headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
+    headers.update(dict(provider.headers))
+    try:
+        response = await get_client(provider.demo).get(f"{provider.base_url}/models", headers=headers)
+    except httpx.HTTPError as exc:
+        raise UpstreamError("upstream_connect", f"Could not reach the provider ({_reason(exc)}).") from None
+    if response.status_code >= 400:
+        message, _ = _error_message(response.content, response.headers.get("content-type", ""))
+        raise UpstreamError(
+            "upstream_http_error",
+            redact(f"The provider answered HTTP {response.status_code}: {message}", provider.api_key),
+            status=response.status_code,
+        )
+    try:
+        data = response.json().get("data", [])
+        return sorted({str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")})
+    except (ValueError, AttributeError):
+        raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None

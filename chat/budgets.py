@@ -1,0 +1,108 @@
+"""Per-user and per-group token budgets and send rates, checked before any model is called.
+
+Usage is summed from the replies themselves (prompt + completion tokens, day and
+month in UTC), so there is no counter to drift. Replies whose count was
+unavailable (no vocabulary) count the provider's reported usage, else zero.
+"""
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db.models import IntegerField, Q, Sum
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast, Coalesce
+from django.utils import timezone
+
+from chat.models import Budget, Message
+
+
+class BudgetExceeded(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code, self.detail = code, detail
+
+
+@dataclass(frozen=True)
+class Limits:
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
+    sends_per_minute: int | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.tokens_per_day, self.tokens_per_month, self.sends_per_minute))
+
+
+def _most_generous(values):
+    values = list(values)
+    return None if not values or None in values else max(values)
+
+
+def limits_for(user) -> Limits:
+    own = Budget.objects.filter(user=user).first()
+    if own is not None:
+        return Limits(own.tokens_per_day, own.tokens_per_month, own.sends_per_minute)
+    budgets = list(Budget.objects.filter(group__in=user.groups.all()))
+    if not budgets:
+        return Limits()
+    return Limits(
+        _most_generous(b.tokens_per_day for b in budgets),
+        _most_generous(b.tokens_per_month for b in budgets),
+        _most_generous(b.sends_per_minute for b in budgets),
+    )
+
+
+def _tokens_since(user, since) -> int:
+    reported = Coalesce(Cast(KeyTextTransform("prompt_tokens", "usage"), IntegerField()), 0) + Coalesce(
+        Cast(KeyTextTransform("completion_tokens", "usage"), IntegerField()), 0
+    )
+    replies = Message.objects.filter(
+        conversation__user=user, role=Message.Role.ASSISTANT, created_at__gte=since
+    )
+    counted = replies.filter(prompt_tokens__isnull=False).aggregate(
+        total=Sum(Coalesce("prompt_tokens", 0) + Coalesce("completion_tokens", 0))
+    )["total"]
+    uncounted = replies.filter(Q(prompt_tokens__isnull=True)).aggregate(total=Sum(reported))["total"]
+    return (counted or 0) + (uncounted or 0)
+
+
+def remaining(user, limits: Limits | None = None) -> dict | None:
+    """Tokens left today and this month (None where unlimited); None when no budget applies."""
+    limits = limits if limits is not None else limits_for(user)
+    if not limits:
+        return None
+    now = timezone.now()
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    left = {"tokens_left_today": None, "tokens_left_this_month": None}
+    if limits.tokens_per_day is not None:
+        left["tokens_left_today"] = max(0, limits.tokens_per_day - _tokens_since(user, day))
+    if limits.tokens_per_month is not None:
+        left["tokens_left_this_month"] = max(
+            0, limits.tokens_per_month - _tokens_since(user, day.replace(day=1))
+        )
+    return left
+
+
+def check(user) -> dict | None:
+    """Raise BudgetExceeded if the user may not send now; else return what remains."""
+    limits = limits_for(user)
+    if not limits:
+        return None
+    if limits.sends_per_minute is not None:
+        recent = Message.objects.filter(
+            conversation__user=user,
+            role=Message.Role.USER,
+            created_at__gte=timezone.now() - timedelta(minutes=1),
+        ).count()
+        if recent >= limits.sends_per_minute:
+            raise BudgetExceeded(
+                "send_rate_exceeded",
+                f"You can send {limits.sends_per_minute} messages a minute; wait a moment and try again.",
+            )
+    left = remaining(user, limits)
+    if left["tokens_left_today"] == 0:
+        raise BudgetExceeded(
+            "budget_exceeded", "You have used today's token budget. It resets at midnight UTC."
+        )
+    if left["tokens_left_this_month"] == 0:
+        raise BudgetExceeded("budget_exceeded", "You have used this month's token budget.")
+    return left

@@ -1,0 +1,72 @@
+"""Which server and model a conversation talks to, and how.
+
+Models configured in the admin come first; the environment's OPENAI_* settings
+are the fallback, so a zero-config install and an env-configured one need no
+admin work at all.
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from chat.models import ChatModel, Conversation
+from chat.upstream import Provider
+
+
+@dataclass(frozen=True)
+class Target:
+    provider: Provider
+    model: str
+    label: str
+    encoding: str = ""
+    context_window: int | None = None
+    max_reply_tokens: int = 1024
+    stream: bool = True
+    include_usage: bool = True
+    api_style: str = "chat"
+
+
+def from_chat_model(chat_model: ChatModel) -> Target:
+    source = chat_model.provider
+    return Target(
+        provider=Provider(
+            base_url=source.base_url.rstrip("/"),
+            api_key=source.key(),
+            headers=tuple((str(k), str(v)) for k, v in (source.extra_headers or {}).items()),
+        ),
+        model=chat_model.name,
+        label=str(chat_model),
+        encoding=chat_model.encoding,
+        context_window=chat_model.context_window,
+        max_reply_tokens=chat_model.max_reply_tokens,
+        stream=chat_model.stream,
+        include_usage=chat_model.include_usage,
+        api_style=chat_model.api_style,
+    )
+
+
+def available_models():
+    return ChatModel.objects.filter(enabled=True, provider__enabled=True).select_related("provider")
+
+
+def resolve(conversation: Conversation) -> Target:
+    """The conversation's chosen model, else the admin's default model, else the environment's."""
+    models = available_models()
+    chosen = None
+    if conversation.model:
+        chosen = models.filter(name=conversation.model).order_by("-is_default", "id").first()
+    else:
+        chosen = models.filter(is_default=True).order_by("id").first()
+    if chosen is not None:
+        return from_chat_model(chosen)
+    model = conversation.model or settings.CHAT_MODEL
+    return Target(provider=Provider.from_settings(), model=model, label=model)
+
+
+def choices() -> list[dict]:
+    """Models a user may pick in the page: admin-configured ones, plus the environment's default."""
+    options = [{"name": m.name, "label": str(m), "default": m.is_default} for m in available_models()]
+    if not any(option["default"] for option in options):
+        label = f"{settings.CHAT_MODEL} (demo)" if settings.CHAT_DEMO else settings.CHAT_MODEL
+        options.insert(0, {"name": settings.CHAT_MODEL, "label": label, "default": True})
+    return options
