@@ -119,6 +119,8 @@ def count_prompt_tokens(
     return total
 
 
-def warm_up(model: str) -> None:
-    """Load the model's vocabulary ahead of the first message (it takes about a second)."""
-    get_encoding(encoding_name(model))
+def warm_up_in_background() -> None:
+    """Load the default model's vocabulary in a thread, ahead of the first message."""
+    threading.Thread(
+        target=lambda: get_encoding(encoding_name(settings.CHAT_MODEL)), name="tiktoken-warm-up", daemon=True
+    ).start()

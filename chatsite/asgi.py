@@ -11,6 +11,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
+from chat.tokens import warm_up_in_background  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -18,3 +19,6 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# Loading a tiktoken vocabulary takes about a second; do it now, not in the first reply.
+warm_up_in_background()
