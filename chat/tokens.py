@@ -119,8 +119,11 @@ def count_prompt_tokens(
     return total
 
 
+def warm_up(model: str) -> None:
+    """Load the model's vocabulary ahead of the first message (it takes about a second)."""
+    get_encoding(encoding_name(model))
+
+
 def warm_up_in_background() -> None:
-    """Load the default model's vocabulary in a thread, ahead of the first message."""
-    threading.Thread(
-        target=lambda: get_encoding(encoding_name(settings.CHAT_MODEL)), name="tiktoken-warm-up", daemon=True
-    ).start()
+    """warm_up() the default model in a thread, so start-up does not wait for it."""
+    threading.Thread(target=warm_up, args=(settings.CHAT_MODEL,), name="tiktoken-warm-up", daemon=True).start()
