@@ -1082,7 +1082,17 @@ async def test_it_reuses_the_connection_for_the_next_reply(upstream, provider):
     first, second = await ask(provider), await ask(provider)
 
     assert first.text == second.text == OPENAI_TEXT
-    assert len(upstream.requests) == 2
+    assert [request["connection"] for request in upstream.requests] == [1, 1]
+
+
+async def test_a_server_that_keeps_the_body_open_after_done_is_not_waited_for(upstream, provider):
+    upstream.queue(Reply(body=[OPENAI], stall=4))
+    started = time.monotonic()
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, OPENAI_TEXT, "stop")
+    assert time.monotonic() - started < 2.5
 
 
 # -- 12. Idle timeout ----------------------------------------------------------------------------------

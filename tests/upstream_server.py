@@ -12,7 +12,8 @@ so a test decides exactly where the client's network reads split.
         assert upstream.requests[0]["json"]["stream"] is True
 
 Each recorded request is a dict: method, path, headers (lower-case names), json
-(the parsed body or None), body (raw bytes) and disconnected (a threading.Event
+(the parsed body or None), body (raw bytes), connection (which TCP connection
+carried it, numbered from 1) and disconnected (a threading.Event
 set when the client hung up before the reply was fully written, e.g. on stop).
 """
 
@@ -54,6 +55,7 @@ class UpstreamServer:
         self._lock = threading.Lock()
         self._closing = False
         self._connections: set[asyncio.Task] = set()
+        self.connections_opened = 0  # TCP connections accepted so far (keep-alive reuse shows here)
         self._loop = asyncio.new_event_loop()
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="upstream-server", daemon=True)
@@ -122,11 +124,14 @@ class UpstreamServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._connections.add(task)
+        self.connections_opened += 1
+        connection = self.connections_opened
         try:
             while not self._closing:
                 request = await self._read_request(reader)
                 if request is None:
                     break
+                request["connection"] = connection
                 self.requests.append(request)
                 keep_open = await self._reply_while_watching(reader, writer, self._next_reply(), request)
                 if not keep_open or request["headers"].get("connection", "").lower() == "close":

@@ -253,14 +253,16 @@ class ChatStream:
                     yield piece
                 return
             decoder = SSEDecoder()
+            reads = response.aiter_bytes()
             try:
-                async for data in response.aiter_bytes():
+                async for data in reads:
                     piece, error = self._read(decoder.feed(data))
                     if piece:
                         yield piece
                     if error is not None:
                         raise error
                     if self.done:
+                        await _finish_body(reads)
                         return
                 piece, error = self._read(decoder.close())
                 if piece:
@@ -370,6 +372,21 @@ def completion_prompt(messages: list[dict]) -> str:
     """A chat history as one prompt for legacy /completions models (text-davinci-003 style)."""
     lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
     return "\n\n".join([*lines, "Assistant:"])
+
+
+async def _finish_body(reads: AsyncIterator[bytes]) -> None:
+    """Read what follows [DONE] (normally just the chunked-encoding terminator).
+
+    A response closed before its end closes its connection too, so every reply
+    paid a new TCP and TLS handshake; read to the end, the connection goes back to
+    the pool. A server that keeps the body open after [DONE] is not waited for.
+    """
+    try:
+        async with asyncio.timeout(1.0):
+            async for _ in reads:
+                pass
+    except (TimeoutError, httpx.HTTPError):
+        pass
 
 
 async def stream_chat(
