@@ -898,6 +898,56 @@ async def test_it_reads_a_plain_text_error_body(upstream, provider):
     assert_plain_words(outcome.error.detail)
 
 
+async def test_it_reads_ollama_string_errors(upstream, provider):
+    body = b'{"error":"model \\"llama3.3\\" not found, try pulling it first"}'
+    upstream.queue(Reply(status=404, headers=JSON, body=[body]))
+
+    outcome = await ask(provider, model="llama3.3")
+
+    assert outcome.error.code == "upstream_not_found"
+    assert 'model "llama3.3" not found, try pulling it first' in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reads_fastapi_validation_errors_as_words(upstream, provider):
+    detail = [
+        {"type": "missing", "loc": ["body", "model"], "msg": "Field required", "input": {"messages": []}},
+        {
+            "type": "bool_type",
+            "loc": ["body", "stream"],
+            "msg": "Input should be a valid boolean",
+            "input": "x",
+        },
+    ]
+    upstream.queue(Reply(status=422, headers=JSON, body=[json.dumps({"detail": detail}).encode()]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.status == 422
+    assert "model: Field required; stream: Input should be a valid boolean" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_it_reads_google_list_wrapped_errors(upstream, provider):
+    body = [
+        {
+            "error": {
+                "code": 400,
+                "message": "API key not valid. Please pass a valid API key.",
+                "status": "INVALID_ARGUMENT",
+            }
+        }
+    ]
+    upstream.queue(Reply(status=400, headers=JSON, body=[json.dumps(body).encode()]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_bad_request"
+    assert outcome.error.provider_code == "400"
+    assert "API key not valid. Please pass a valid API key." in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
 async def test_it_reports_an_unreachable_provider(provider, upstream):
     from chat.upstream import Provider
 

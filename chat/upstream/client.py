@@ -432,19 +432,36 @@ def _error_message(body: bytes, content_type: str) -> tuple[str, str | None]:
         obj = json.loads(body)
     except ValueError:
         obj = None
+    if isinstance(obj, list) and obj and isinstance(obj[0], dict):
+        obj = obj[0]  # Google's OpenAI-compatible endpoint wraps the error object in a list
     if isinstance(obj, dict):
         error = obj.get("error", obj)
         if isinstance(error, dict):
             message = error.get("message") or error.get("detail") or error.get("error") or ""
             code = error.get("code") if error.get("code") is not None else error.get("type")
-            return str(message)[:500], None if code is None else str(code)
-        return str(error)[:500], None
+            return _plain(message)[:500], None if code is None else str(code)
+        return _plain(error)[:500], None
     title = _TITLE.search(body)
     if title:
         return " ".join(title.group(1).decode("utf-8", "replace").split())[:200], None
     if b"<" in body[:200] or "html" in content_type:
         return "an HTML error page", None
     return " ".join(body[:300].decode("utf-8", "replace").split()), None
+
+
+def _plain(message) -> str:
+    """A message as words. FastAPI servers answer 422 with `detail` as a list of
+    {"loc": [...], "msg": ...} objects, which would otherwise reach the user as JSON."""
+    if isinstance(message, list):
+        parts = []
+        for item in message:
+            if isinstance(item, dict) and "msg" in item:
+                where = ".".join(str(p) for p in item.get("loc") or () if p != "body")
+                parts.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+            else:
+                parts.append(_plain(item))
+        return "; ".join(parts)
+    return str(message)
 
 
 def _retry_after(headers: httpx.Headers) -> float | None:
