@@ -126,4 +126,6 @@ def warm_up(model: str) -> None:
 
 def warm_up_in_background() -> None:
     """warm_up() the default model in a thread, so start-up does not wait for it."""
-    threading.Thread(target=warm_up, args=(settings.CHAT_MODEL,), name="tiktoken-warm-up", daemon=True).start()
+    threading.Thread(
+        target=warm_up, args=(settings.CHAT_MODEL,), name="tiktoken-warm-up", daemon=True
+    ).start()
