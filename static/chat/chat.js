@@ -17,7 +17,11 @@ const FRAME_ERRORS = {
   empty_content: "Type a message first.",
   nothing_to_regenerate: "There is no message to reply to yet.",
   not_streaming: "Nothing is being written right now.",
+  budget_exceeded: "You have used your token budget for now.",
+  send_rate_exceeded: "You're sending messages faster than your plan allows. Wait a moment and try again.",
 };
+// Refusals whose server wording is more precise than ours (which budget, when it resets).
+const SERVER_WORDS = new Set(["budget_exceeded", "send_rate_exceeded"]);
 
 let conversation = config.conversation; // {id, url, messages_url, ws_path, ...} or null
 let socket = null;
@@ -140,6 +144,36 @@ function moveSidebarItemToTop() {
   if (item && item.parentElement.firstElementChild !== item) item.parentElement.prepend(item);
 }
 
+// ---------------------------------------------------------------- budget
+
+// Tokens left as of the last `start` frame ({tokens_left_today, tokens_left_this_month},
+// either null when unlimited), less what replies since then used; null: no budget applies.
+let budget = config.budget ? { ...config.budget } : null;
+
+function showBudget(left) {
+  budget = left ? { ...left } : null;
+  const line = $("budget");
+  if (!line) return;
+  const parts = [];
+  if (budget && budget.tokens_left_today != null) {
+    parts.push(`${budget.tokens_left_today.toLocaleString()} tokens left today`);
+  }
+  if (budget && budget.tokens_left_this_month != null) {
+    parts.push(`${budget.tokens_left_this_month.toLocaleString()} ${parts.length ? "" : "tokens left "}this month`);
+  }
+  line.textContent = parts.join(" · ");
+  line.hidden = !parts.length;
+}
+
+function spendBudget(tokens) {
+  if (!budget || !tokens) return;
+  const spend = (left) => (left == null ? null : Math.max(0, left - tokens));
+  showBudget({
+    tokens_left_today: spend(budget.tokens_left_today),
+    tokens_left_this_month: spend(budget.tokens_left_this_month),
+  });
+}
+
 // ---------------------------------------------------------------- frames
 
 const handlers = {
@@ -163,6 +197,8 @@ const handlers = {
     if (f.replaces) M.findMessage(f.replaces)?.remove();
     document.getElementById("empty-state").hidden = true;
     beginStreaming(replyEl, f.message_id);
+    M.trimmedNote(replyEl, f.trimmed);
+    showBudget(f.budget);
     moveSidebarItemToTop();
     afterGrowth();
     if (stopNow) stop(); // Stop was pressed before the reply had begun
@@ -203,7 +239,7 @@ const handlers = {
       return;
     }
     rollback();
-    toast(FRAME_ERRORS[f.code] || words);
+    toast(SERVER_WORDS.has(f.code) ? words : FRAME_ERRORS[f.code] || words);
   },
 
   done(f) {
@@ -219,6 +255,7 @@ const handlers = {
       setStreamingUi(false);
     }
     finishReply(el, f.message_id, f);
+    spendBudget((f.prompt_tokens || 0) + (f.completion_tokens || 0));
     focusComposer();
   },
 

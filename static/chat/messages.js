@@ -93,6 +93,21 @@ export function notice(el, text, kind = "") {
   n.hidden = false;
 }
 
+/** A small note on a reply whose prompt left out the oldest messages (`start.trimmed`). */
+export function trimmedNote(el, count) {
+  el.querySelector("[data-trimmed]")?.remove();
+  if (!count) return;
+  const note = document.createElement("p");
+  note.className = "msg-trimmed";
+  note.dataset.trimmed = "";
+  note.dataset.testid = "trimmed-note";
+  note.textContent =
+    count === 1
+      ? "1 earlier message was left out to fit the model's context window."
+      : `${count.toLocaleString()} earlier messages were left out to fit the model's context window.`;
+  el.querySelector(".msg-foot").before(note);
+}
+
 export function showError(el, text) {
   const box = el.querySelector("[data-error]");
   box.querySelector("[data-error-text]").textContent = text;
