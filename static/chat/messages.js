@@ -147,11 +147,12 @@ export function finish(el, payload) {
   }
 }
 
-/** Only the last reply offers Regenerate, and not while anything streams. */
+/** Only the last reply offers Regenerate (as Retry when it failed), and not while anything streams. */
 export function placeRegenerate(streaming) {
   const last = lastReply();
   for (const button of list().querySelectorAll('[data-testid="regenerate"]')) {
-    button.hidden = streaming || button.closest('[data-testid="message"]') !== last;
+    const el = button.closest('[data-testid="message"]');
+    button.hidden = streaming || el !== last || !el.querySelector("[data-error]").hidden;
   }
   for (const button of list().querySelectorAll('[data-testid="retry"]')) {
     button.hidden = streaming || button.closest('[data-testid="message"]') !== last;
