@@ -277,7 +277,7 @@ class Generation:
             self.remote.pop(channel, None)
 
     async def _close_remote(self, finals: list[str]) -> None:
-        if self.channel is None:
+        if not self.remote_tasks:
             return
         layer = get_channel_layer()
         listener, pump = self.remote_tasks
@@ -458,7 +458,10 @@ async def _start(turn: replies.Turn) -> Generation:
     await generation.broadcast(generation.start_frame())
     if not single_process():
         # Before the task: a reply that ends fast must find its listener and pump to close.
-        await generation.open_remote()
+        try:
+            await generation.open_remote()
+        except Exception:  # Redis away: stream to this process's tabs; others catch up from the DB
+            log.exception("Could not announce reply %s to other processes", turn.reply_id)
     generation.task = asyncio.create_task(generation.run(), name=f"reply-{turn.reply_id}")
     _ensure_checkpointer()
     return generation
