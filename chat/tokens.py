@@ -15,7 +15,7 @@ import logging
 import os
 import tempfile
 import threading
-from functools import lru_cache
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -60,7 +60,6 @@ def encoding_name(model: str, override: str = "") -> str:
         return settings.CHAT_TOKEN_ENCODING
 
 
-@lru_cache(maxsize=8)
 def _load(name: str, allow_download: bool):
     import tiktoken
 
@@ -82,10 +81,35 @@ def _load(name: str, allow_download: bool):
         return None
 
 
+_encodings: dict[str, object] = {}
+_missing_until: dict[str, float] = {}
+RETRY_MISSING_AFTER = 30.0  # seconds; so `fetch_vocabularies` takes effect without a restart
+
+
 def get_encoding(name: str, allow_download: bool = False):
-    """The tiktoken Encoding, or None when its vocabulary cannot be loaded."""
+    """The tiktoken Encoding, or None when its vocabulary cannot be loaded (retried later)."""
+    encoding = _encodings.get(name)
+    if encoding is not None:
+        return encoding
     with _load_lock:  # two threads loading the same 3 MB vocabulary at once is wasted work
-        return _load(name, allow_download)
+        if name in _encodings:
+            return _encodings[name]
+        if not allow_download and _missing_until.get(name, 0) > time.monotonic():
+            return None
+        encoding = _load(name, allow_download)
+        if encoding is None:
+            _missing_until[name] = time.monotonic() + RETRY_MISSING_AFTER
+        else:
+            _encodings[name] = encoding
+            _missing_until.pop(name, None)
+        return encoding
+
+
+def forget_encodings() -> None:
+    """Drop loaded and missing vocabularies (tests; a changed cache directory)."""
+    with _load_lock:
+        _encodings.clear()
+        _missing_until.clear()
 
 
 def count_tokens(text: str, model: str, encoding_override: str = "") -> int | None:

@@ -46,9 +46,9 @@ def fresh_vocabularies():
     for thread in threading.enumerate():  # importing chatsite.asgi starts one; let it finish first
         if thread.name == "tiktoken-warm-up":
             thread.join(30)
-    tokens._load.cache_clear()
+    tokens.forget_encodings()
     yield
-    tokens._load.cache_clear()
+    tokens.forget_encodings()
 
 
 @pytest.fixture
@@ -150,3 +150,14 @@ def test_counts_come_back_when_the_vocabulary_is_there(monkeypatch, fresh_vocabu
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tokens.vocabulary_path("o200k_base").parent))
 
     assert tokens.count_tokens(SEED_REPLY, "gpt-4o-mini") == 299
+
+
+def test_a_vocabulary_fetched_later_is_used_without_a_restart(fresh_vocabularies, monkeypatch, tmp_path):
+    shared = tokens.vocabulary_path("o200k_base")
+    if not shared.exists():
+        pytest.skip("needs the o200k_base vocabulary to play the part of fetch_vocabularies")
+    monkeypatch.setattr(tokens, "RETRY_MISSING_AFTER", 0.0)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
+    assert tokens.count_tokens("hello", "gpt-4o-mini") is None
+    (tmp_path / shared.name).write_bytes(shared.read_bytes())  # what fetch_vocabularies does
+    assert tokens.count_tokens("hello", "gpt-4o-mini") == 1

@@ -1172,3 +1172,12 @@ async def test_keep_alive_comments_keep_a_slow_upstream_alive(upstream, provider
 
     assert outcome.error is None
     assert (outcome.text, outcome.finish_reason) == ("Slow but alive", "stop")
+
+
+async def test_a_finished_reply_does_not_wait_the_idle_timeout_for_a_missing_done(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 30
+    upstream.queue(Reply(body=sse(*chat_chunks(["All ", "done"]), done=False), stall=10))
+    started = time.monotonic()
+    outcome = await ask(provider)
+    assert time.monotonic() - started < 5  # the finish chunk ended it, after a short grace for usage
+    assert (outcome.text, outcome.finish_reason, outcome.error) == ("All done", "stop", None)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_ERROR_BODY = 64 * 1024
+FINISH_GRACE = 2.0  # seconds to wait for usage/[DONE] once the finish chunk has come
 
 
 @dataclass(frozen=True)
@@ -255,7 +256,16 @@ class ChatStream:
             decoder = SSEDecoder()
             reads = response.aiter_bytes()
             try:
-                async for data in reads:
+                while True:
+                    try:
+                        data = await self._next_read(reads)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        # Finished, then silent: the usage chunk or [DONE] never came. Don't make
+                        # the user wait the whole idle timeout for a reply that is complete.
+                        log.info("No usage or [DONE] within %gs of finish_reason", FINISH_GRACE)
+                        return
                     piece, error = self._read(decoder.feed(data))
                     if piece:
                         yield piece
@@ -292,6 +302,12 @@ class ChatStream:
                 )
         finally:
             await response.aclose()
+
+    async def _next_read(self, reads) -> bytes:
+        if not self.finish_reason:
+            return await anext(reads)
+        async with asyncio.timeout(FINISH_GRACE):
+            return await anext(reads)
 
     def _read(self, events) -> tuple[Piece, UpstreamError | None]:
         """Fold the events of one read into a Piece; an error object ends the stream."""
