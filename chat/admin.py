@@ -18,7 +18,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from chat import exports, upstream
-from chat.models import Budget, ChatModel, Conversation, Message, Provider, TranscriptAccess
+from chat.models import Budget, ChatModel, Conversation, Invite, Message, Provider, TranscriptAccess
 from chat.rendering import render_markdown
 
 
@@ -406,3 +406,32 @@ class BudgetAdmin(admin.ModelAdmin):
     list_display = ("__str__", "tokens_per_day", "tokens_per_month", "sends_per_minute")
     list_select_related = ("user", "group")
     raw_id_fields = ("user",)
+
+
+@admin.register(Invite)
+class InviteAdmin(admin.ModelAdmin):
+    """Invites to sign up. The link is shown once saved (messages and the change page);
+    the token itself is read-only."""
+
+    list_display = ("__str__", "email", "status", "created_by", "created_at", "expires_at", "used_by")
+    list_select_related = ("created_by", "used_by")
+    list_filter = ("created_at", "used_at")
+    search_fields = ("email", "used_by__username")
+    fields = ("email", "expires_at", "token", "created_by", "created_at", "used_by", "used_at")
+    readonly_fields = ("token", "created_by", "created_at", "used_by", "used_at")
+    show_full_result_count = False
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        link = request.build_absolute_uri(obj.get_absolute_url())
+        self.message_user(request, f"Invite link (send it to the person; it works once): {link}")
+        return super().response_add(request, obj, post_url_continue)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            context["invite_link"] = request.build_absolute_uri(obj.get_absolute_url())
+        return super().render_change_form(request, context, add, change, form_url, obj)

@@ -1,4 +1,6 @@
 from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import UserCreationForm
 
 from chat.models import Conversation
 
@@ -19,3 +21,11 @@ class ConversationSettingsForm(forms.ModelForm):
         model = Conversation
         fields = ["model", "system_prompt"]
         widgets = {"system_prompt": forms.Textarea(attrs={"rows": 6})}
+
+
+class SignUpForm(UserCreationForm):
+    """Username and password (checked by AUTH_PASSWORD_VALIDATORS), for the site's user model."""
+
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = (get_user_model().USERNAME_FIELD,)

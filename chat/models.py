@@ -1,6 +1,10 @@
+import secrets
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+from django.urls import reverse
 from django.utils import timezone
 
 
@@ -223,3 +227,61 @@ class Budget(models.Model):
 
     def __str__(self) -> str:
         return f"Budget for {self.user or self.group}"
+
+
+INVITE_DAYS = 7
+
+
+def new_invite_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def invite_expiry():
+    return timezone.now() + timedelta(days=INVITE_DAYS)
+
+
+class InviteQuerySet(models.QuerySet):
+    def usable(self):
+        """Invites nobody has used yet and that have not expired."""
+        return self.filter(used_at__isnull=True, expires_at__gt=timezone.now())
+
+
+class Invite(models.Model):
+    """A one-time link that lets its holder choose a username and password.
+
+    The link is the credential: whoever has it may sign up once, before it expires.
+    The email is a note for staff (and becomes the new account's address), not a check.
+    """
+
+    token = models.CharField(max_length=64, unique=True, default=new_invite_token, editable=False)
+    email = models.EmailField(
+        blank=True, help_text="Optional: who it is for. The link works for whoever has it."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(default=invite_expiry)
+    used_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = InviteQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"Invite for {self.email}" if self.email else f"Invite {self.token[:8]}…"
+
+    def get_absolute_url(self) -> str:
+        return reverse("chat_accounts:invite", args=[self.token])
+
+    @property
+    def status(self) -> str:
+        if self.used_at is not None:
+            return "used"
+        if self.expires_at <= timezone.now():
+            return "expired"
+        return "open"

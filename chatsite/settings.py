@@ -194,6 +194,11 @@ CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 1.0, minimum=0.
 CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 10.0, minimum=0.5)
 CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
 
+# --- Chat: accounts ---------------------------------------------------------------
+# Invite-only by default: staff add users or invites in the admin. True opens
+# /accounts/signup/ to anyone who can reach the site.
+CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
+
 if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
     raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
 

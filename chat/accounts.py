@@ -1,0 +1,70 @@
+"""Joining the site: by invite (the default) or, when CHAT_OPEN_SIGNUP is on, by open sign-up.
+
+Signing in and out and changing a password are Django's own auth views
+(django.contrib.auth.urls); these views only create accounts.
+"""
+
+from django.conf import settings
+from django.contrib.auth import login
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+
+from chat.forms import SignUpForm
+from chat.models import Invite
+
+MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+
+
+class InviteTaken(Exception):
+    """Someone else used the invite between the page loading and the form arriving."""
+
+
+def _sign_in(request: HttpRequest, user) -> None:
+    # Name the backend: a host site may list several (SSO first), and the new
+    # account has a password for the model backend only.
+    backends = settings.AUTHENTICATION_BACKENDS
+    login(request, user, backend=MODEL_BACKEND if MODEL_BACKEND in backends else backends[0])
+
+
+def invite(request: HttpRequest, token: str) -> HttpResponse:
+    invitation = get_object_or_404(Invite, token=token)
+    if invitation.status != "open":
+        return render(request, "registration/invite_closed.html", {"invite": invitation}, status=410)
+    if request.user.is_authenticated:
+        return render(request, "registration/invite_signed_in.html", {"invite": invitation})
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            with transaction.atomic():
+                user = form.save(commit=False)
+                user.email = invitation.email
+                user.save()
+                # Conditional update: of two people racing with one link, one wins.
+                claimed = (
+                    Invite.objects.usable()
+                    .filter(pk=invitation.pk)
+                    .update(used_by=user, used_at=timezone.now())
+                )
+                if not claimed:
+                    raise InviteTaken
+        except InviteTaken:
+            invitation.refresh_from_db()
+            return render(request, "registration/invite_closed.html", {"invite": invitation}, status=410)
+        _sign_in(request, user)
+        return redirect("chat:home")
+    return render(request, "registration/signup.html", {"form": form, "invite": invitation})
+
+
+def signup(request: HttpRequest) -> HttpResponse:
+    if not settings.CHAT_OPEN_SIGNUP:
+        raise Http404("Sign-up is by invite only.")
+    if request.user.is_authenticated:
+        return redirect("chat:home")
+    form = SignUpForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        user = form.save()
+        _sign_in(request, user)
+        return redirect("chat:home")
+    return render(request, "registration/signup.html", {"form": form, "invite": None})
