@@ -12,6 +12,8 @@ urlpatterns = [
     path("c/<int:conversation_id>/rename/", views.rename, name="rename"),
     path("c/<int:conversation_id>/delete/", views.delete, name="delete"),
     path("c/<int:conversation_id>/settings/", views.update_settings, name="settings"),
+    path("c/<int:conversation_id>/export.md", views.export_markdown, name="export_md"),
+    path("c/<int:conversation_id>/export.json", views.export_json, name="export_json"),
     path("c/<int:conversation_id>/messages/", views.message_list, name="messages"),
     path("c/<int:conversation_id>/messages/<int:message_id>/", views.message_detail, name="message"),
 ]

@@ -9,6 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from chat import budgets, exports
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
 from chat.rendering import format_stats, render_markdown
@@ -40,6 +41,8 @@ def _urls(conversation: Conversation) -> dict:
         "rename_url": reverse("chat:rename", args=[conversation.pk]),
         "delete_url": reverse("chat:delete", args=[conversation.pk]),
         "settings_url": reverse("chat:settings", args=[conversation.pk]),
+        "export_md_url": reverse("chat:export_md", args=[conversation.pk]),
+        "export_json_url": reverse("chat:export_json", args=[conversation.pk]),
     }
 
 
@@ -47,15 +50,37 @@ def conversation_url(conversation: Conversation) -> str:
     return reverse("chat:conversation", args=[conversation.pk])
 
 
-def _page(request: HttpRequest, conversation: Conversation | None) -> HttpResponse:
+def budget_line(left: dict | None) -> str:
+    """The remaining budget in words, as chat.js writes it when a reply starts."""
+    if not left:
+        return ""
+    today, month = left.get("tokens_left_today"), left.get("tokens_left_this_month")
+    parts = []
+    if today is not None:
+        parts.append(f"{today:,} tokens left today")
+    if month is not None:
+        parts.append(f"{month:,} this month" if parts else f"{month:,} tokens left this month")
+    return " · ".join(parts)
+
+
+def _page(
+    request: HttpRequest,
+    conversation: Conversation | None,
+    settings_form: ConversationSettingsForm | None = None,
+    status: int = 200,
+) -> HttpResponse:
     conversations, query = _sidebar(request)
     messages = list(conversation.messages.current()) if conversation else []
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
+    budget = budgets.remaining(request.user)
+    if settings_form is None:
+        settings_form = ConversationSettingsForm(instance=conversation)
     config = {
         "conversation": _urls(conversation) if conversation else None,
         "create_url": reverse("chat:create"),
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "demo": settings.CHAT_DEMO,
+        "budget": budget,
     }
     return render(
         request,
@@ -66,7 +91,9 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "query": query,
             "chat_messages": messages,
             "last_reply_id": last_reply.pk if last_reply else None,
-            "default_model": settings.CHAT_MODEL,
+            "default_model": settings_form.default_label,
+            "settings_form": settings_form,
+            "budget_line": budget_line(budget),
             "demo": settings.CHAT_DEMO,
             "config": config,
             # Unsaved messages render the <template>s the page clones for new messages,
@@ -74,6 +101,7 @@ def _page(request: HttpRequest, conversation: Conversation | None) -> HttpRespon
             "blank_user": Message(role=Message.Role.USER),
             "blank_reply": Message(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING),
         },
+        status=status,
     )
 
 
@@ -141,9 +169,36 @@ def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
 def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = _owned(request, conversation_id)
     form = ConversationSettingsForm(request.POST, instance=conversation)
-    if form.is_valid():
-        form.instance.save(update_fields=["model", "system_prompt"])
+    if not form.is_valid():
+        if _wants_json(request):
+            return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+        # The page again, with the dialog open on the errors and the choices kept.
+        conversation.refresh_from_db()
+        return _page(request, conversation, settings_form=form, status=400)
+    form.instance.save(update_fields=["model", "system_prompt"])
+    if _wants_json(request):
+        return JsonResponse({"id": conversation.pk, "model": conversation.model})
     return redirect(conversation_url(conversation))
+
+
+@login_required
+@require_GET
+def export_markdown(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _owned(request, conversation_id)
+    response = HttpResponse(
+        exports.conversation_markdown(conversation), content_type="text/markdown; charset=utf-8"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{exports.filename(conversation, "md")}"'
+    return response
+
+
+@login_required
+@require_GET
+def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = _owned(request, conversation_id)
+    response = JsonResponse(exports.conversation_json(conversation), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="{exports.filename(conversation, "json")}"'
+    return response
 
 
 def message_payload(message: Message) -> dict:

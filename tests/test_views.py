@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
 
-from chat.models import Conversation, Message
+from chat.models import Budget, ChatModel, Conversation, Message, Provider
 
 pytestmark = pytest.mark.django_db
 
@@ -301,13 +301,158 @@ def test_it_asks_before_deleting(alice_client, alice):
     assert "cannot be undone" in body
 
 
-def test_it_sets_model_and_system_prompt(alice_client, alice):
+@pytest.fixture
+def llama() -> ChatModel:
+    ollama = Provider.objects.create(name="ollama", base_url="http://localhost:11434/v1")
+    return ChatModel.objects.create(provider=ollama, name="llama3.2", display_name="Llama 3.2")
+
+
+def test_it_sets_model_and_system_prompt(alice_client, alice, llama):
     chat = Conversation.objects.create(user=alice)
-    alice_client.post(
+    response = alice_client.post(
         reverse("chat:settings", args=[chat.pk]), {"model": "llama3.2", "system_prompt": "Answer in French."}
     )
+    assert response["Location"] == reverse("chat:conversation", args=[chat.pk])
     chat.refresh_from_db()
     assert (chat.model, chat.system_prompt) == ("llama3.2", "Answer in French.")
+
+
+def test_it_offers_the_sites_models_in_a_select(alice_client, alice, llama, settings):
+    settings.CHAT_MODEL = "gpt-4o-mini"
+    settings.CHAT_DEMO = False
+    chat = Conversation.objects.create(user=alice, model="llama3.2", system_prompt="Be brief.")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    select = body.split('<select name="model"', 1)[1].split("</select>", 1)[0]
+    assert 'data-testid="settings-model"' in select
+    assert re.findall(r'<option value="([^"]*)"', select) == ["", "gpt-4o-mini", "llama3.2"]
+    assert '<option value="llama3.2" selected>Llama 3.2</option>' in select
+    assert "Default (gpt-4o-mini)" in select
+    assert re.search(
+        r"<textarea[^>]*data-testid=\"settings-system-prompt\"[^>]*>\s*Be brief.</textarea>", body
+    )
+
+
+def test_it_goes_back_to_the_default_model(alice_client, alice, llama):
+    chat = Conversation.objects.create(user=alice, model="llama3.2")
+    alice_client.post(reverse("chat:settings", args=[chat.pk]), {"model": "", "system_prompt": ""})
+    chat.refresh_from_db()
+    assert chat.model == ""
+
+
+def test_it_refuses_a_model_the_site_does_not_offer(alice_client, alice, llama):
+    chat = Conversation.objects.create(user=alice, model="llama3.2", system_prompt="keep")
+    response = alice_client.post(
+        reverse("chat:settings", args=[chat.pk]), {"model": "gpt-5-secret", "system_prompt": "changed"}
+    )
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "“gpt-5-secret” is not a model this site offers" in body
+    assert 'data-testid="settings-error"' in body
+    assert '<dialog id="settings-dialog" class="dialog" aria-labelledby="settings-h" open>' in body
+    assert re.search(r">\s*changed</textarea>", body)  # what was typed is kept
+    chat.refresh_from_db()
+    assert (chat.model, chat.system_prompt) == ("llama3.2", "keep")
+
+
+def test_it_refuses_a_disabled_model(alice_client, alice, llama):
+    llama.enabled = False
+    llama.save()
+    chat = Conversation.objects.create(user=alice)
+    response = alice_client.post(reverse("chat:settings", args=[chat.pk]), {"model": "llama3.2"})
+    assert response.status_code == 400
+    chat.refresh_from_db()
+    assert chat.model == ""
+
+
+def test_it_reports_settings_errors_as_json(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    response = alice_client.post(
+        reverse("chat:settings", args=[chat.pk]), {"model": "nope"}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 400
+    assert "is not a model this site offers" in response.json()["errors"]["model"][0]["message"]
+
+
+def test_it_names_a_model_that_is_no_longer_offered(alice_client, alice, llama):
+    chat = Conversation.objects.create(user=alice, model="retired-model")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert '<option value="retired-model" selected>retired-model (no longer offered)</option>' in body
+    response = alice_client.post(
+        reverse("chat:settings", args=[chat.pk]), {"model": "retired-model", "system_prompt": "x"}
+    )
+    assert response.status_code == 400
+    assert "“retired-model” is not a model this site offers" in response.content.decode()
+
+
+# --- exports ----------------------------------------------------------------------------------
+
+
+def test_it_exports_markdown_to_the_owner(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="Soup", system_prompt="Be brief.")
+    reply(chat, "Use **leeks**.")
+    response = alice_client.get(reverse("chat:export_md", args=[chat.pk]))
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/markdown; charset=utf-8"
+    assert response["Content-Disposition"] == f'attachment; filename="conversation-{chat.pk}.md"'
+    body = response.content.decode()
+    assert body.startswith("# Soup\n")
+    assert "## System\n\nBe brief." in body
+    assert "## User\n\nquestion" in body and "## Assistant\n\nUse **leeks**." in body
+
+
+def test_it_exports_json_to_the_owner(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="Soup")
+    answer = reply(chat, "Use leeks.", prompt_tokens=3, completion_tokens=4)
+    response = alice_client.get(reverse("chat:export_json", args=[chat.pk]))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == f'attachment; filename="conversation-{chat.pk}.json"'
+    data = json.loads(response.content)
+    assert (data["id"], data["title"], data["user"]) == (chat.pk, "Soup", "alice")
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant"]
+    assert data["messages"][1]["id"] == answer.pk
+    assert (data["messages"][1]["prompt_tokens"], data["messages"][1]["completion_tokens"]) == (3, 4)
+
+
+def test_it_links_exports_from_the_page(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    response = alice_client.get(reverse("chat:conversation", args=[chat.pk]))
+    body = response.content.decode()
+    assert f'href="{reverse("chat:export_md", args=[chat.pk])}"' in body
+    assert f'href="{reverse("chat:export_json", args=[chat.pk])}"' in body
+    config = page_config(response)["conversation"]
+    assert config["export_md_url"] == reverse("chat:export_md", args=[chat.pk])
+
+
+# --- budget -----------------------------------------------------------------------------------
+
+
+def budget_text(response) -> tuple[str, bool]:
+    match = re.search(
+        r'<p class="budget muted" id="budget" data-testid="budget"([^>]*)>(.*?)</p>',
+        response.content.decode(),
+    )
+    return match.group(2), "hidden" in match.group(1)
+
+
+def test_it_shows_the_remaining_budget(alice_client, alice):
+    Budget.objects.create(user=alice, tokens_per_day=5000, tokens_per_month=100000)
+    chat = Conversation.objects.create(user=alice)
+    reply(chat, "spent", prompt_tokens=1000, completion_tokens=234)
+    response = alice_client.get(reverse("chat:conversation", args=[chat.pk]))
+    assert budget_text(response) == ("3,766 tokens left today · 98,766 this month", False)
+    assert page_config(response)["budget"] == {"tokens_left_today": 3766, "tokens_left_this_month": 98766}
+
+
+def test_it_shows_a_monthly_budget_alone(alice_client, alice):
+    Budget.objects.create(user=alice, tokens_per_month=2000)
+    response = alice_client.get(reverse("chat:new"))
+    assert budget_text(response) == ("2,000 tokens left this month", False)
+
+
+def test_it_hides_the_budget_line_without_a_budget(alice_client):
+    response = alice_client.get(reverse("chat:new"))
+    assert budget_text(response) == ("", True)
+    assert page_config(response)["budget"] is None
 
 
 def test_it_does_not_let_alice_change_bobs_conversation(alice_client, bobs_chat):
