@@ -1,0 +1,636 @@
+"""The chat page in a real browser: Debian's Chromium driven by Playwright, against a live
+daphne whose model provider is a loopback server this module scripts byte by byte.
+
+One browser, one upstream and one server for the module; each test gets its own user
+(so its own sidebar) and a fresh browser context. Screenshots of the main states go to
+test-artifacts/screenshots/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_API_KEY
+from tests.live_server import REPO, Site
+from tests.upstream_server import Reply, UpstreamServer, chat_chunks, sse
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+playwright_sync = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+expect = playwright_sync.expect
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
+PASSWORD = "correct horse battery staple"
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto".split()
+WAIT_MS = 10_000
+# Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
+VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
+COUNTING = VOCABULARIES.is_dir() and any(VOCABULARIES.iterdir())
+expect.set_options(timeout=WAIT_MS)
+
+REPLIES = '#messages [data-testid="message"][data-role="assistant"]'
+USER_MESSAGES = '#messages [data-testid="message"][data-role="user"]'
+USER_TEXTS = USER_MESSAGES + " [data-body]"
+
+
+# ---------------------------------------------------------------------------- scripted replies
+
+
+class Gate:
+    """Stands in for `Reply.wait_for`: lets one SSE event through per `release()`.
+
+    The upstream server asks `is_set()` before every body piece after the first, so a
+    test decides exactly how much of the reply exists at any moment.
+    """
+
+    def __init__(self) -> None:
+        self._allowed = 0
+        self._lock = threading.Lock()
+
+    def release(self, events: int = 1) -> None:
+        with self._lock:
+            self._allowed += events
+
+    def open(self) -> None:
+        self.release(1_000_000)
+
+    def is_set(self) -> bool:
+        with self._lock:
+            if self._allowed > 0:
+                self._allowed -= 1
+                return True
+            return False
+
+
+def reply(pieces: list[str], **kwargs) -> Reply:
+    return Reply(body=sse(*chat_chunks(pieces, **kwargs)))
+
+
+def gated(pieces: list[str], **kwargs) -> tuple[Reply, Gate]:
+    """A reply that sends nothing but its headers until released: `release(1 + n)` lets the
+    role chunk and the first n pieces through; `open()` lets the rest through."""
+    gate = Gate()
+    # The empty first piece is skipped by the server, so every event waits for the gate.
+    return Reply(body=[b"", *sse(*chat_chunks(pieces, **kwargs))], wait_for=gate), gate
+
+
+def error_reply(status: int, message: str) -> Reply:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "code": None}})
+    return Reply(status=status, headers={"content-type": "application/json"}, body=[body.encode()])
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with UpstreamServer() as server:
+        yield server
+
+
+SETUP = """
+from django.contrib.auth.models import User
+from django.contrib.sessions.backends.db import SessionStore
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+from chat.models import Budget, ChatModel, Conversation, Message, Provider
+
+result = {}
+for name in USERS:
+    user = User.objects.create_user(name, password=PASSWORD)
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.save()
+    result[name] = session.session_key
+
+def chat(user, title, *texts, **fields):
+    conversation = Conversation.objects.create(user=User.objects.get(username=user), title=title, **fields)
+    for i, text in enumerate(texts):
+        Message.objects.create(
+            conversation=conversation, role="user" if i % 2 == 0 else "assistant", content=text,
+            status="finished", token_count=60,
+        )
+    return conversation
+
+# dana: the sidebar (oldest first, so "Garden plans" is newest)
+chat("dana", "Trip to Lisbon", "Where do I find the best pastel de nata?", "Try Belem.")
+chat("dana", "Tax questions", "Which deductions can I claim?", "It depends.")
+chat("dana", "Garden plans", "When do I plant tomatoes?", "After the last frost.")
+
+# frank: a model with a tiny context window, some history, and a daily budget
+provider = Provider.objects.create(name="loopback", base_url=BASE_URL, api_key=API_KEY)
+ChatModel.objects.create(provider=provider, name="tiny-window", context_window=1100, max_reply_tokens=1024)
+words = " ".join(["history"] * 60)
+chat("frank", "Long chat", words, words, words, words, model="tiny-window")
+Budget.objects.create(user=User.objects.get(username="frank"), tokens_per_day=50000)
+# gina may send one message a minute; hank has no tokens left today
+Budget.objects.create(user=User.objects.get(username="gina"), sends_per_minute=1)
+Budget.objects.create(user=User.objects.get(username="hank"), tokens_per_day=0)
+"""
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, llm):
+    site = Site(tmp_path_factory.mktemp("browser"), upstream=llm)
+    site.migrate()
+    code = (
+        f"USERS = {USERS!r}\nPASSWORD = {PASSWORD!r}\nBASE_URL = {llm.base_url!r}\nAPI_KEY = {TEST_API_KEY!r}\n"
+        + SETUP
+    )
+    site.sessions = site.shell(code)
+    yield site
+    site.stop()
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    with site.server() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def gates(llm):
+    """Queue and gates of this test only: nothing left over from the last, nothing left held."""
+    with llm._lock:
+        llm._replies.clear()
+    opened: list[Gate] = []
+    yield opened
+    for gate in opened:
+        gate.open()
+
+
+@pytest.fixture
+def open_page(browser, server, site, gates):
+    """`open_page(user, path="/", **context_options)`: a signed-in page in a fresh context."""
+    contexts = []
+
+    def open_(user: str | None, path: str = "/", **options):
+        context = browser.new_context(
+            viewport=options.pop("viewport", {"width": 1280, "height": 800}), **options
+        )
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        if user:
+            context.add_cookies([{"name": "sessionid", "value": site.sessions[user], "url": server.origin}])
+        page = context.new_page()
+        page.goto(server.url(path))
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def shot(page, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def contrast(element) -> float:
+    """WCAG contrast ratio between an element's computed text and background colours."""
+    colours = element.evaluate("e => [getComputedStyle(e).color, getComputedStyle(e).backgroundColor]")
+
+    def luminance(css: str) -> float:
+        channels = [int(c) / 255 for c in re.findall(r"\d+", css)[:3]]
+        r, g, b = (c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    light, dark = sorted(map(luminance, colours), reverse=True)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def send(page, text: str) -> None:
+    page.get_by_test_id("composer").fill(text)
+    page.get_by_test_id("send").click()
+
+
+def last_reply(page):
+    return page.locator(REPLIES).last
+
+
+def body(message):
+    return message.locator("[data-body]")
+
+
+def wait_finished(page, status: str = "finished") -> None:
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", status)
+    expect(body(reply)).to_have_class(re.compile(r"\bmd\b"))  # the server's rendering is in
+    expect(page.get_by_test_id("send")).to_be_visible()
+
+
+# ---------------------------------------------------------------------------- tests
+
+
+def test_it_signs_in_streams_a_reply_and_shows_its_stats(open_page, llm, gates):
+    page = open_page(None)
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+    page.get_by_label("Username").fill("alice")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("composer")).to_be_focused()
+    expect(page.locator(".who")).to_have_text("alice")
+
+    usage = {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15}
+    held, gate = gated(["Hello", " there,", " streaming", " world."], usage=usage)
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Say hello")
+    expect(page.locator(USER_TEXTS)).to_have_text(["Say hello"])
+    reply = last_reply(page)
+    expect(reply.locator("[data-notice]")).to_be_visible()
+    expect(reply.locator("[data-notice]")).to_contain_text("Waiting for first token")
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    expect(page.get_by_test_id("send")).to_be_hidden()
+    # Stop appears under the pointer that pressed Send: it must stay legible when hovered.
+    page.get_by_test_id("stop").hover()
+    assert contrast(page.get_by_test_id("stop")) >= 4.5
+
+    gate.release(1 + 2)
+    expect(body(reply)).to_have_text("Hello there,")
+    expect(reply.locator("[data-notice]")).to_be_hidden()
+    expect(reply).to_have_attribute("data-status", "streaming")
+    gate.release(1)
+    expect(body(reply)).to_have_text("Hello there, streaming")
+    shot(page, "streaming")
+
+    gate.open()
+    wait_finished(page)
+    expect(body(reply)).to_have_text("Hello there, streaming world.")
+    expect(reply.get_by_test_id("message-status")).to_be_hidden()
+    stats = reply.get_by_test_id("message-stats")
+    timing = r"first token [\d.]+ m?s · [\d.]+ m?s total"
+    if COUNTING:
+        expect(stats).to_have_text(re.compile(rf"^9 prompt · 6 completion tokens · {timing} · [\d.]+ tok/s$"))
+    else:  # no vocabulary, no counts (the provider's usage is not shown in their place)
+        expect(stats).to_have_text(re.compile(rf"^{timing}$"))
+    # The sidebar lists the new chat, titled from the first message.
+    expect(page.get_by_test_id("conversation-item")).to_have_text(["Say hello"])
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Say hello")
+    shot(page, "finished-with-stats")
+
+
+def test_it_stops_a_reply_with_the_button_and_with_escape(open_page, llm, gates):
+    page = open_page("bob")
+    held, gate = gated(["Partial", " answer", " never", " finished"])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Tell me a long story")
+    gate.release(1 + 2)
+    reply = last_reply(page)
+    expect(body(reply)).to_have_text("Partial answer")
+    page.get_by_test_id("stop").click()
+    wait_finished(page, "cancelled")
+    expect(body(reply)).to_have_text("Partial answer")
+    expect(reply.get_by_test_id("message-status")).to_have_text("Stopped")
+    shot(page, "stopped")
+
+    held, gate = gated(["Second", " try", " also", " cut"])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Another one")
+    gate.release(1 + 1)
+    reply = last_reply(page)
+    expect(body(reply)).to_have_text("Second")
+    expect(page.get_by_test_id("composer")).to_be_focused()
+    page.keyboard.press("Escape")
+    wait_finished(page, "cancelled")
+    expect(body(reply)).to_have_text("Second")
+    expect(reply.get_by_test_id("message-status")).to_have_text("Stopped")
+    expect(page.locator(REPLIES)).to_have_count(2)
+
+
+def test_it_regenerates_a_reply(open_page, llm):
+    page = open_page("carol")
+    llm.queue(reply(["First", " answer"]))
+    send(page, "Question")
+    wait_finished(page)
+    expect(body(last_reply(page))).to_have_text("First answer")
+
+    llm.queue(reply(["Second", " answer"]))
+    last_reply(page).get_by_test_id("regenerate").click()
+    expect(body(last_reply(page))).to_have_text("Second answer")
+    wait_finished(page)
+    expect(page.locator(REPLIES)).to_have_count(1)
+    expect(page.locator(USER_TEXTS)).to_have_text(["Question"])
+    # The model was asked the same question again.
+    assert llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "Question"}
+    page.reload()
+    expect(body(last_reply(page))).to_have_text("Second answer")
+    expect(page.locator(REPLIES)).to_have_count(1)
+
+
+def test_a_reload_mid_reply_resumes_it_exactly(open_page, llm, gates):
+    page = open_page("otto")
+    pieces = ["Alpha ", "Bravo ", "Charlie ", "Delta ", "Echo ", "Foxtrot."]
+    held, gate = gated(pieces)
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Spell it")
+    gate.release(1 + 3)
+    expect(body(last_reply(page))).to_have_text("Alpha Bravo Charlie")
+
+    page.reload()
+    reply = last_reply(page)
+    expect(reply).to_have_attribute("data-status", "streaming")
+    expect(body(reply)).to_have_text("Alpha Bravo Charlie")
+    expect(page.get_by_test_id("stop")).to_be_visible()
+    gate.release(1)
+    expect(body(reply)).to_have_text("Alpha Bravo Charlie Delta")
+    gate.open()
+    wait_finished(page)
+    expect(body(reply)).to_have_text("Alpha Bravo Charlie Delta Echo Foxtrot.")
+    assert body(reply).inner_text() == "".join(pieces)
+    expect(page.locator(REPLIES)).to_have_count(1)
+
+
+HOSTILE_REPLY = [
+    "<script>window.__pwned=1</script>\n\n",
+    '<img src=x onerror="window.__pwned=2">\n\n',
+    "[click](javascript:window.__pwned=3)\n\n",
+    '<a href="javascript:window.__pwned=4">raw link</a> <b onmouseover="window.__pwned=5">bold</b>\n\n',
+    '<iframe src="javascript:window.__pwned=6"></iframe>\n\n',
+    "![pic](javascript:window.__pwned=7) [ok](https://example.com/)\n",
+]
+HOSTILE_USER = '<img src=x onerror="window.__pwned=8"><script>window.__pwned=9</script> [u](javascript:window.__pwned=10)'
+
+
+def assert_inert(page) -> None:
+    assert page.evaluate("window.__pwned") is None
+    messages = page.locator("#messages")
+    for selector in ("script", "img", "iframe", "[onerror]", "[onmouseover]", 'a[href^="javascript:" i]'):
+        assert messages.locator(selector).count() == 0, selector
+    assert page.locator('a[href^="javascript:" i], iframe, [onerror]').count() == 0
+
+
+def test_hostile_replies_and_user_text_stay_inert(open_page, llm, gates):
+    page = open_page("erin")
+    held, gate = gated(HOSTILE_REPLY)
+    gates.append(gate)
+    llm.queue(held)
+    send(page, HOSTILE_USER)
+    expect(page.locator(USER_TEXTS)).to_have_text([HOSTILE_USER])
+    gate.release(1 + 3)
+    reply = last_reply(page)
+    expect(body(reply)).to_contain_text("javascript:window.__pwned=3")  # as text, while streaming
+    assert_inert(page)
+    gate.open()
+    wait_finished(page)
+    # Rendered by the server: raw HTML shows as text, the safe link survives, nothing runs.
+    expect(body(reply)).to_contain_text("<script>window.__pwned=1</script>")
+    expect(body(reply)).to_contain_text('<img src=x onerror="window.__pwned=2">')
+    expect(body(reply).locator('a[href="https://example.com/"]')).to_have_text("ok")
+    body(reply).get_by_text("click").first.click()
+    page.mouse.move(5, 5)
+    assert_inert(page)
+    page.reload()
+    expect(body(last_reply(page))).to_contain_text("<script>window.__pwned=1</script>")
+    expect(page.locator(USER_TEXTS)).to_have_text([HOSTILE_USER])
+    expect(page.get_by_test_id("conversation-item").first).to_contain_text("<img src=x")
+    assert_inert(page)
+
+
+def test_it_renames_deletes_and_searches_chats(open_page):
+    page = open_page("dana", "/new/")
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_text(["Garden plans", "Tax questions", "Trip to Lisbon"])  # newest first
+
+    search = page.get_by_test_id("search")
+    search.fill("nata")  # in a message, not a title
+    search.press("Enter")
+    expect(items).to_have_text(["Trip to Lisbon"])
+    search.fill("tax")
+    search.press("Enter")
+    expect(items).to_have_text(["Tax questions"])
+    search.fill("no such words")
+    search.press("Enter")
+    expect(items).to_have_count(0)
+    expect(page.locator(".conv-empty")).to_have_text("No chats match.")
+    page.get_by_role("link", name="clear").click()
+    expect(items).to_have_count(3)
+
+    items.filter(has_text="Tax questions").get_by_role("link").click()
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Tax questions")
+    page.get_by_test_id("rename").click()
+    expect(page.get_by_test_id("rename-input")).to_be_visible()
+    page.get_by_test_id("rename-input").fill("Taxes 2025")
+    page.get_by_test_id("rename-submit").click()
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Taxes 2025")
+    expect(items).to_have_text(["Garden plans", "Taxes 2025", "Trip to Lisbon"])
+
+    page.get_by_test_id("delete").click()
+    dialog = page.locator("#delete-dialog")
+    expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("“Taxes 2025” and all its messages will be deleted")
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(items).to_have_count(3)
+    page.get_by_test_id("delete").click()
+    page.get_by_test_id("delete-confirm").click()
+    expect(items).to_have_text(["Garden plans", "Trip to Lisbon"])
+
+
+def test_enter_sends_and_shift_enter_adds_a_line(open_page, llm):
+    page = open_page("ivan")
+    composer = page.get_by_test_id("composer")
+    composer.click()
+    page.keyboard.type("line one")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("line two")
+    expect(composer).to_have_value("line one\nline two")
+    expect(page.locator(USER_MESSAGES)).to_have_count(0)
+
+    llm.queue(reply(["Two lines received."]))
+    page.keyboard.press("Enter")
+    expect(page.locator(USER_MESSAGES)).to_have_count(1)
+    assert body(page.locator(USER_MESSAGES).first).inner_text() == "line one\nline two"
+    expect(composer).to_have_value("")
+    wait_finished(page)
+    expect(body(last_reply(page))).to_have_text("Two lines received.")
+    assert llm.requests[-1]["json"]["messages"][-1]["content"] == "line one\nline two"
+
+
+def test_an_upstream_error_is_shown_in_plain_words_with_a_retry(open_page, llm, server):
+    page = open_page("judy")
+    llm.queue(error_reply(401, f"Incorrect API key provided: {TEST_API_KEY[:8]}***"))
+    send(page, "Are you there?")
+    failed = last_reply(page)
+    wait_finished(page, "failed")
+    error = failed.locator("[data-error]")
+    expect(error).to_be_visible()
+    expect(error).to_contain_text("rejected the API key")
+    expect(failed.get_by_test_id("message-status")).to_have_text("Failed")
+    expect(failed.get_by_test_id("retry")).to_be_visible()
+    expect(failed.get_by_test_id("regenerate")).to_be_hidden()  # Retry is the one way to try again
+    assert TEST_API_KEY not in page.content()
+    shot(page, "error")
+
+    llm.queue(reply(["Back", " again."]))
+    failed.get_by_test_id("retry").click()
+    expect(body(last_reply(page))).to_have_text("Back again.")
+    wait_finished(page)
+    expect(page.locator(REPLIES)).to_have_count(1)
+    expect(last_reply(page).locator("[data-error]")).to_be_hidden()
+
+
+def test_the_phone_layout_can_send_and_open_the_chat_list(open_page, llm):
+    page = open_page("ken", viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    composer = page.get_by_test_id("composer")
+    expect(composer).to_be_visible()
+    box = composer.bounding_box()
+    assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390 and box["y"] + box["height"] <= 844
+    expect(page.locator("#sidebar")).not_to_be_in_viewport()
+
+    llm.queue(reply(["A **short** reply that fits on a phone screen, with a list:\n\n- one\n- two\n"]))
+    composer.fill("Hi from my phone")
+    page.get_by_test_id("send").tap()
+    wait_finished(page)
+    expect(body(last_reply(page)).locator("strong")).to_have_text("short")
+    send_box = page.get_by_test_id("send").bounding_box()
+    assert send_box and send_box["x"] + send_box["width"] <= 390
+    shot(page, "phone")
+
+    page.get_by_role("button", name="Show chats").tap()
+    expect(page.locator("#sidebar")).to_be_in_viewport()
+    expect(page.get_by_test_id("conversation-item")).to_have_text(["Hi from my phone"])
+    shot(page, "phone-sidebar")
+
+
+def test_dark_mode_follows_the_system_setting(open_page, llm):
+    page = open_page("lena", color_scheme="dark")
+    background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(22, 24, 29)"
+    llm.queue(
+        reply(
+            [
+                'Here is code:\n\n```python\ndef greet(name):\n    return f"Hello {name}"\n```\n\n| a | b |\n|---|---|\n| 1 | 2 |\n'
+            ]
+        )
+    )
+    send(page, "Show me some code")
+    wait_finished(page)
+    expect(body(last_reply(page)).locator("pre")).to_contain_text("def greet(name):")
+    shot(page, "dark")
+
+
+def test_trimmed_history_and_the_budget_are_shown(open_page, llm, site):
+    if not COUNTING:
+        pytest.skip(f"no tiktoken vocabularies in {VOCABULARIES}: no token counts, so no trimming")
+    page = open_page("frank")
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Long chat")
+    held, gate = gated(["Short", " answer."])
+    llm.queue(held)
+    send(page, "And now?")
+    budget = page.get_by_test_id("budget")
+    expect(budget).to_have_text("50,000 tokens left today")
+    reply = last_reply(page)
+    expect(reply.get_by_test_id("trimmed-note")).to_have_text(
+        re.compile(r"^\d+ earlier messages were left out to fit the model's context window\.$")
+    )
+    gate.open()
+    wait_finished(page)
+    expect(reply.get_by_test_id("trimmed-note")).to_be_visible()
+    # What the reply used comes off the budget shown.
+    expect(budget).not_to_have_text("50,000 tokens left today")
+    expect(budget).to_have_text(re.compile(r"^\d\d,\d{3} tokens left today$"))
+    shot(page, "trimmed-and-budget")
+    sent = llm.requests[-1]["json"]["messages"]
+    assert len(sent) < 6 and sent[-1]["content"] == "And now?"
+
+
+def test_budget_and_send_rate_refusals_are_plain_words(open_page, llm):
+    page = open_page("hank")
+    send(page, "Anything left?")
+    toast = page.get_by_test_id("toast")
+    expect(toast).to_have_text("You have used today's token budget. It resets at midnight UTC.")
+    expect(page.get_by_test_id("composer")).to_have_value("Anything left?")
+    expect(page.locator('#messages [data-testid="message"]')).to_have_count(0)
+    expect(page.get_by_test_id("send")).to_be_visible()
+
+    page = open_page("gina")
+    llm.queue(reply(["One is fine."]))
+    send(page, "First")
+    wait_finished(page)
+    send(page, "Second, too soon")
+    toast = page.get_by_test_id("toast")
+    expect(toast).to_have_text(re.compile(r"You can send 1 messages? a minute"))
+    expect(page.get_by_test_id("composer")).to_have_value("Second, too soon")
+    expect(page.locator(USER_TEXTS)).to_have_text(["First"])
+    expect(page.locator(REPLIES)).to_have_count(1)
+
+
+def test_the_offline_banner_comes_and_goes_with_the_server(open_page, llm, server):
+    page = open_page("mona")
+    llm.queue(reply(["Online."]))
+    send(page, "Before")
+    wait_finished(page)
+    banner = page.get_by_test_id("offline-banner")
+    expect(banner).to_be_hidden()
+
+    server.kill()
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("Offline")
+    send(page, "While offline")
+    expect(page.get_by_test_id("toast")).to_contain_text("You're offline")
+    expect(page.get_by_test_id("composer")).to_have_value("While offline")
+    shot(page, "offline")
+
+    server.start()
+    expect(banner).to_be_hidden(timeout=30_000)  # backoff: at most ~8 s after a short outage
+    llm.queue(reply(["Back online."]))
+    page.get_by_test_id("send").click()
+    wait_finished(page)
+    expect(body(last_reply(page))).to_have_text("Back online.")
+    expect(page.locator(USER_TEXTS)).to_have_text(["Before", "While offline"])
+
+
+def test_the_demo_model_is_labelled_when_no_provider_is_configured(browser, tmp_path):
+    site = Site(tmp_path, env={"CHAT_DEMO_DELAY": "0.002"})
+    site.migrate()
+    site.create_user("demo", PASSWORD)
+    with site.server() as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            context.add_cookies(
+                [{"name": "sessionid", "value": server.login("demo", PASSWORD), "url": server.origin}]
+            )
+            page = context.new_page()
+            page.goto(server.url("/"))
+            label = page.get_by_test_id("demo-label")
+            expect(label).to_be_visible()
+            expect(label).to_contain_text("Demo model — not a real LLM.")
+            expect(label).to_contain_text("OPENAI_API_KEY")
+            send(page, "Hello demo")
+            wait_finished(page)
+            expect(body(last_reply(page))).not_to_be_empty()
+            shot(page, "demo")
+        finally:
+            context.close()
