@@ -32,6 +32,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.send_lock = asyncio.Lock()
         self.limiter = FrameLimiter()
         self.remote_watchdog: asyncio.Task | None = None
+        self.settled_reply: int | None = None  # a remote reply whose end the watchdog showed
         await self.accept()
         await generation.watch(self, self.conversation.id)
 
@@ -78,6 +79,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await generation.on_started(self, event, self.conversation.id)
 
     async def chat_frame(self, event) -> None:
+        if event.get("message_id") == self.settled_reply:
+            return  # already shown ended; a resume or done now would restart or end it twice
         await self.send_frame(event["frame"])
         if event.get("final") and self.remote_watchdog is not None:
             self.remote_watchdog.cancel()
@@ -94,6 +97,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL * 2)
             finals = await generation.settle_remote(self.conversation.id, reply_id)
             if finals is not None:
+                # No await between the read and this mark: frames the owner sends from now
+                # on are dropped, and one it sent before cancelled this task (see chat_frame).
+                self.settled_reply = reply_id
                 for text in finals:
                     await self.send_frame(text)
                 return

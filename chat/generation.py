@@ -271,7 +271,9 @@ class Generation:
 
     async def _send_remote(self, layer, channel: str, text: str, final: bool = False) -> None:
         try:
-            await layer.send(channel, {"type": "chat.frame", "frame": text, "final": final})
+            await layer.send(
+                channel, {"type": "chat.frame", "frame": text, "final": final, "message_id": self.reply_id}
+            )
         except Exception:  # ChannelFull: that socket stopped reading; it re-attaches if it comes back
             log.info("Dropped a remote socket on reply %s", self.reply_id, exc_info=True)
             self.remote.pop(channel, None)
