@@ -20,6 +20,12 @@ Origin, as a browser would open it.
             server.kill()                              # SIGKILL; server.restart() brings it back
         assert "sk-..." not in server.log_text()       # stdout + stderr of every run
 
+Scaled out: `site = Site(tmp, upstream=..., database_url="postgresql://...",
+redis_url="redis://127.0.0.1:6379/<n>")`, then `a, b = site.start_servers(2)`.
+`ChatSocket.text` is the streaming reply as a browser shows it (resume and
+deltas applied by the protocol's seq rule); `await ws.until_text("Hel")` waits
+for it.
+
 Every wait has a deadline and every process is killed on exit (also when a
 test fails), so a broken server fails a test instead of hanging the run.
 Browser tests and benchmarks can use `server.url(...)`, `server.origin`,
@@ -210,7 +216,20 @@ class Site:
             server.start()
         return server
 
+    def start_servers(self, count: int, env: dict[str, str] | None = None) -> list[LiveServer]:
+        """`count` daphne processes on this site, started side by side."""
+        servers = [self.server(env, start=False) for _ in range(count)]
+        for server in servers:
+            server.launch()
+        for server in servers:
+            server.wait_ready()
+        return servers
+
     def stop(self) -> None:
+        """Stop every server of the site: SIGTERM to all, then SIGKILL to any still up after 5 s."""
+        for server in self.servers:
+            if server.alive:
+                server.process.terminate()
         for server in self.servers:
             server.stop()
 
@@ -242,6 +261,11 @@ class LiveServer:
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self, timeout: float = 20) -> LiveServer:
+        """Launch the process and wait until it accepts connections."""
+        return self.launch().wait_ready(timeout)
+
+    def launch(self) -> LiveServer:
+        """Start the process without waiting (launch several, then `wait_ready` each: faster)."""
         if self.alive:
             raise ServerError(f"{self.name} is already running")
         daphne = BIN / "daphne"
@@ -253,10 +277,14 @@ class LiveServer:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> LiveServer:
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port, timeout=0.2):
-            if self.process.poll() is not None:
-                raise ServerError(f"{self.name} exited with {self.process.returncode}:\n{self.log_text()}")
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"{self.name} exited with {code}:\n{self.log_text()}")
             if time.monotonic() > deadline:
                 self.kill()
                 raise ServerError(f"{self.name} did not listen within {timeout}s:\n{self.log_text()}")
@@ -331,6 +359,10 @@ class ChatSocket:
         self.origin = origin
         self.frames: list[dict] = []  # every frame received, in order
         self.connection = None
+        # The streaming reply as a browser would show it: a resume replaces the text, a
+        # delta whose seq is above the last one applied adds to it (docs/protocol.md).
+        self.text = ""
+        self.seq = 0
 
     async def open(self, timeout: float = 10) -> ChatSocket:
         """Connect; websockets.exceptions.InvalidStatus if the server refuses the handshake."""
@@ -367,6 +399,12 @@ class ChatSocket:
         async with asyncio.timeout(timeout):
             frame = json.loads(await self.connection.recv())
         self.frames.append(frame)
+        if frame["type"] == "start":
+            self.text, self.seq = "", 0
+        elif frame["type"] == "resume":
+            self.text, self.seq = frame["content"], frame["seq"]
+        elif frame["type"] == "delta" and frame["seq"] > self.seq:
+            self.text, self.seq = self.text + frame.get("content", ""), frame["seq"]
         return frame
 
     async def frames_until(self, kind: str, timeout: float = 10) -> list[dict]:
@@ -377,6 +415,14 @@ class ChatSocket:
                 frames.append(await self.recv(timeout))
                 if frames[-1]["type"] == kind:
                     return frames
+
+    async def until_text(self, text: str, timeout: float = 10) -> list[dict]:
+        """Frames received until the reply shown so far (`self.text`) starts with `text`."""
+        frames = []
+        async with asyncio.timeout(timeout):
+            while not self.text.startswith(text):
+                frames.append(await self.recv(timeout))
+        return frames
 
     async def nothing_for(self, seconds: float) -> bool:
         """True when no frame arrives for `seconds` (a frame that does is kept in `frames`)."""

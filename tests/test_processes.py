@@ -79,7 +79,10 @@ async def test_a_killed_server_leaves_the_reply_interrupted_and_the_chat_goes_on
     server.restart()
     async with server.socket(conversation_id, cookie) as ws:
         assert await ws.nothing_for(0.5)  # nothing is streaming any more: no resume
-        reply = reply_of(site, conversation_id)
+        # Connecting is what sweeps the dead reply (it may first load the tokenizer vocabulary).
+        reply = site.wait_for(
+            lambda: (row := reply_of(site, conversation_id))["status"] != "streaming" and row, timeout=10
+        )
         assert (reply["status"], reply["finish_reason"], reply["error_code"]) == (
             "interrupted",
             "interrupted",
@@ -179,7 +182,7 @@ async def test_a_stalled_upstream_ends_with_a_timeout_and_keeps_the_partial_repl
 async def test_keep_alive_comments_longer_than_the_idle_timeout_do_not_cut_the_reply(site, upstream):
     events = sse(*chat_chunks(["Thinking", " hard", " then answering."]))
     keep_alives = [b": keep-alive\n\n"] * 8
-    upstream.queue(Reply(body=[*events[:2], *keep_alives, *events[2:]], delay=0.3))  # ~2.4 s without text
+    upstream.queue(Reply(body=[*events[:2], *keep_alives, *events[2:]], delay=0.2))  # 1.6 s without text
     server = site.server(env={"CHAT_UPSTREAM_IDLE_TIMEOUT": "1"})
     cookie = server.login("alice", PASSWORD)
     async with server.socket(site.conversation_id, cookie) as ws:

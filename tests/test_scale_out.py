@@ -1,0 +1,273 @@
+"""Two daphne processes sharing PostgreSQL and Redis: one conversation, seen and steered from both.
+
+Needs the machine's PostgreSQL (127.0.0.1:5432, user postgres, trust auth) and
+Redis (127.0.0.1:6379); skipped with the reason when either is not there. Each
+run uses a database of its own (chat_test_<random>, dropped afterwards) and an
+empty Redis database number, so runs never see each other's groups.
+"""
+
+import random
+import secrets
+
+import pytest
+
+from tests.conftest import TEST_API_KEY
+from tests.live_server import Site, port_open
+from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
+
+pytestmark = pytest.mark.services
+
+PASSWORD = "correct horse battery staple"
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379"
+# Leases short enough that a dead process is noticed within a few seconds.
+ENV = {"CHAT_CHECKPOINT_INTERVAL": "0.3", "CHAT_LEASE_SECONDS": "2", "CHAT_UPSTREAM_RETRIES": "0"}
+
+
+@pytest.fixture(scope="module")
+def services():
+    missing = [
+        name for name, port in (("PostgreSQL", 5432), ("Redis", 6379)) if not port_open("127.0.0.1", port)
+    ]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not reachable on 127.0.0.1 (needed to run two processes)")
+
+
+@pytest.fixture(scope="module")
+def database_url(services):
+    import psycopg
+
+    name = f"chat_test_{secrets.token_hex(6)}"
+    admin = None
+    for maintenance in ("test", "postgres"):
+        try:
+            admin = psycopg.connect(f"{POSTGRES}/{maintenance}", autocommit=True, connect_timeout=5)
+            break
+        except psycopg.OperationalError as exc:
+            reason = exc
+    if admin is None:
+        pytest.skip(f"cannot connect to PostgreSQL as postgres: {reason}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield f"{POSTGRES}/{name}"
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def redis_url(services):
+    import redis
+
+    for number in random.sample(range(1, 16), 15):
+        client = redis.Redis.from_url(f"{REDIS}/{number}", socket_timeout=5)
+        if client.dbsize() == 0:
+            break
+        client.close()
+    else:
+        pytest.skip("no empty Redis database number (1-15) to run in")
+    try:
+        yield f"{REDIS}/{number}"
+    finally:
+        client.flushdb()  # only this run's channel-layer keys: the database was empty
+        client.close()
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    server = UpstreamServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, upstream, database_url, redis_url):
+    site = Site(
+        tmp_path_factory.mktemp("scale-out"),
+        upstream=upstream,
+        database_url=database_url,
+        redis_url=redis_url,
+        env=ENV,
+    )
+    site.migrate()
+    site.create_user("alice", PASSWORD)
+    return site
+
+
+@pytest.fixture
+def servers(request, site):
+    """Process A and process B, sharing the site's database and Redis (indirect param: more env)."""
+    started = site.start_servers(2, env=getattr(request, "param", None))
+    try:
+        yield started
+    finally:
+        site.stop()
+        for server in started:
+            assert TEST_API_KEY not in server.log_text()
+
+
+@pytest.fixture
+def conversation_id(site):
+    return site.create_conversation("alice")
+
+
+@pytest.fixture
+def cookie(servers):
+    return servers[0].login("alice", PASSWORD)
+
+
+def deltas(frames):
+    return [f for f in frames if f["type"] == "delta"]
+
+
+def text_of(frames):
+    return "".join(f.get("content", "") for f in deltas(frames))
+
+
+def assert_exact(frames, text):
+    """A socket's view of one reply: an optional resume, then deltas with growing seqs, no gap."""
+    shown, last_seq = "", 0
+    for f in frames:
+        if f["type"] == "resume":
+            assert f["seq"] >= last_seq
+            shown, last_seq = f["content"], f["seq"]
+        elif f["type"] == "delta":
+            assert f["seq"] > last_seq, f"seq {f['seq']} after {last_seq}"
+            shown, last_seq = shown + f["content"], f["seq"]
+    assert shown == text
+
+
+async def test_a_reply_streamed_on_one_process_is_seen_live_on_the_other(
+    site, upstream, servers, conversation_id, cookie
+):
+    a, b = servers
+    pieces = [f"tok{i} " for i in range(50)]
+    upstream.queue(Reply(body=sse(*chat_chunks(pieces)), delay=0.03))
+    async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+        await on_a.send({"type": "send", "content": "Count"})
+        start = (await on_b.frames_until("start"))[-1]
+        assert start["user_message"]["content"] == "Count"  # the other process's tab sees the message
+        await on_b.until_text("tok0 tok1 tok2 ")  # live, before the reply ends
+        async with b.socket(conversation_id, cookie) as late:  # joins process B mid-stream
+            resume = await late.recv()
+            assert resume["type"] == "resume" and resume["message_id"] == start["message_id"]
+            late_frames = [resume, *await late.frames_until("done")]
+        local = await on_a.frames_until("done")
+        await on_b.frames_until("done")
+        remote = on_b.frames
+    full = "".join(pieces)
+    assert [f["seq"] for f in deltas(local)] == list(range(1, len(pieces) + 1))
+    assert text_of(local) == full
+    assert_exact(remote, full)
+    assert_exact(late_frames, full)
+    for frames in (local, remote, late_frames):
+        done = frames[-1]
+        assert (done["type"], done["status"], done["message_id"]) == ("done", "finished", start["message_id"])
+    assert len([f for f in remote if f["type"] == "done"]) == 1
+    reply = site.messages(conversation_id)[-1]
+    assert (reply["content"], reply["status"], reply["lease_until"]) == (full, "finished", None)
+
+
+async def test_stop_from_the_other_process_cancels_the_reply(
+    site, upstream, servers, conversation_id, cookie
+):
+    a, b = servers
+    held, release = held_reply(["Kept ", "so far"], [" never sent"])
+    upstream.queue(held)
+    try:
+        async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+            await on_a.send({"type": "send", "content": "Go"})
+            await on_b.until_text("Kept so far")
+            await on_b.send({"type": "stop"})
+            for ws in (on_a, on_b):
+                done = (await ws.frames_until("done", timeout=5))[-1]
+                assert (done["status"], done["finish_reason"]) == ("cancelled", "cancelled")
+            assert_exact(on_b.frames, "Kept so far")
+    finally:
+        release.set()
+    reply = site.messages(conversation_id)[-1]
+    assert (reply["content"], reply["status"]) == ("Kept so far", "cancelled")
+
+
+async def test_send_on_the_other_process_while_a_reply_streams_is_busy(
+    site, upstream, servers, conversation_id, cookie
+):
+    a, b = servers
+    held, release = held_reply(["Busy "], ["writing."])
+    upstream.queue(held)
+    try:
+        async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+            await on_a.send({"type": "send", "content": "First"})
+            await on_b.until_text("Busy ")
+            await on_b.send({"type": "send", "content": "Second"})
+            error = (await on_b.frames_until("error"))[-1]
+            assert (error["code"], error["message_id"]) == ("busy", None)
+            release.set()
+            assert (await on_a.frames_until("done"))[-1]["status"] == "finished"
+            assert (await on_b.frames_until("done"))[-1]["status"] == "finished"
+    finally:
+        release.set()
+    assert [(m["content"], m["status"]) for m in site.messages(conversation_id)] == [
+        ("First", "finished"),
+        ("Busy writing.", "finished"),
+    ]
+
+
+async def test_a_killed_process_leaves_its_reply_interrupted_for_the_other(
+    site, upstream, servers, conversation_id, cookie
+):
+    a, b = servers
+    held, release = held_reply(["Saved ", "text"], [" never sent"])
+    upstream.queue(held, Reply(body=sse(*chat_chunks(["Carried on."]))))
+    try:
+        async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+            await on_a.send({"type": "send", "content": "Go"})
+            await on_b.until_text("Saved text")
+            site.wait_for(lambda: site.messages(conversation_id)[-1]["content"] == "Saved text")
+            a.kill()
+            frames = await on_b.frames_until("done", timeout=8)  # lease 2 s, checked every 0.6 s
+            error = next(f for f in frames if f["type"] == "error")
+            assert (error["code"], frames[-1]["status"], frames[-1]["finish_reason"]) == (
+                "interrupted",
+                "interrupted",
+                "interrupted",
+            )
+            assert_exact(on_b.frames, "Saved text")
+
+            await on_b.send({"type": "send", "content": "Again"})  # process B carries the conversation on
+            frames = await on_b.frames_until("done")
+            assert text_of(frames) == "Carried on." and frames[-1]["status"] == "finished"
+    finally:
+        release.set()
+    assert [(m["content"], m["status"]) for m in site.messages(conversation_id)] == [
+        ("Go", "finished"),
+        ("Saved text", "interrupted"),
+        ("Again", "finished"),
+        ("Carried on.", "finished"),
+    ]
+
+
+@pytest.mark.parametrize("servers", [{"CHAT_CHECKPOINT_INTERVAL": "0.05"}], indirect=True)
+async def test_each_reply_ends_once_on_the_other_process(site, upstream, servers, conversation_id, cookie):
+    """The other process's socket polls the database in case the owner died; a reply that
+    ends while it polls must still end once there: no second `done`, no `resume` after it
+    (a browser would show the reply as streaming again, with nothing left to end it)."""
+    a, b = servers
+    count = 15
+    upstream.queue(*[Reply(body=sse(*chat_chunks([f"r{i}", " ok"])), delay=0.04) for i in range(count)])
+    async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+        for i in range(count):
+            await on_a.send({"type": "send", "content": f"message {i}"})
+            await on_a.frames_until("done")
+            await on_b.frames_until("done")
+        while not await on_b.nothing_for(0.5):  # stragglers are kept in on_b.frames
+            pass
+    ends = {}
+    for f in on_b.frames:
+        if f["type"] in ("resume", "delta", "done") and f["message_id"] in ends:
+            raise AssertionError(f"{f['type']} after the done of reply {f['message_id']}")
+        if f["type"] == "done":
+            ends[f["message_id"]] = f
+    assert len(ends) == count
