@@ -37,11 +37,11 @@ def _most_generous(values):
     return None if not values or None in values else max(values)
 
 
-def limits_for(user) -> Limits:
-    own = Budget.objects.filter(user=user).first()
+def limits_for(user_id: int) -> Limits:
+    budgets = list(Budget.objects.filter(Q(user_id=user_id) | Q(group__user__id=user_id)).distinct())
+    own = next((b for b in budgets if b.user_id == user_id), None)
     if own is not None:
         return Limits(own.tokens_per_day, own.tokens_per_month, own.sends_per_minute)
-    budgets = list(Budget.objects.filter(group__in=user.groups.all()))
     if not budgets:
         return Limits()
     return Limits(
@@ -51,12 +51,12 @@ def limits_for(user) -> Limits:
     )
 
 
-def _tokens_since(user, since) -> int:
+def _tokens_since(user_id: int, since) -> int:
     reported = Coalesce(Cast(KeyTextTransform("prompt_tokens", "usage"), IntegerField()), 0) + Coalesce(
         Cast(KeyTextTransform("completion_tokens", "usage"), IntegerField()), 0
     )
     replies = Message.objects.filter(
-        conversation__user=user, role=Message.Role.ASSISTANT, created_at__gte=since
+        conversation__user_id=user_id, role=Message.Role.ASSISTANT, created_at__gte=since
     )
     counted = replies.filter(prompt_tokens__isnull=False).aggregate(
         total=Sum(Coalesce("prompt_tokens", 0) + Coalesce("completion_tokens", 0))
@@ -65,31 +65,31 @@ def _tokens_since(user, since) -> int:
     return (counted or 0) + (uncounted or 0)
 
 
-def remaining(user, limits: Limits | None = None) -> dict | None:
+def remaining(user_id: int, limits: Limits | None = None) -> dict | None:
     """Tokens left today and this month (None where unlimited); None when no budget applies."""
-    limits = limits if limits is not None else limits_for(user)
+    limits = limits if limits is not None else limits_for(user_id)
     if not limits:
         return None
     now = timezone.now()
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     left = {"tokens_left_today": None, "tokens_left_this_month": None}
     if limits.tokens_per_day is not None:
-        left["tokens_left_today"] = max(0, limits.tokens_per_day - _tokens_since(user, day))
+        left["tokens_left_today"] = max(0, limits.tokens_per_day - _tokens_since(user_id, day))
     if limits.tokens_per_month is not None:
         left["tokens_left_this_month"] = max(
-            0, limits.tokens_per_month - _tokens_since(user, day.replace(day=1))
+            0, limits.tokens_per_month - _tokens_since(user_id, day.replace(day=1))
         )
     return left
 
 
-def check(user) -> dict | None:
+def check(user_id: int) -> dict | None:
     """Raise BudgetExceeded if the user may not send now; else return what remains."""
-    limits = limits_for(user)
+    limits = limits_for(user_id)
     if not limits:
         return None
     if limits.sends_per_minute is not None:
         recent = Message.objects.filter(
-            conversation__user=user,
+            conversation__user_id=user_id,
             role=Message.Role.USER,
             created_at__gte=timezone.now() - timedelta(minutes=1),
         ).count()
@@ -98,7 +98,7 @@ def check(user) -> dict | None:
                 "send_rate_exceeded",
                 f"You can send {limits.sends_per_minute} messages a minute; wait a moment and try again.",
             )
-    left = remaining(user, limits)
+    left = remaining(user_id, limits)
     if left["tokens_left_today"] == 0:
         raise BudgetExceeded(
             "budget_exceeded", "You have used today's token budget. It resets at midnight UTC."

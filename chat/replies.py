@@ -85,6 +85,12 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[st
     return list(rows.values_list("role", "content", "token_count"))
 
 
+def _fresh(conversation: Conversation) -> Conversation:
+    """The socket loaded the conversation when it opened; the model or system prompt may
+    have been changed since (settings dialog, another tab)."""
+    return Conversation.objects.only("id", "user_id", "model", "system_prompt").get(pk=conversation.pk)
+
+
 def _placeholder(conversation: Conversation, target: Target, prompt_tokens: int | None, now) -> Message:
     return Message(
         conversation_id=conversation.id,
@@ -103,7 +109,8 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
     Raises Busy if a reply streams, BudgetExceeded if the user may not send now;
     either way nothing is written and no model is called.
     """
-    budget = budgets.check(conversation.user)
+    conversation = _fresh(conversation)
+    budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
     content_tokens = tokens.count_tokens(content, target.model, target.encoding)
     now = timezone.now()
@@ -142,7 +149,8 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
 
 def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
     """A new reply to the last user message; earlier replies to it become earlier versions."""
-    budget = budgets.check(conversation.user)
+    conversation = _fresh(conversation)
+    budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
     try:
         with transaction.atomic():

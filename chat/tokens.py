@@ -119,12 +119,19 @@ def count_tokens(text: str, model: str, encoding_override: str = "") -> int | No
     return len(encoding.encode(text, disallowed_special=()))
 
 
+_role_tokens: dict[tuple[str, str], int] = {}
+
+
 def message_overhead(role: str, model: str, name: str = "", encoding_override: str = "") -> int | None:
     """Tokens a message costs beyond its content: framing, role, and name if any."""
-    encoding = get_encoding(encoding_name(model, encoding_override))
+    encoding_key = encoding_name(model, encoding_override)
+    encoding = get_encoding(encoding_key)
     if encoding is None:
         return None
-    overhead = TOKENS_PER_MESSAGE + len(encoding.encode(role))
+    role_tokens = _role_tokens.get((encoding_key, role))
+    if role_tokens is None:  # a handful of roles: count each once per encoding, not per message
+        role_tokens = _role_tokens[(encoding_key, role)] = len(encoding.encode(role))
+    overhead = TOKENS_PER_MESSAGE + role_tokens
     if name:
         overhead += TOKENS_PER_NAME + len(encoding.encode(name))
     return overhead

@@ -72,7 +72,7 @@ def _page(
     conversations, query = _sidebar(request)
     messages = list(conversation.messages.current()) if conversation else []
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
-    budget = budgets.remaining(request.user)
+    budget = budgets.remaining(request.user.pk)
     if settings_form is None:
         settings_form = ConversationSettingsForm(instance=conversation)
     config = {

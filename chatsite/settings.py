@@ -100,7 +100,7 @@ def _database() -> dict:
         # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
         # BEGIN, so two writers queue on the busy timeout instead of one failing
         # with "database is locked" when it upgrades a read transaction.
-        db["CONN_MAX_AGE"] = 0
+        db["CONN_MAX_AGE"] = None  # one long-lived connection per thread; opening one runs the PRAGMAs
         db["OPTIONS"] = {
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             "transaction_mode": "IMMEDIATE",

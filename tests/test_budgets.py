@@ -89,6 +89,6 @@ def test_a_users_own_budget_wins_and_groups_give_the_most_generous(alice):
     alice.groups.add(small, large)
     Budget.objects.create(group=small, tokens_per_day=10)
     Budget.objects.create(group=large, tokens_per_day=1000, tokens_per_month=None)
-    assert limits_for(alice).tokens_per_day == 1000
+    assert limits_for(alice.pk).tokens_per_day == 1000
     Budget.objects.create(user=alice, tokens_per_day=5)
-    assert limits_for(alice).tokens_per_day == 5
+    assert limits_for(alice.pk).tokens_per_day == 5

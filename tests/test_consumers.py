@@ -419,3 +419,17 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
     await socket.send_json_to({"type": "send", "content": "Carry on"})  # the conversation goes on
     assert (await socket.receive_json_from())["type"] == "start"
     await socket.disconnect()
+
+
+async def test_a_settings_change_applies_to_the_next_message_without_reconnecting(use_upstream, conversation, alice):
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["One"]))), Reply(body=sse(*chat_chunks(["Two"]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "first"})
+    await frames_until(socket, "done")
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(system_prompt="Answer in French.", model="gpt-4o")
+    await socket.send_json_to({"type": "send", "content": "second"})
+    await frames_until(socket, "done")
+    request = use_upstream.requests[1]["json"]
+    assert request["model"] == "gpt-4o"
+    assert request["messages"][0] == {"role": "system", "content": "Answer in French."}
+    await socket.disconnect()
