@@ -380,7 +380,7 @@ compare them within a run (app vs direct), not across runs.
 
 
 DIAGNOSIS = """
-## Why the misses miss (py-spy profiles of 2026-11-22, the app as in the run above)
+## Why the misses miss (py-spy profiles of 2026-11-22, the app as in the run above; commit 8a54312 has since made SQLite connections persistent and cached the role overhead)
 
 Measured with py-spy on the daphne process; proposed changes are in `chat/`
 code, which the benchmark does not touch. The machine's load average was 6-7
@@ -437,6 +437,8 @@ def write_docs(results: dict, table: str, json_path: Path) -> None:
         f"{meta['memory_gib']} GiB, Linux {meta['kernel']}, Python {meta['python']}; {packages}. "
         f"Commit {meta['commit']}{' with uncommitted app changes' if meta['app_code_uncommitted_changes'] else ''}. "
         f"{results['pinning']}. Load average {meta['loadavg_start']} at start, {meta['loadavg_end']} at the end "
-        f"(other work was running). Took {results['duration_s']} s. Raw figures: `{json_path}`.\n\n" + table
+        f"(other work was running). Took {results['duration_s']} s. Raw figures: `{json_path}`.\n\n"
+        + table
+        + DIAGNOSIS
     )
     (ROOT / "docs" / "benchmark.md").write_text(text)
