@@ -97,9 +97,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL * 2)
             finals = await generation.settle_remote(self.conversation.id, reply_id)
             if finals is not None:
-                # No await between the read and this mark: frames the owner sends from now
-                # on are dropped, and one it sent before cancelled this task (see chat_frame).
-                self.settled_reply = reply_id
-                for text in finals:
-                    await self.send_frame(text)
+                # No await between the read and show_ended's mark: frames the owner sends from
+                # now on are dropped, and one it sent before cancelled this task (chat_frame).
+                await self.show_ended(reply_id, finals)
                 return
+
+    async def show_ended(self, reply_id: int, finals: list[str]) -> None:
+        """Show a reply's final state read from the database, once: the watchdog and a
+        sweep of dead replies can both find it."""
+        if reply_id == self.settled_reply:
+            return
+        self.settled_reply = reply_id
+        for text in finals:
+            await self.send_frame(text)

@@ -325,15 +325,18 @@ async def watch(socket, conversation_id: int) -> None:
     global _swept
     if not single_process():
         await get_channel_layer().group_add(conv_group(conversation_id), socket.channel_name)
+    swept = []
     if not _swept:  # once per process: replies left streaming by a dead process
         _swept = True
-        await database_sync_to_async(replies.recover_stale)(None, live_ids())
+        swept = await database_sync_to_async(replies.recover_stale)(None, live_ids())
     generation = _running.get(conversation_id)
     _watchers[conversation_id].add(socket)
     if generation is not None:
         await socket.send_frame(generation.resume_frame())
+        await _show_ended(swept)
         return
-    await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())
+    swept += await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())
+    await _show_ended(swept)
     if not single_process():
         streaming = await Message.objects.filter(
             conversation_id=conversation_id, status=Status.STREAMING
@@ -377,6 +380,25 @@ async def settle_remote(conversation_id: int, reply_id: int) -> list[str] | None
     reply = await Message.objects.filter(pk=reply_id).afirst()
     if reply is None or reply.status == Status.STREAMING:
         return None
+    return final_frames(reply)
+
+
+async def _show_ended(reply_ids: list[int]) -> None:
+    """Replies just found dead: pages and sockets opened before may still show them
+    streaming (a tab reconnecting after a restart reloads its list while this runs)."""
+    if not reply_ids:
+        return
+    async for reply in Message.objects.filter(pk__in=reply_ids):
+        finals = final_frames(reply)
+        for socket in list(_watchers.get(reply.conversation_id, ())):
+            try:
+                await socket.show_ended(reply.id, finals)
+            except Exception:  # a socket that went away must not stop the others
+                log.debug("Could not show an ended reply to a socket", exc_info=True)
+
+
+def final_frames(reply: Message) -> list[str]:
+    """The frames that show an ended reply as saved: resume (its whole text), error, done."""
     finals = [
         frame(
             type="resume",

@@ -215,8 +215,8 @@ def finish(reply_id: int, **fields) -> dict:
 INTERRUPTED_DETAIL = "The server stopped while this reply was streaming; the text saved before that is kept."
 
 
-def recover_stale(conversation_id: int | None = None, live_ids=()) -> int:
-    """Mark replies whose generation died (crash, kill, deploy) as interrupted.
+def recover_stale(conversation_id: int | None = None, live_ids=()) -> list[int]:
+    """Mark replies whose generation died (crash, kill, deploy) as interrupted; their ids.
 
     With several worker processes a reply is dead when its lease ran out (the
     owner renews it every checkpoint). With the in-memory channel layer there is
@@ -231,10 +231,10 @@ def recover_stale(conversation_id: int | None = None, live_ids=()) -> int:
         stale = stale.exclude(pk__in=list(live_ids))
     else:
         stale = stale.filter(lease_until__lt=timezone.now())
-    count = 0
+    marked = []
     for message in stale.only("id", "content", "model"):
         counted = tokens.count_tokens(message.content, message.model or settings.CHAT_MODEL)
-        count += Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
+        changed = Message.objects.filter(pk=message.pk, status=Message.Status.STREAMING).update(
             status=Message.Status.INTERRUPTED,
             finish_reason="interrupted",
             error_code="interrupted",
@@ -243,7 +243,9 @@ def recover_stale(conversation_id: int | None = None, live_ids=()) -> int:
             token_count=counted,
             lease_until=None,
         )
-    return count
+        if changed:  # not if another process marked it first
+            marked.append(message.pk)
+    return marked
 
 
 def _title(content: str) -> str:

@@ -410,6 +410,10 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
         conversation=conversation, role="assistant", content="Saved before the crash", status="streaming"
     )
     _, socket = await open_socket(conversation.id, alice)
+    # The page may have drawn it streaming: the socket shows how it ended.
+    resume, error, done = [await socket.receive_json_from() for _ in range(3)]
+    assert (resume["type"], resume["content"]) == ("resume", "Saved before the crash")
+    assert (error["code"], done["status"], done["finish_reason"]) == ("interrupted", "interrupted", "interrupted")
     reply = await Message.objects.aget(conversation=conversation, role="assistant")
     assert (reply.status, reply.finish_reason, reply.content) == (
         "interrupted",

@@ -78,11 +78,14 @@ async def test_a_killed_server_leaves_the_reply_interrupted_and_the_chat_goes_on
 
     server.restart()
     async with server.socket(conversation_id, cookie) as ws:
-        assert await ws.nothing_for(0.5)  # nothing is streaming any more: no resume
-        # Connecting is what sweeps the dead reply (it may first load the tokenizer vocabulary).
-        reply = site.wait_for(
-            lambda: (row := reply_of(site, conversation_id))["status"] != "streaming" and row, timeout=10
-        )
+        # Connecting sweeps the dead reply, and the socket shows how it ended (the page, drawn
+        # before, may show it streaming): its saved text, the error, then done.
+        frames = await ws.frames_until("done")
+        assert [f["type"] for f in frames] == ["resume", "error", "done"]
+        assert ws.text == "Saved before the crash" and frames[1]["code"] == "interrupted"
+        assert (frames[-1]["status"], frames[-1]["finish_reason"]) == ("interrupted", "interrupted")
+        assert await ws.nothing_for(0.3)
+        reply = reply_of(site, conversation_id)
         assert (reply["status"], reply["finish_reason"], reply["error_code"]) == (
             "interrupted",
             "interrupted",

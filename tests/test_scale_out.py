@@ -227,6 +227,7 @@ async def test_a_killed_process_leaves_its_reply_interrupted_for_the_other(
             await on_b.until_text("Saved text")
             site.wait_for(lambda: site.messages(conversation_id)[-1]["content"] == "Saved text")
             a.kill()
+            late = await b.socket(conversation_id, cookie).open()  # a tab reloaded after the crash
             frames = await on_b.frames_until("done", timeout=8)  # lease 2 s, checked every 0.6 s
             error = next(f for f in frames if f["type"] == "error")
             assert (error["code"], frames[-1]["status"], frames[-1]["finish_reason"]) == (
@@ -235,6 +236,10 @@ async def test_a_killed_process_leaves_its_reply_interrupted_for_the_other(
                 "interrupted",
             )
             assert_exact(on_b.frames, "Saved text")
+            late_frames = await late.frames_until("done", timeout=8)
+            assert [f["type"] for f in late_frames] == ["resume", "error", "done"]
+            assert late.text == "Saved text" and late_frames[-1]["status"] == "interrupted"
+            await late.close()
 
             await on_b.send({"type": "send", "content": "Again"})  # process B carries the conversation on
             frames = await on_b.frames_until("done")
