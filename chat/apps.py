@@ -9,3 +9,17 @@ class ChatConfig(AppConfig):
         from chat.conf import install_defaults
 
         install_defaults()  # CHAT_* defaults for host sites that set none (docs/reusable-app.md)
+
+        from django.db.models.signals import post_delete, post_save
+
+        from chat.budgets import forget_budgets
+        from chat.models import Budget, ChatModel, Provider
+        from chat.providers import forget_models
+
+        for model, forget in (
+            (ChatModel, forget_models),
+            (Provider, forget_models),
+            (Budget, forget_budgets),
+        ):
+            post_save.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}")
+            post_delete.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}-deleted")

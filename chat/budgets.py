@@ -5,6 +5,7 @@ month in UTC), so there is no counter to drift. Replies whose count was
 unavailable (no vocabulary) count the provider's reported usage, else zero.
 """
 
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -37,7 +38,27 @@ def _most_generous(values):
     return None if not values or None in values else max(values)
 
 
+_any_budget: tuple[float, bool] | None = None
+ANY_BUDGET_TTL = 5.0
+
+
+def _budgets_exist() -> bool:
+    """Most sites set no budgets; then a send costs no budget queries at all."""
+    global _any_budget
+    now = time.monotonic()
+    if _any_budget is None or _any_budget[0] < now:
+        _any_budget = (now + ANY_BUDGET_TTL, Budget.objects.exists())
+    return _any_budget[1]
+
+
+def forget_budgets(**kwargs) -> None:
+    global _any_budget
+    _any_budget = None
+
+
 def limits_for(user_id: int) -> Limits:
+    if not _budgets_exist():
+        return Limits()
     budgets = list(Budget.objects.filter(Q(user_id=user_id) | Q(group__user__id=user_id)).distinct())
     own = next((b for b in budgets if b.user_id == user_id), None)
     if own is not None:

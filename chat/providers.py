@@ -5,6 +5,7 @@ are the fallback, so a zero-config install and an env-configured one need no
 admin work at all.
 """
 
+import time
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -45,18 +46,33 @@ def from_chat_model(chat_model: ChatModel) -> Target:
     )
 
 
-def available_models():
-    return ChatModel.objects.filter(enabled=True, provider__enabled=True).select_related("provider")
+_models: tuple[float, list[ChatModel]] | None = None
+MODELS_TTL = 5.0  # seconds; other worker processes see admin changes within this
+
+
+def available_models() -> list[ChatModel]:
+    """Enabled models of enabled providers, default first. Read once per MODELS_TTL, not per
+    message: this process forgets them when one is saved, other processes when the TTL ends."""
+    global _models
+    now = time.monotonic()
+    if _models is None or _models[0] < now:
+        rows = ChatModel.objects.filter(enabled=True, provider__enabled=True).select_related("provider")
+        _models = (now + MODELS_TTL, list(rows.order_by("-is_default", "id")))
+    return _models[1]
+
+
+def forget_models(**kwargs) -> None:
+    global _models
+    _models = None
 
 
 def resolve(conversation: Conversation) -> Target:
     """The conversation's chosen model, else the admin's default model, else the environment's."""
     models = available_models()
-    chosen = None
     if conversation.model:
-        chosen = models.filter(name=conversation.model).order_by("-is_default", "id").first()
+        chosen = next((m for m in models if m.name == conversation.model), None)
     else:
-        chosen = models.filter(is_default=True).order_by("id").first()
+        chosen = next((m for m in models if m.is_default), None)
     if chosen is not None:
         return from_chat_model(chosen)
     model = conversation.model or settings.CHAT_MODEL

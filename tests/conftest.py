@@ -33,7 +33,10 @@ def provider(upstream):
 def forget_running_replies():
     """Each test starts with no reply streaming in this process (ids repeat after a flush)."""
     yield
-    from chat import generation
+    from chat import budgets, generation, providers
+
+    providers.forget_models()  # a flush between tests sends no signals
+    budgets.forget_budgets()
 
     for running in list(generation._running.values()):
         running.stop()
