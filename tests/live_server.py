@@ -83,6 +83,8 @@ class Site:
     UpstreamServer) sets OPENAI_BASE_URL and OPENAI_API_KEY. The database defaults to
     SQLite inside the data directory; pass `database_url` for PostgreSQL and
     `redis_url` for the Redis channel layer (both needed to run several servers).
+    The rest of the test run's environment passes through (TIKTOKEN_CACHE_DIR, so
+    token counts work offline) except the app's own CHAT_/DJANGO_/OPENAI_ variables.
     """
 
     def __init__(
