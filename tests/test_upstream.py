@@ -1174,10 +1174,64 @@ async def test_keep_alive_comments_keep_a_slow_upstream_alive(upstream, provider
     assert (outcome.text, outcome.finish_reason) == ("Slow but alive", "stop")
 
 
-async def test_a_finished_reply_does_not_wait_the_idle_timeout_for_a_missing_done(upstream, provider, settings):
+async def test_a_finished_reply_does_not_wait_the_idle_timeout_for_a_missing_done(
+    upstream, provider, settings
+):
     settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 30
     upstream.queue(Reply(body=sse(*chat_chunks(["All ", "done"]), done=False), stall=10))
     started = time.monotonic()
     outcome = await ask(provider)
     assert time.monotonic() - started < 5  # the finish chunk ended it, after a short grace for usage
     assert (outcome.text, outcome.finish_reason, outcome.error) == ("All done", "stop", None)
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+def http_backend(request, settings):
+    """Both HTTP backends behave the same to the user (auto picks httpx behind a proxy)."""
+    settings.CHAT_UPSTREAM_HTTP = request.param
+    return request.param
+
+
+async def test_both_backends_stream_and_report_usage(http_backend, upstream, provider):
+    usage = {"prompt_tokens": 5, "completion_tokens": 2}
+    body = b"".join(sse(*chat_chunks(["Hel", "lo"], usage=usage)))
+    upstream.queue(Reply(body=[body[i : i + 7] for i in range(0, len(body), 7)]))  # 7-byte reads
+    outcome = await ask(provider)
+    assert (outcome.text, outcome.finish_reason, outcome.usage, outcome.error) == (
+        "Hello",
+        "stop",
+        usage,
+        None,
+    )
+
+
+async def test_both_backends_report_a_cut_stream_as_interrupted(http_backend, upstream, provider):
+    upstream.queue(Reply(body=sse(*chat_chunks(["Half"], finish_reason=None), done=False), cut=True))
+    outcome = await ask(provider)
+    assert outcome.text == "Half" and outcome.error.code == "upstream_interrupted"
+
+
+async def test_both_backends_end_a_silent_stream_with_a_timeout(http_backend, upstream, provider, settings):
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.5
+    upstream.queue(Reply(body=sse(*chat_chunks(["Slow"], finish_reason=None), done=False), stall=3))
+    outcome = await ask(provider)
+    assert outcome.text == "Slow" and outcome.error.code == "upstream_timeout"
+
+
+async def test_both_backends_say_when_nothing_listens(http_backend, upstream, provider):
+    from chat.upstream import Provider
+
+    upstream.close()
+    outcome = await ask(Provider(base_url=provider.base_url, api_key=TEST_API_KEY))
+    assert outcome.error.code == "upstream_connect" and "connection refused" in outcome.error.detail
+
+
+def test_auto_picks_httpx_when_a_proxy_is_configured(settings, monkeypatch):
+    from chat.upstream.client import http_backend
+
+    settings.CHAT_UPSTREAM_HTTP = "auto"
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert http_backend() == "aiohttp"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert http_backend() == "httpx"

@@ -12,6 +12,7 @@ import logging
 import random
 import re
 import time
+import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -84,6 +85,7 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
         settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
         settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
         settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
+        http_backend(),
     )
     per_loop = _clients.setdefault(loop, {})
     client = per_loop.get(key)
@@ -98,14 +100,31 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
             max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
             max_keepalive_connections=min(100, settings.CHAT_UPSTREAM_MAX_CONNECTIONS),
         )
-        transport = None
         if demo:
             from chat.upstream.demo import DemoTransport
 
             transport = DemoTransport()
+        elif http_backend() == "aiohttp":
+            # aiohttp parses HTTP in C: about half of httpx's CPU per streamed read, which is
+            # most of the relay's cost per delta (see docs/benchmark.md). Same httpx API,
+            # timeouts (read = idle time between reads) and exception types.
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits, trust_env=False)
+        else:
+            transport = None
         client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
         per_loop[key] = client
     return client
+
+
+def http_backend() -> str:
+    """CHAT_UPSTREAM_HTTP: `auto` is aiohttp, unless proxy variables (HTTPS_PROXY …) are set,
+    which only httpx honours."""
+    choice = settings.CHAT_UPSTREAM_HTTP
+    if choice == "auto":
+        return "httpx" if urllib.request.getproxies() else "aiohttp"
+    return choice
 
 
 class ChatStream:
@@ -174,18 +193,17 @@ class ChatStream:
                 if response.status_code < 400:
                     return response
                 error = await self._http_error(response)
-            except httpx.TimeoutException:
-                error = UpstreamError(
-                    "upstream_timeout",
-                    "The model provider did not answer in time.",
-                    retryable=True,
-                )
             except httpx.TransportError as exc:
-                error = UpstreamError(
-                    "upstream_connect",
-                    f"Could not reach the model provider at {httpx.URL(url).host} ({_reason(exc)}).",
-                    retryable=True,
-                )
+                if timed_out(exc):
+                    error = UpstreamError(
+                        "upstream_timeout", "The model provider did not answer in time.", retryable=True
+                    )
+                else:
+                    error = UpstreamError(
+                        "upstream_connect",
+                        f"Could not reach the model provider at {httpx.URL(url).host} ({_reason(exc)}).",
+                        retryable=True,
+                    )
             if error.code == "upstream_usage_option_rejected":
                 _rejects_usage_option.add(self.provider.base_url)
                 continue
@@ -284,7 +302,7 @@ class ChatStream:
                     # The reply itself is whole; only the usage chunk or [DONE] was lost.
                     log.info("Stream ended without [DONE] after finish_reason (%s)", type(exc).__name__)
                     return
-                if not isinstance(exc, httpx.ReadTimeout):
+                if not timed_out(exc):
                     raise UpstreamError(
                         "upstream_interrupted",
                         "The connection to the model provider was cut before the reply finished; "
@@ -492,8 +510,17 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     return None
 
 
+def timed_out(exc: httpx.HTTPError) -> bool:
+    """A real timeout, not a refused or dropped connection. httpx-aiohttp maps every aiohttp
+    connection error to ConnectTimeout, so for that one the cause decides."""
+    if isinstance(exc, httpx.ConnectTimeout) and exc.__cause__ is not None:
+        cause = exc.__cause__
+        return isinstance(cause, TimeoutError) or type(cause).__module__.startswith("httpcore")
+    return isinstance(exc, httpx.TimeoutException)
+
+
 def _reason(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, OSError):
         return "connection refused or host not found"
     return type(exc).__name__
 
