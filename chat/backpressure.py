@@ -41,3 +41,34 @@ def pending_bytes(transport) -> int | None:
         return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     except (AttributeError, TypeError):  # a transport we do not know (TLS wrapper, other reactor)
         return None
+
+
+class Lag:
+    """One socket's place in the stream: whether its reader is so far behind that deltas are
+    skipped, and when to catch it up with a single `resume` frame instead."""
+
+    SEND, SKIP, RESUME = "send", "skip", "resume"
+
+    def __init__(self, send, limit: int) -> None:
+        self.transport = transport_of(send)
+        self.limit = limit
+        self.behind = False
+
+    def next_delta(self) -> str:
+        pending = pending_bytes(self.transport)
+        if pending is None:
+            return self.SEND
+        if self.behind:
+            if pending > self.limit // 4:  # hysteresis: resume once it has drained well
+                return self.SKIP
+            self.behind = False
+            return self.RESUME
+        if pending > self.limit:
+            self.behind = True
+            return self.SKIP
+        return self.SEND
+
+    def catch_up(self) -> bool:
+        """At the end of a reply: was it behind (and so owes a resume before `done`)?"""
+        behind, self.behind = self.behind, False
+        return behind

@@ -10,6 +10,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import generation
+from chat.backpressure import Lag
 from chat.models import Conversation
 from chat.protocol import BadFrame, FrameLimiter, parse
 
@@ -30,6 +31,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(DENIED)
             return
         self.send_lock = asyncio.Lock()
+        # The server's own send: skips channels' session wrapper on every frame, and lets
+        # chat.backpressure see how much daphne holds for this socket.
+        self.raw_send = self.scope.get("raw_send")
+        self.lag = Lag(self.raw_send, settings.CHAT_SOCKET_BUFFER_BYTES)
         self.limiter = FrameLimiter()
         self.remote_watchdog: asyncio.Task | None = None
         self.settled_reply: int | None = None  # a remote reply whose end the watchdog showed
@@ -67,7 +72,24 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_frame(self, text: str) -> None:
         """Frames go out one at a time, so a resume is never overtaken by a delta."""
         async with self.send_lock:
-            await self.send(text_data=text)
+            if self.raw_send is None:
+                await self.send(text_data=text)
+            else:
+                await self.raw_send({"type": "websocket.send", "text": text})
+
+    async def send_delta(self, text: str, reply) -> None:
+        """A reader that stopped reading gets no deltas until it drains, then one resume."""
+        action = self.lag.next_delta()
+        if action == Lag.SEND:
+            await self.send_frame(text)
+        elif action == Lag.RESUME:
+            for text in reply.resume_frames():
+                await self.send_frame(text)
+
+    async def catch_up(self, reply) -> None:
+        if self.lag.catch_up():
+            for text in reply.resume_frames():
+                await self.send_frame(text)
 
     async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
         await self.send_frame(

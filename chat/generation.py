@@ -90,19 +90,13 @@ class Generation:
             budget=self.turn.budget,
         )
 
-    def resume_frame(self) -> str:
-        return frame(
-            type="resume",
-            message_id=self.reply_id,
-            content="".join(self.content),
-            reasoning="".join(self.reasoning),
-            refusal="".join(self.refusal),
-            seq=self.seq,
-        )
+    def resume_frames(self) -> list[str]:
+        """The reply so far: a `resume`, then deltas if it is too long for one frame."""
+        return span_frames(self.reply_id, self.content, self.reasoning, self.refusal, 0, self.seq)
 
-    async def broadcast(self, text: str) -> None:
+    async def broadcast(self, text: str, delta: bool = False) -> None:
         """Send a frame to this process's sockets now; wake the pump for other processes'."""
-        await send_local(self.conversation_id, text)
+        await send_local(self.conversation_id, text, delta_of=self if delta else None)
         if self.remote or self.remote_pending:
             self.remote_wakeup.set()
 
@@ -151,7 +145,7 @@ class Generation:
             fields["reasoning"] = piece.reasoning
         if piece.refusal:
             fields["refusal"] = piece.refusal
-        await self.broadcast(frame(**fields))
+        await self.broadcast(frame(**fields), delta=True)
 
     async def _on_retry(self, retry: Retry) -> None:
         await self.broadcast(
@@ -205,6 +199,8 @@ class Generation:
         ]
         if error:
             finals.insert(0, frame(type="error", code=error[0], detail=error[1], message_id=self.reply_id))
+        for socket in list(_watchers.get(self.conversation_id, ())):
+            await socket.catch_up(self)  # a lagging reader gets the whole reply before `done`
         for text in finals:
             await send_local(self.conversation_id, text)
         await self._close_remote(finals)
@@ -254,20 +250,15 @@ class Generation:
         for channel in list(self.remote_pending):
             self.remote_pending.discard(channel)
             self.remote[channel] = self.seq
-            await self._send_remote(layer, channel, self.resume_frame())
+            for text in self.resume_frames():
+                await self._send_remote(layer, channel, text)
         seq = self.seq
         for channel, sent in list(self.remote.items()):
             if sent < seq:
                 self.remote[channel] = seq
-                text = frame(
-                    type="delta",
-                    message_id=self.reply_id,
-                    seq=seq,
-                    content="".join(self.content[sent:seq]),
-                    **_extra("reasoning", self.reasoning[sent:seq]),
-                    **_extra("refusal", self.refusal[sent:seq]),
-                )
-                await self._send_remote(layer, channel, text)
+                texts = span_frames(self.reply_id, self.content, self.reasoning, self.refusal, sent, seq)
+                for text in texts:
+                    await self._send_remote(layer, channel, text)
 
     async def _send_remote(self, layer, channel: str, text: str, final: bool = False) -> None:
         try:
@@ -301,6 +292,52 @@ class Generation:
             self.task.cancel()
 
 
+FRAME_CHARS = 128 * 1024  # daphne (autobahn) will not send a websocket message over 1 MiB
+
+
+def span_frames(message_id: int, content, reasoning, refusal, start: int, end: int) -> list[str]:
+    """Pieces start..end of a reply (seq start+1 … end) as frames of at most about FRAME_CHARS:
+    from the start, a `resume` then deltas; otherwise deltas. A frame's seq is its last piece's."""
+    frames, low, size = [], start, 0
+
+    def cut(high: int) -> str:
+        if start == 0 and not frames:
+            return frame(
+                type="resume",
+                message_id=message_id,
+                content="".join(content[:high]),
+                reasoning="".join(reasoning[:high]),
+                refusal="".join(refusal[:high]),
+                seq=high,
+            )
+        return frame(
+            type="delta",
+            message_id=message_id,
+            seq=high,
+            content="".join(content[low:high]),
+            **_extra("reasoning", reasoning[low:high]),
+            **_extra("refusal", refusal[low:high]),
+        )
+
+    for index in range(start, end):
+        piece = len(content[index]) + len(reasoning[index]) + len(refusal[index])
+        if index > low and size + piece > FRAME_CHARS:
+            frames.append(cut(index))
+            low, size = index, 0
+        size += piece
+    if low < end or not frames and start == 0:
+        frames.append(cut(end))
+    return frames
+
+
+def saved_text_frames(reply: Message) -> list[str]:
+    """A saved reply's text as `resume` (+ deltas when long), cut into FRAME_CHARS pieces."""
+    texts = (reply.content, reply.reasoning, reply.refusal)
+    count = max(1, *(-(-len(text) // FRAME_CHARS) for text in texts))
+    pieces = [[text[i * FRAME_CHARS : (i + 1) * FRAME_CHARS] for i in range(count)] for text in texts]
+    return span_frames(reply.id, *pieces, 0, count)
+
+
 def _extra(name: str, parts: list[str]) -> dict:
     text = "".join(parts)
     return {name: text} if text else {}
@@ -311,10 +348,15 @@ def _round(value: float | None) -> float | None:
 
 
 # -- what the consumer calls ------------------------------------------------------------
-async def send_local(conversation_id: int, text: str) -> None:
+async def send_local(conversation_id: int, text: str, delta_of: "Generation | None" = None) -> None:
+    """A frame to this process's sockets on the conversation. Deltas (`delta_of` set) may be
+    skipped for a socket whose reader is far behind; it is caught up with a resume."""
     for socket in list(_watchers.get(conversation_id, ())):
         try:
-            await socket.send_frame(text)
+            if delta_of is None:
+                await socket.send_frame(text)
+            else:
+                await socket.send_delta(text, delta_of)
         except Exception:  # a socket that went away must not hurt the reply
             log.debug("Dropped a socket that failed to take a frame", exc_info=True)
             _watchers[conversation_id].discard(socket)
@@ -332,7 +374,8 @@ async def watch(socket, conversation_id: int) -> None:
     generation = _running.get(conversation_id)
     _watchers[conversation_id].add(socket)
     if generation is not None:
-        await socket.send_frame(generation.resume_frame())
+        for text in generation.resume_frames():
+            await socket.send_frame(text)
         await _show_ended(swept)
         return
     swept += await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())
@@ -399,16 +442,7 @@ async def _show_ended(reply_ids: list[int]) -> None:
 
 def final_frames(reply: Message) -> list[str]:
     """The frames that show an ended reply as saved: resume (its whole text), error, done."""
-    finals = [
-        frame(
-            type="resume",
-            message_id=reply.id,
-            content=reply.content,
-            reasoning=reply.reasoning,
-            refusal=reply.refusal,
-            seq=reply.seq,
-        )
-    ]
+    finals = saved_text_frames(reply)
     if reply.error_code:
         finals.append(
             frame(type="error", code=reply.error_code, detail=reply.error_detail, message_id=reply.id)

@@ -191,6 +191,8 @@ if CHAT_UPSTREAM_HTTP not in ("auto", "aiohttp", "httpx"):
         f"CHAT_UPSTREAM_HTTP must be auto, aiohttp or httpx, not {CHAT_UPSTREAM_HTTP!r}"
     )
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
+# Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
+CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
 CHAT_FRAMES_PER_SECOND = env_float("CHAT_FRAMES_PER_SECOND", 10.0, minimum=0.1)

@@ -347,16 +347,20 @@ class LiveServer:
                 raise ServerError(f"signing in as {username} failed with HTTP {answer.status_code}")
         return self.site.session_cookie(username)
 
-    def socket(self, conversation_id: int, cookie: str | None, origin: str | None = None) -> ChatSocket:
-        """`async with server.socket(id, cookie) as ws:`, or `ws = await server.socket(...).open()`."""
-        return ChatSocket(self.ws_url(conversation_id), cookie, origin or self.origin)
+    def socket(
+        self, conversation_id: int, cookie: str | None, origin: str | None = None, max_queue: int | None = None
+    ) -> ChatSocket:
+        """`async with server.socket(id, cookie) as ws:`, or `ws = await server.socket(...).open()`.
+        With `max_queue=1` the client stops reading from the network while a frame waits unread."""
+        return ChatSocket(self.ws_url(conversation_id), cookie, origin or self.origin, max_queue)
 
 
 class ChatSocket:
     """A chat websocket client that reads JSON frames with deadlines and keeps every frame it got."""
 
-    def __init__(self, url: str, cookie: str | None, origin: str) -> None:
+    def __init__(self, url: str, cookie: str | None, origin: str, max_queue: int | None = None) -> None:
         self.url = url
+        self.max_queue = max_queue
         self.cookie = cookie
         self.origin = origin
         self.frames: list[dict] = []  # every frame received, in order
@@ -379,7 +383,7 @@ class ChatSocket:
             close_timeout=2,
             proxy=None,
             max_size=None,
-            max_queue=None,
+            max_queue=self.max_queue,
         )
         return self
 

@@ -221,3 +221,27 @@ async def test_the_api_key_reaches_neither_logs_nor_frames(site, upstream):
     log = server.log_text()
     assert "upstream_auth" in log or "rejected the API key" in log  # the failure is logged ...
     assert TEST_API_KEY not in log  # ... without the key
+
+
+# -- a reader that stops reading -------------------------------------------------------------------
+async def test_a_reader_that_stops_reading_is_caught_up_instead_of_buffered(site, upstream):
+    """Daphne buffers whatever is sent to a socket whose reader stalled, without limit. The relay
+    stops sending deltas to it past CHAT_SOCKET_BUFFER_BYTES and catches it up with one resume."""
+    pieces = [f"{n:05d}" + "x" * 3994 + " " for n in range(4000)]  # 16 MB: more than the kernel buffers
+    upstream.queue(Reply(body=sse(*chat_chunks(pieces))))
+    server = site.server(env={"CHAT_SOCKET_BUFFER_BYTES": "65536"})
+    cookie = server.login("alice", PASSWORD)
+    conversation_id = site.conversation_id
+    ws = await server.socket(conversation_id, cookie, max_queue=1).open()  # reads one frame, then stalls
+    try:
+        await ws.send({"type": "send", "content": "Write a lot"})
+        finished = lambda: any(  # noqa: E731
+            m["role"] == "assistant" and m["status"] == "finished" for m in site.messages(conversation_id)
+        )
+        site.wait_for(finished, timeout=60)  # the whole reply went by while the reader stalled
+        frames = await ws.frames_until("done", timeout=60)  # now it reads again
+    finally:
+        await ws.close()
+    assert ws.text == "".join(pieces)  # nothing lost, nothing doubled
+    assert any(f["type"] == "resume" for f in frames)
+    assert len(deltas(frames)) < len(pieces) / 2  # skipped while it lagged, not buffered
