@@ -115,17 +115,28 @@ def format_stats(message) -> str:
     Tokens per second counts generation only (after the first token), so a slow
     queue at the provider shows up in "first token", not as a slow model.
     """
+    usage = message.usage if isinstance(message.usage, dict) else {}
+    # Ours (tiktoken) first; the provider's figures when the vocabulary was unavailable.
+    prompt = message.prompt_tokens if message.prompt_tokens is not None else usage.get("prompt_tokens")
+    completion = (
+        message.completion_tokens if message.completion_tokens is not None else usage.get("completion_tokens")
+    )
     parts = []
-    if message.prompt_tokens is not None:
-        parts.append(f"{message.prompt_tokens} prompt")
-    if message.completion_tokens is not None:
-        parts.append(f"{message.completion_tokens} completion tokens")
+    if isinstance(prompt, int):
+        parts.append(f"{prompt} prompt")
+    if isinstance(completion, int):
+        parts.append(f"{completion} completion tokens")
     if message.ttft_ms is not None:
         parts.append(f"first token {_seconds(message.ttft_ms)}")
     if message.duration_ms is not None:
         parts.append(f"{_seconds(message.duration_ms)} total")
-    if message.completion_tokens and message.duration_ms is not None and message.ttft_ms is not None:
+    if (
+        isinstance(completion, int)
+        and completion
+        and message.duration_ms is not None
+        and message.ttft_ms is not None
+    ):
         generating = (message.duration_ms - message.ttft_ms) / 1000
         if generating > 0:
-            parts.append(f"{message.completion_tokens / generating:.1f} tok/s")
+            parts.append(f"{completion / generating:.1f} tok/s")
     return " · ".join(parts)

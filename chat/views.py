@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports
+from chat import budgets, exports, generation, replies
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
 from chat.rendering import format_stats, render_markdown
@@ -70,6 +70,8 @@ def _page(
     status: int = 200,
 ) -> HttpResponse:
     conversations, query = _sidebar(request)
+    if conversation is not None:  # a reply left "streaming" by a dead server shows as interrupted
+        replies.recover_stale(conversation.pk, generation.live_ids())
     messages = list(conversation.messages.current()) if conversation else []
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
     budget = budgets.remaining(request.user.pk)
@@ -222,6 +224,7 @@ def message_payload(message: Message) -> dict:
         "error_code": message.error_code,
         "error_detail": message.error_detail,
         "stats": format_stats(message) if is_reply else "",
+        "usage": message.usage,
     }
 
 

@@ -200,9 +200,10 @@ def test_it_badges_a_failed_reply_and_offers_retry(alice_client, alice):
     assert 'data-testid="retry"' in body
 
 
-def test_it_shows_a_streaming_reply_as_plain_text(alice_client, alice):
+def test_it_shows_a_streaming_reply_as_plain_text(alice_client, alice, monkeypatch):
     chat = Conversation.objects.create(user=alice)
-    reply(chat, "**half", status="streaming")
+    streaming = reply(chat, "**half", status="streaming")
+    monkeypatch.setattr("chat.generation.live_ids", lambda: [streaming.pk])  # this process streams it
     body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     assert 'data-status="streaming"' in body
     assert ">**half</div>" in body
@@ -559,3 +560,24 @@ def test_it_escapes_conversation_data_in_the_page_config(alice_client, alice):
     chat = Conversation.objects.create(user=alice, title="</script><script>alert(1)</script>")
     body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     assert "</script><script>alert(1)" not in body
+
+
+def test_a_reply_left_streaming_by_a_dead_server_shows_as_interrupted(client, django_user_model):
+    from chat.models import Conversation, Message
+
+    owner = django_user_model.objects.create_user("dora", password="x")
+    conversation = Conversation.objects.create(user=owner)
+    Message.objects.create(conversation=conversation, role="user", content="Hi")
+    Message.objects.create(conversation=conversation, role="assistant", content="Half", status="streaming")
+    client.force_login(owner)
+    assert client.get(f"/c/{conversation.pk}/").status_code == 200
+    reply = conversation.messages.get(role="assistant")
+    assert (reply.status, reply.content) == ("interrupted", "Half")
+
+
+def test_stats_fall_back_to_the_providers_usage_when_tiktoken_could_not_count():
+    from chat.models import Message
+    from chat.rendering import format_stats
+
+    reply = Message(role="assistant", usage={"prompt_tokens": 12, "completion_tokens": 30}, ttft_ms=100, duration_ms=1100)
+    assert format_stats(reply) == "12 prompt · 30 completion tokens · first token 100 ms · 1.1 s total · 30.0 tok/s"

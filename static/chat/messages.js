@@ -165,14 +165,19 @@ function seconds(ms) {
 
 /** Same text as chat.rendering.format_stats(), from a `done` frame. */
 export function formatStats(f) {
+  const usage = f.usage || {};
+  // Ours (tiktoken) first; the provider's figures when the vocabulary was unavailable.
+  const prompt = f.prompt_tokens ?? (Number.isInteger(usage.prompt_tokens) ? usage.prompt_tokens : null);
+  const completion =
+    f.completion_tokens ?? (Number.isInteger(usage.completion_tokens) ? usage.completion_tokens : null);
   const parts = [];
-  if (f.prompt_tokens != null) parts.push(`${f.prompt_tokens} prompt`);
-  if (f.completion_tokens != null) parts.push(`${f.completion_tokens} completion tokens`);
+  if (prompt != null) parts.push(`${prompt} prompt`);
+  if (completion != null) parts.push(`${completion} completion tokens`);
   if (f.ttft_ms != null) parts.push(`first token ${seconds(f.ttft_ms)}`);
   if (f.duration_ms != null) parts.push(`${seconds(f.duration_ms)} total`);
-  if (f.completion_tokens && f.duration_ms != null && f.ttft_ms != null) {
+  if (completion && f.duration_ms != null && f.ttft_ms != null) {
     const generating = (f.duration_ms - f.ttft_ms) / 1000;
-    if (generating > 0) parts.push(`${(f.completion_tokens / generating).toFixed(1)} tok/s`);
+    if (generating > 0) parts.push(`${(completion / generating).toFixed(1)} tok/s`);
   }
   return parts.join(" · ");
 }
