@@ -85,6 +85,22 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[st
     return list(rows.values_list("role", "content", "token_count"))
 
 
+def _claim(conversation_id: int, live_ids, write):
+    """Run `write` (which creates a streaming reply) in a transaction; Busy if one streams.
+
+    The partial unique index makes "one streaming reply per conversation" hold across
+    processes. Only when it trips do we look for a reply left streaming by a dead
+    process, mark it interrupted and try once more: the common path costs no query.
+    """
+    for attempt in (1, 2):
+        try:
+            with transaction.atomic():
+                return write()
+        except IntegrityError:
+            if attempt == 2 or not recover_stale(conversation_id, live_ids):
+                raise Busy from None
+
+
 def _fresh(conversation: Conversation) -> Conversation:
     """The socket loaded the conversation when it opened; the model or system prompt may
     have been changed since (settings dialog, another tab)."""
@@ -114,27 +130,27 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
     target = providers.resolve(conversation)
     content_tokens = tokens.count_tokens(content, target.model, target.encoding)
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            recover_stale(conversation.id, live_ids)
-            history = _history(conversation.id)
-            history.append(("user", content, content_tokens))
-            prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
-            user = Message(
-                conversation_id=conversation.id,
-                role=Message.Role.USER,
-                content=content,
-                token_count=content_tokens,
-                created_at=now,
-            )
-            reply = _placeholder(conversation, target, prompt_tokens, now)
-            Message.objects.bulk_create([user, reply])
-            Conversation.objects.filter(pk=conversation.id).update(
-                updated_at=now,
-                title=Case(When(title="", then=Value(_title(content))), default=F("title")),
-            )
-    except IntegrityError:
-        raise Busy from None
+
+    def write():
+        history = _history(conversation.id)
+        history.append(("user", content, content_tokens))
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        user = Message(
+            conversation_id=conversation.id,
+            role=Message.Role.USER,
+            content=content,
+            token_count=content_tokens,
+            created_at=now,
+        )
+        reply = _placeholder(conversation, target, prompt_tokens, now)
+        Message.objects.bulk_create([user, reply])
+        Conversation.objects.filter(pk=conversation.id).update(
+            updated_at=now,
+            title=Case(When(title="", then=Value(_title(content))), default=F("title")),
+        )
+        return prompt, prompt_tokens, trimmed, user, reply
+
+    prompt, prompt_tokens, trimmed, user, reply = _claim(conversation.id, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply.id,
@@ -152,29 +168,29 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    try:
-        with transaction.atomic():
-            recover_stale(conversation.id, live_ids)
-            last_user = (
-                Message.objects.current()
-                .filter(conversation_id=conversation.id, role=Message.Role.USER)
-                .order_by("-id")
-                .first()
-            )
-            if last_user is None:
-                raise NothingToRegenerate
-            previous = list(
-                Message.objects.current()
-                .filter(conversation_id=conversation.id, role=Message.Role.ASSISTANT, id__gt=last_user.id)
-                .values_list("id", flat=True)
-            )
-            Message.objects.filter(id__in=previous).update(superseded=True)
-            history = _history(conversation.id, last_user.id)
-            prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
-            reply = _placeholder(conversation, target, prompt_tokens, timezone.now())
-            reply.save()
-    except IntegrityError:
-        raise Busy from None
+
+    def write():
+        last_user = (
+            Message.objects.current()
+            .filter(conversation_id=conversation.id, role=Message.Role.USER)
+            .order_by("-id")
+            .first()
+        )
+        if last_user is None:
+            raise NothingToRegenerate
+        previous = list(
+            Message.objects.current()
+            .filter(conversation_id=conversation.id, role=Message.Role.ASSISTANT, id__gt=last_user.id)
+            .values_list("id", flat=True)
+        )
+        Message.objects.filter(id__in=previous).update(superseded=True)
+        history = _history(conversation.id, last_user.id)
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        reply = _placeholder(conversation, target, prompt_tokens, timezone.now())
+        reply.save()
+        return prompt, prompt_tokens, trimmed, previous, reply
+
+    prompt, prompt_tokens, trimmed, previous, reply = _claim(conversation.id, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply.id,

@@ -1,0 +1,34 @@
+"""Beginning replies: one streaming reply per conversation, and replies left by dead processes."""
+
+import pytest
+from django.contrib.auth.models import User
+
+from chat import replies
+from chat.models import Conversation, Message
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def conversation():
+    return Conversation.objects.create(user=User.objects.create_user("alice", password="x"))
+
+
+def test_a_send_over_a_reply_left_by_a_dead_process_marks_it_interrupted_and_goes_on(conversation):
+    Message.objects.create(conversation=conversation, role="user", content="Hi")
+    dead = Message.objects.create(conversation=conversation, role="assistant", content="Half", status="streaming")
+    turn = replies.begin_turn(conversation, "Again", live_ids=[])
+    dead.refresh_from_db()
+    assert (dead.status, dead.content) == ("interrupted", "Half")
+    assert turn.prompt[-2:] == [{"role": "assistant", "content": "Half"}, {"role": "user", "content": "Again"}]
+
+
+def test_a_send_over_a_live_reply_is_busy_and_writes_nothing(conversation):
+    question = Message.objects.create(conversation=conversation, role="user", content="Hi")
+    live = Message.objects.create(conversation=conversation, role="assistant", content="", status="streaming")
+    with pytest.raises(replies.Busy):
+        replies.begin_turn(conversation, "Again", live_ids=[live.pk])
+    assert list(Message.objects.values_list("id", flat=True)) == [question.pk, live.pk]
+    with pytest.raises(replies.Busy):
+        replies.begin_regenerate(conversation, live_ids=[live.pk])
+    assert Message.objects.get(pk=live.pk).superseded is False  # the rolled-back attempt left no trace
