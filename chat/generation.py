@@ -463,37 +463,32 @@ def final_frames(reply: Message) -> list[str]:
     return finals
 
 
+BUSY = "A reply is still being written. Stop it or wait for it to finish."
+
+
 async def send(socket, conversation, content: str) -> None:
-    if conversation.id in _running:
-        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
-        return
-    try:
-        turn = await database_sync_to_async(replies.begin_turn)(conversation, content, live_ids())
-    except replies.Busy:
-        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
-        return
-    except BudgetExceeded as exc:
-        await socket.send_error(exc.code, exc.detail)
-        return
-    await _start(turn)
+    await _begin(socket, conversation, replies.begin_turn, content)
 
 
 async def regenerate(socket, conversation) -> None:
+    await _begin(socket, conversation, replies.begin_regenerate)
+
+
+async def _begin(socket, conversation, begin, *args) -> None:
+    """Save the turn (replies.begin_*), then start streaming; refusals become error frames."""
     if conversation.id in _running:
-        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
+        await socket.send_error("busy", BUSY)
         return
     try:
-        turn = await database_sync_to_async(replies.begin_regenerate)(conversation, live_ids())
+        turn = await database_sync_to_async(begin)(conversation, *args, live_ids())
     except replies.Busy:
-        await socket.send_error("busy", "A reply is still being written. Stop it or wait for it to finish.")
-        return
+        await socket.send_error("busy", BUSY)
     except replies.NothingToRegenerate:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again yet.")
-        return
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
-        return
-    await _start(turn)
+    else:
+        await _start(turn)
 
 
 async def stop(socket, conversation_id: int) -> None:

@@ -25,6 +25,16 @@ def provider(upstream):
     return Provider(base_url=upstream.base_url, api_key=TEST_API_KEY)
 
 
+@pytest.fixture
+def use_upstream(upstream, settings):
+    """The site's default provider is the `upstream` server (gpt-4o-mini, TEST_API_KEY)."""
+    settings.CHAT_DEMO = False
+    settings.OPENAI_BASE_URL = upstream.base_url
+    settings.OPENAI_API_KEY = TEST_API_KEY
+    settings.CHAT_MODEL = "gpt-4o-mini"
+    return upstream
+
+
 # --- end of loopback upstream server block -------------------------------------------------------
 
 

@@ -5,21 +5,9 @@ from django.contrib.auth.models import Group, User
 
 from chat.models import Budget, Conversation, Message
 from tests.chat_sockets import frames_until, open_socket
-from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def use_upstream(upstream, settings):
-    settings.CHAT_DEMO, settings.OPENAI_BASE_URL, settings.OPENAI_API_KEY = (
-        False,
-        upstream.base_url,
-        TEST_API_KEY,
-    )
-    settings.CHAT_MODEL = "gpt-4o-mini"
-    return upstream
 
 
 @pytest.fixture

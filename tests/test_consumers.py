@@ -23,15 +23,6 @@ needs_vocabulary = pytest.mark.skipif(
 
 
 @pytest.fixture
-def use_upstream(upstream, settings):
-    settings.CHAT_DEMO = False
-    settings.OPENAI_BASE_URL = upstream.base_url
-    settings.OPENAI_API_KEY = TEST_API_KEY
-    settings.CHAT_MODEL = "gpt-4o-mini"
-    return upstream
-
-
-@pytest.fixture
 def alice(db):
     return User.objects.create_user("alice", password="x")
 
@@ -413,7 +404,11 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
     # The page may have drawn it streaming: the socket shows how it ended.
     resume, error, done = [await socket.receive_json_from() for _ in range(3)]
     assert (resume["type"], resume["content"]) == ("resume", "Saved before the crash")
-    assert (error["code"], done["status"], done["finish_reason"]) == ("interrupted", "interrupted", "interrupted")
+    assert (error["code"], done["status"], done["finish_reason"]) == (
+        "interrupted",
+        "interrupted",
+        "interrupted",
+    )
     reply = await Message.objects.aget(conversation=conversation, role="assistant")
     assert (reply.status, reply.finish_reason, reply.content) == (
         "interrupted",
@@ -425,12 +420,16 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
     await socket.disconnect()
 
 
-async def test_a_settings_change_applies_to_the_next_message_without_reconnecting(use_upstream, conversation, alice):
+async def test_a_settings_change_applies_to_the_next_message_without_reconnecting(
+    use_upstream, conversation, alice
+):
     use_upstream.queue(Reply(body=sse(*chat_chunks(["One"]))), Reply(body=sse(*chat_chunks(["Two"]))))
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "first"})
     await frames_until(socket, "done")
-    await Conversation.objects.filter(pk=conversation.pk).aupdate(system_prompt="Answer in French.", model="gpt-4o")
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(
+        system_prompt="Answer in French.", model="gpt-4o"
+    )
     await socket.send_json_to({"type": "send", "content": "second"})
     await frames_until(socket, "done")
     request = use_upstream.requests[1]["json"]

@@ -11,7 +11,6 @@ from django.urls import reverse
 from chat.models import Conversation, Message, TranscriptAccess
 from chatsite.asgi import application
 from tests.chat_sockets import frames_until, open_socket, session_cookie, text_of
-from tests.conftest import TEST_API_KEY
 from tests.upstream_server import held_reply
 
 
@@ -162,15 +161,6 @@ def test_users_without_staff_rights_cannot_use_the_admin(client, alice, bobs_cha
 
 
 # --- over the websocket ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def use_upstream(upstream, settings):
-    settings.CHAT_DEMO = False
-    settings.OPENAI_BASE_URL = upstream.base_url
-    settings.OPENAI_API_KEY = TEST_API_KEY
-    settings.CHAT_MODEL = "gpt-4o-mini"
-    return upstream
 
 
 @database_sync_to_async
