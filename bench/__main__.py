@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -65,9 +66,15 @@ async def run(plan: Plan, results: dict, cpus: dict, skip_services: bool, baseli
     bench = Bench(upstream, plan, baseline)
     try:
         # -- SQLite + in-memory layer: latency, capacity, slow readers ------------------------
+        buffer_file = Path(tempfile.mkdtemp(prefix="bench-buffers-")) / "buffers.json"
         app = await asyncio.to_thread(
-            AppServer, upstream, conversations=conversations_needed(plan), cpus=cpus["server"]
+            AppServer,
+            upstream,
+            conversations=conversations_needed(plan),
+            cpus=cpus["server"],
+            extra_env={"BENCH_BUFFER_FILE": str(buffer_file)},
         )
+        app.buffer_file = buffer_file
         main = results["sqlite"] = {}
         try:
             # First, on a fresh heap, so freed memory cannot hide what slow readers cost.

@@ -63,12 +63,36 @@ def _dump(path: str) -> None:
             last = snapshot
 
 
+def _watch_buffers(path: str) -> None:
+    """Peak bytes daphne holds unsent for the chat sockets (chat.backpressure bounds it)."""
+    from chat import generation
+    from chat.backpressure import pending_bytes
+
+    peak = 0
+    while True:
+        time.sleep(0.05)
+        try:
+            sockets = [s for group in list(generation._watchers.values()) for s in list(group)]
+            total = sum(pending_bytes(s.lag.transport) or 0 for s in sockets)
+        except (RuntimeError, AttributeError):  # a set changed while read; a socket half set up
+            continue
+        if total > peak:
+            peak = total
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"peak_bytes": peak}, f)
+            os.replace(tmp, path)
+
+
 class SQLCounterConfig(AppConfig):
     name = "bench"
     label = "bench_sql_counter"
     verbose_name = "Benchmark SQL write counter"
 
     def ready(self) -> None:
+        buffers = os.environ.get("BENCH_BUFFER_FILE")
+        if buffers:
+            threading.Thread(target=_watch_buffers, args=(buffers,), name="bench-buffers", daemon=True).start()
         path = os.environ.get("BENCH_SQL_COUNT_FILE")
         if not path:
             return

@@ -157,13 +157,14 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
     add("Memory per idle connection", "≤ 40 KiB", _kib(idle), "—", _le(idle, 40))
     add("Memory per active stream", "≤ 150 KiB", _kib(active), "—", _le(active, 150))
     slow = main.get("slow_reader") or {}
-    held = slow.get("frames_held_in_server_mib_estimate")
+    held = slow.get("held_in_daphne_peak_kib")
     slow_text = (
         "—"
         if not slow or "error" in slow
         else (
-            f"RSS +{slow['rss_growth_mib']} MiB for {slow['readers']} × {slow['stream_bytes_per_reader'] / 2**20:.1f} MiB "
-            f"streams; ≈{held} MiB of frames queued in daphne"
+            f"{slow['produced_mib']} MiB of frames produced for {slow['readers']} stalled readers; daphne held "
+            f"at most {held} KiB (CHAT_SOCKET_BUFFER_BYTES bounds it); "
+            f"{slow['delivered_after_stall']}/{slow['readers']} replies whole after the stall; RSS +{slow['rss_growth_mib']} MiB"
         )
     )
     add(
@@ -171,7 +172,7 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         "memory bounded",
         slow_text,
         "—",
-        None if held is None else held < 1.0,
+        None if held is None else held <= slow["readers"] * (512 + 64) and slow["delivered_after_stall"] == slow["readers"],
     )
     db, s_db = main.get("db_writes") or {}, svc.get("db_writes") or {}
     add(

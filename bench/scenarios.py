@@ -361,7 +361,7 @@ async def slow_reader(bench: Bench, app: AppServer, readers: int, seconds: float
         await clients.close_sockets(sockets)
     frame_bytes = readers * n * (pad + 90)
     produced = readers * min(n, int((seconds - 0.3) * rate)) * (pad + 90)
-    buffered = max(0, produced - server_send_q - client_recv_q)
+    held = _peak_held(app)
     return {
         "readers": readers,
         "stalled_s": seconds,
@@ -370,11 +370,21 @@ async def slow_reader(bench: Bench, app: AppServer, readers: int, seconds: float
         "rss_growth_per_reader_mib": _r((rss_stalled - rss_before) / readers / KIB / KIB, 2),
         "rss_trend_mib": [_r((v - rss_before) / KIB / KIB, 1) for v in rss_samples],
         "kernel_queued_mib": _r((server_send_q + client_recv_q) / KIB / KIB, 2),
-        "frames_held_in_server_mib_estimate": _r(buffered / KIB / KIB, 1),
+        "produced_mib": _r(produced / KIB / KIB, 1),
+        "held_in_daphne_peak_kib": None if held is None else _r(held / KIB, 1),
         "reply_text_held_mib": _r(frame_bytes / KIB / KIB, 1),
         "drain_s": _r(drain_s, 2),
         "delivered_after_stall": sum(1 for r in results if r.delivered),
     }
+
+
+def _peak_held(app: AppServer) -> int | None:
+    """The most bytes daphne held unsent for chat sockets (bench.apps samples it in the server)."""
+    path = getattr(app, "buffer_file", None)
+    try:
+        return json.loads(path.read_text())["peak_bytes"] if path else None
+    except (OSError, ValueError, KeyError):
+        return 0
 
 
 async def _drain(ws, n: int, limit_s: float) -> StreamResult:
@@ -386,7 +396,9 @@ async def _drain(ws, n: int, limit_s: float) -> StreamResult:
                     result.pieces += len(clients.STAMP.findall(message))
                     continue
                 frame = json.loads(message)
-                if frame["type"] == "done":
+                if frame["type"] == "resume":  # a lagging reader is caught up with the whole reply
+                    result.pieces = len(clients.STAMP.findall(frame["content"]))
+                elif frame["type"] == "done":
                     result.status = frame["status"]
                     break
     except (TimeoutError, Exception) as exc:  # noqa: BLE001 - reported, not raised

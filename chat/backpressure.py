@@ -4,16 +4,17 @@ Daphne applies no backpressure: a frame sent to a socket whose reader stalled
 (a suspended laptop, a frozen tab) is buffered in the server's memory, without
 limit. The ASGI `send` daphne hands the app is `partial(server.handle_reply,
 protocol)`; `keep_raw_send` puts it in the scope, and `pending_bytes` reads the
-size of the Twisted transport's write buffer from it. The relay then skips
-deltas to a lagging socket and, once it drains, sends one `resume` frame with
-the whole reply so far, so memory stays bounded and the reader still ends up
-with the exact text. Under other ASGI servers `pending_bytes` is None and
-nothing is skipped.
+size of the Twisted transport's write buffer from it. The relay then stops
+sending deltas to a lagging socket and feeds it what it missed as it drains, a
+bounded batch at a time (chat.consumers.ChatConsumer.catch_up), so memory stays
+near the limit and the reader still ends up with the exact text. Under other
+ASGI servers `pending_bytes` is None and nothing is held back.
 
 Sending through the raw `send` also skips channels' session wrapper, which
 otherwise inspects every outgoing frame.
 """
 
+import asyncio
 import functools
 
 
@@ -44,31 +45,23 @@ def pending_bytes(transport) -> int | None:
 
 
 class Lag:
-    """One socket's place in the stream: whether its reader is so far behind that deltas are
-    skipped, and when to catch it up with a single `resume` frame instead."""
+    """How far behind one socket's reader is, read from daphne's write buffer."""
 
-    SEND, SKIP, RESUME = "send", "skip", "resume"
+    POLL = 0.05  # seconds between looks at a lagging socket's buffer
 
     def __init__(self, send, limit: int) -> None:
         self.transport = transport_of(send)
         self.limit = limit
-        self.behind = False
 
-    def next_delta(self) -> str:
+    def over(self) -> bool:
+        """More than `limit` bytes wait unsent: stop feeding this socket directly."""
         pending = pending_bytes(self.transport)
-        if pending is None:
-            return self.SEND
-        if self.behind:
-            if pending > self.limit // 4:  # hysteresis: resume once it has drained well
-                return self.SKIP
-            self.behind = False
-            return self.RESUME
-        if pending > self.limit:
-            self.behind = True
-            return self.SKIP
-        return self.SEND
+        return pending is not None and pending > self.limit
 
-    def catch_up(self) -> bool:
-        """At the end of a reply: was it behind (and so owes a resume before `done`)?"""
-        behind, self.behind = self.behind, False
-        return behind
+    async def drained(self) -> None:
+        """Until at most a quarter of `limit` waits (or the socket is gone)."""
+        while True:
+            pending = pending_bytes(self.transport)
+            if pending is None or pending <= self.limit // 4:
+                return
+            await asyncio.sleep(self.POLL)

@@ -19,6 +19,7 @@ DENIED = 4403
 
 class ChatConsumer(AsyncWebsocketConsumer):
     conversation = None
+    catching_up: asyncio.Task | None = None  # feeding a reader that fell behind (chat.backpressure)
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -46,6 +47,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if self.remote_watchdog is not None:
             self.remote_watchdog.cancel()
+        if self.catching_up is not None:
+            self.catching_up.cancel()
         await generation.unwatch(self, self.conversation.id)
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
@@ -78,18 +81,40 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 await self.raw_send({"type": "websocket.send", "text": text})
 
     async def send_delta(self, text: str, reply) -> None:
-        """A reader that stopped reading gets no deltas until it drains, then one resume."""
-        action = self.lag.next_delta()
-        if action == Lag.SEND:
-            await self.send_frame(text)
-        elif action == Lag.RESUME:
-            for text in reply.resume_frames():
-                await self.send_frame(text)
+        """A delta, unless the reader is far behind: then a catch-up task feeds it instead."""
+        if self.catching_up is not None:
+            return  # the catch-up task sends this piece with the others it missed
+        if self.lag.over():
+            self.catching_up = asyncio.create_task(self.catch_up(reply, sent=reply.seq - 1))
+            return
+        await self.send_frame(text)
 
-    async def catch_up(self, reply) -> None:
-        if self.lag.catch_up():
-            for text in reply.resume_frames():
-                await self.send_frame(text)
+    async def catch_up(self, reply, sent: int) -> None:
+        """Feed a lagging reader what it missed (from seq `sent`) as its buffer drains, at most
+        half the buffer limit at a time; then either hand back to live deltas or, once the
+        reply has ended, send its final frames."""
+        budget = max(1, settings.CHAT_SOCKET_BUFFER_BYTES // 2)
+        try:
+            while True:
+                await self.lag.drained()
+                if sent < reply.seq:
+                    end, size = sent, 0
+                    while end < reply.seq and (end == sent or size < budget):
+                        size += len(reply.content[end]) + len(reply.reasoning[end]) + len(reply.refusal[end])
+                        end += 1
+                    for text in reply.span_frames(sent, end):
+                        await self.send_frame(text)
+                    sent = end
+                elif reply.finals is not None:
+                    for text in reply.finals:
+                        await self.send_frame(text)
+                    return
+                else:
+                    return  # caught up with a live reply; deltas flow directly again
+        except Exception:  # the socket went away
+            return
+        finally:
+            self.catching_up = None
 
     async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
         await self.send_frame(

@@ -68,6 +68,7 @@ class Generation:
         self.persisted_seq = 0
         self.started = time.monotonic()
         self.ttft_ms: float | None = None
+        self.finals: list[str] | None = None  # the error/done frames, once the reply has ended
         self.task: asyncio.Task | None = None
         self.channel: str | None = None  # for attach/stop requests from other processes
         self.remote: dict[str, int] = {}  # other processes' sockets -> last seq sent
@@ -92,7 +93,10 @@ class Generation:
 
     def resume_frames(self) -> list[str]:
         """The reply so far: a `resume`, then deltas if it is too long for one frame."""
-        return span_frames(self.reply_id, self.content, self.reasoning, self.refusal, 0, self.seq)
+        return self.span_frames(0, self.seq)
+
+    def span_frames(self, start: int, end: int) -> list[str]:
+        return span_frames(self.reply_id, self.content, self.reasoning, self.refusal, start, end)
 
     async def broadcast(self, text: str, delta: bool = False) -> None:
         """Send a frame to this process's sockets now; wake the pump for other processes'."""
@@ -199,10 +203,15 @@ class Generation:
         ]
         if error:
             finals.insert(0, frame(type="error", code=error[0], detail=error[1], message_id=self.reply_id))
+        self.finals = finals  # a socket still catching up sends them after the text it missed
         for socket in list(_watchers.get(self.conversation_id, ())):
-            await socket.catch_up(self)  # a lagging reader gets the whole reply before `done`
-        for text in finals:
-            await send_local(self.conversation_id, text)
+            if socket.catching_up is not None:
+                continue
+            try:
+                for text in finals:
+                    await socket.send_frame(text)
+            except Exception:  # a socket that went away must not keep the end from the others
+                log.debug("Could not send a reply's end to a socket", exc_info=True)
         await self._close_remote(finals)
 
     # -- other processes -------------------------------------------------------------
