@@ -140,10 +140,17 @@ def message_overhead(role: str, model: str, name: str = "", encoding_override: s
 def count_prompt_tokens(
     messages: list[tuple[str, int | None]], model: str, encoding_override: str = ""
 ) -> int | None:
-    """Prompt tokens for (role, content token count) pairs, as the provider bills them."""
+    """Prompt tokens for (role, content token count) pairs, as the provider bills them.
+
+    A sum of stored counts plus each role's overhead, resolved once per role: the cost
+    at turn 200 is a loop of additions, not 400 encoding lookups.
+    """
+    overheads: dict[str, int | None] = {}
     total = REPLY_PRIMING
     for role, content_tokens in messages:
-        overhead = message_overhead(role, model, encoding_override=encoding_override)
+        overhead = overheads.get(role)
+        if overhead is None:
+            overhead = overheads[role] = message_overhead(role, model, encoding_override=encoding_override)
         if overhead is None or content_tokens is None:
             return None
         total += overhead + content_tokens
