@@ -104,28 +104,6 @@ async def run(plan: Plan, results: dict, cpus: dict, skip_services: bool, baseli
         finally:
             app.close()
 
-        # -- the proposed fix for the database turn, measured: persistent SQLite connections ----
-        app = await asyncio.to_thread(
-            AppServer,
-            upstream,
-            conversations=plan.burst_streams * (plan.burst_rounds + 1) + 2 * plan.ttft_single_rounds + 20,
-            cpus=cpus["server"],
-            extra_env={"BENCH_SQLITE_PERSISTENT": "1"},
-            label="persistent",
-        )
-        experiment = results.setdefault("experiments", {})["sqlite_conn_max_age_none"] = {
-            "change": "DATABASES['default']['CONN_MAX_AGE'] = None for SQLite (chatsite/settings.py sets 0)"
-        }
-        try:
-            await step(experiment, "ttft_1", scenarios.ttft_single(bench, app, plan.ttft_single_rounds))
-            await step(
-                experiment,
-                "ttft_burst",
-                scenarios.ttft_burst(bench, app, plan.burst_streams, plan.burst_rounds),
-            )
-        finally:
-            app.close()
-
         # -- a fresh server for memory per connection and per stream -----------------------------
         app = await asyncio.to_thread(
             AppServer, upstream, conversations=plan.memory_streams + 10, cpus=cpus["server"], label="memory"

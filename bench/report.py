@@ -381,52 +381,56 @@ compare them within a run (app vs direct), not across runs.
 
 
 DIAGNOSIS = """
-## Why the misses miss (py-spy profiles of 2026-11-22, the app as in the run above; commit 8a54312 has since made SQLite connections persistent and cached the role overhead)
+## What was changed because of these figures, and why the misses still miss
 
-Measured with py-spy on the daphne process; proposed changes are in `chat/`
-code, which the benchmark does not touch. The machine's load average was 6-7
-during these runs (browser and test suites of other sessions), and daphne
-waited for a CPU as long as it ran: absolute figures are inflated, but the
-causes below are visible in the profiles whatever the load.
+Fixed, each measured by this benchmark (first full run → this one, same machine):
 
-- **TTFT (1 stream and 100 together): the database turn.** Almost all of the
-  added time is before the `start` frame. With `CONN_MAX_AGE = 0` on SQLite
-  every `database_sync_to_async` call opens a connection (running the WAL
-  pragma) and closes it, and closing the last connection checkpoints the WAL:
-  28 % of daphne's samples were in `BaseDatabaseWrapper._close`. All ORM work
-  runs on channels' one thread-sensitive executor thread, so 100 sends at once
-  queue behind each other (`begin_turn` is ~10 queries: budgets, providers,
-  recover_stale, history, insert, update). Measured fix: `CONN_MAX_AGE = None`
-  for SQLite (see "Proposed fix, measured"). Further: cache `budgets.limits_for`
-  and `providers.resolve` per process (invalidated on save), and run the
-  begin-turn writes of sends that arrive together in one transaction.
-- **Per-delta CPU and capacity.** Per relayed delta, about a quarter of the
-  event loop's time is httpx/httpcore/anyio reading one chunk (a `fail_after`
-  cancel scope per read), a third is the send path: channels'
-  `InstanceSessionWrapper.send` (session checks on every frame), daphne's
-  `handle_reply`, autobahn framing, and Twisted's `startWriting`/`stopWriting`
-  (two epoll changes and an extra loop turn per frame). With ~250 µs of CPU per
-  delta one process relays at most ~4,000 deltas/s, i.e. ~80 streams at 50 tok/s
-  before queueing; the backlog then grows without bound. Proposed: send deltas
-  with the raw ASGI `send` (skip the session wrapper after `accept`), coalesce
-  per socket while a reply has several pieces ready in the same loop turn, and
-  read the upstream with a lighter reader (h11 over an asyncio protocol, one
-  idle-timeout timer per stream instead of a cancel scope per read).
-- **A client that stops reading: unbounded.** daphne (Twisted) buffers every
-  frame in user space; nothing in `chat.generation.send_local` notices. Proposed:
-  a bounded per-socket queue in `ChatConsumer.send_frame` (e.g. 1 MiB); when it
-  is full, drop the pending deltas and send one `resume` frame once the socket
-  drains, or close the socket with a "too slow" code (the reply is not owned by
-  the socket, so nothing is lost).
-- **Wire bytes.** A delta frame is ~58 bytes of JSON for a ~4-byte token.
-  Shorter keys (`{"t":"d","s":45,"c":" the"}`) and leaving out `message_id`
-  (the socket knows the reply from `start`) bring it to ~7×; ≤ 3× needs frames
-  of several tokens, i.e. coalescing, which only happens under load.
-- **Counting at turn 200.** `tokens.count_prompt_tokens` calls
-  `message_overhead` for every message, and each call tokenises the role again
-  (and takes the vocabulary lock). Caching it per (role, model, encoding) takes
-  turn 200 from ~2 ms to ~0.2 ms (measured); ≤ 2× needs the sum without a Python
-  loop over 400 messages (count roles once: overhead × count + `Sum(token_count)`).
+- **Server CPU per delta 248 → 100 µs.** py-spy put ~85 % of a reply task's CPU in
+  httpx/httpcore/anyio's read chain (a cancel scope and h11 events per read). The
+  upstream client now reads through httpx-aiohttp's transport (aiohttp's C parser)
+  behind the same httpx API: 185 → 92 µs of CPU per read on a loopback micro-test,
+  bare asyncio streams 71 µs. Frames go out through daphne's own `send`, skipping
+  channels' per-frame session wrapper.
+- **Added TTFT at 1 stream 54 → 4.9 ms; 100 together 1.8 s → 0.28 s.** SQLite
+  connections were opened and closed (checkpointing the WAL) on every ORM hop; they
+  are now persistent. Models and "is there any budget" are cached per process
+  (5 s, cleared on save); stale replies are looked for only when the partial unique
+  index trips. A send is now 5 statements in one transaction.
+- **Per-delta p99 at 1 stream 10.4 → 0.76 ms.** The once-a-second checkpoint did an
+  ORM update per streaming reply on the database thread, holding the GIL; it is one
+  executemany now.
+- **A reader that stops reading: bounded** (daphne held ≤ 1 MiB for two stalled
+  readers, against 11.5 MiB of frames each before). `chat.backpressure` reads the
+  Twisted transport's write buffer; past `CHAT_SOCKET_BUFFER_BYTES` a socket gets no
+  live deltas, and a catch-up task feeds it what it missed in half-limit batches as
+  it drains, then the end. A test with a 16 MB reply checks the text arrives exact.
+- **Counting at turn 200: 2.05 → 0.13 ms** (role overhead resolved once per role).
+
+Still missed, and why (measured, on this 2-core machine):
+
+- **TTFT ≤ 2 ms / ≤ 25 ms at 100 together.** 4.4 of the 4.9 ms is the database turn
+  before the `start` frame: the user's message must be saved before the model is
+  called (a product rule), and the ORM work (fresh conversation row, history,
+  insert, update, commit) runs on channels' single database thread, so 100 sends
+  at once queue behind each other (~2.8 ms each). Next step: batch the begin-turn
+  writes of sends that arrive in the same loop turn into one transaction, and keep
+  each conversation's history in memory between turns.
+- **CPU ≤ 65 µs per delta, ≥ 300 streams, p99 ≤ 10 ms at 200 × 50.** What remains
+  per delta is mostly daphne's: autobahn builds each frame in Python, and Twisted
+  adds and removes the socket from epoll around every write (two syscalls and a
+  loop turn per frame). At 100 µs one process relays ~10,000 deltas/s flat out,
+  which is 200 × 50 tok/s with no headroom, so queueing shows in p99. 50 streams
+  hold the 25 ms p99; 100 streams reach p50 ≈ 1 ms but p99 ≈ 42 ms. Under uvicorn
+  (websockets' C-accelerated framing, no Twisted) the same app should do better;
+  the deployment guide runs several workers behind nginx for this reason.
+- **Wire bytes 14.7×.** The protocol's delta frame (`type`, `message_id`, `seq`,
+  `content`) is ~58 bytes around a ~4-byte token; at 50 tok/s each token arrives
+  in its own network read, so adaptive coalescing (one frame per read) has nothing
+  to merge. ≤ 3× needs permessage-deflate (daphne does not offer it) or a
+  different frame format; both are protocol changes left for a decision.
+- **Counting ratio 7.5×.** The absolute cost is 0.13 ms at turn 200 (a sum over
+  stored per-message counts); turn 1 costs 0.017 ms, so any O(n) sum breaks the
+  ratio. The whole begin_turn grows 1.27× from turn 1 to turn 200.
 """
 
 
