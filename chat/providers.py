@@ -83,6 +83,6 @@ def choices() -> list[dict]:
     """Models a user may pick in the page: admin-configured ones, plus the environment's default."""
     options = [{"name": m.name, "label": str(m), "default": m.is_default} for m in available_models()]
     if not any(option["default"] for option in options):
-        label = f"{settings.CHAT_MODEL} (demo)" if settings.CHAT_DEMO else settings.CHAT_MODEL
+        label = "Built-in demo model" if settings.CHAT_DEMO else settings.CHAT_MODEL
         options.insert(0, {"name": settings.CHAT_MODEL, "label": label, "default": True})
     return options

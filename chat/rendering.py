@@ -126,6 +126,8 @@ def format_stats(message) -> str:
         parts.append(f"{prompt} prompt")
     if isinstance(completion, int):
         parts.append(f"{completion} completion tokens")
+    if not isinstance(prompt, int) and not isinstance(completion, int) and message.duration_ms is not None:
+        parts.append("tokens not counted (no tokenizer vocabulary)")
     if message.ttft_ms is not None:
         parts.append(f"first token {_seconds(message.ttft_ms)}")
     if message.duration_ms is not None:

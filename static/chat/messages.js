@@ -173,6 +173,9 @@ export function formatStats(f) {
   const parts = [];
   if (prompt != null) parts.push(`${prompt} prompt`);
   if (completion != null) parts.push(`${completion} completion tokens`);
+  if (prompt == null && completion == null && f.duration_ms != null) {
+    parts.push("tokens not counted (no tokenizer vocabulary)");
+  }
   if (f.ttft_ms != null) parts.push(`first token ${seconds(f.ttft_ms)}`);
   if (f.duration_ms != null) parts.push(`${seconds(f.duration_ms)} total`);
   if (completion && f.duration_ms != null && f.ttft_ms != null) {

@@ -1,3 +1,4 @@
+import os
 import secrets
 
 from django.conf import settings
@@ -15,11 +16,12 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser("admin", "", password)
         path = settings.DATA_DIR / "initial-admin-password"
+        site = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}/"
         path.write_text(password + "\n")
         path.chmod(0o600)
         self.stdout.write(
             self.style.SUCCESS(
-                "\nCreated the first account. Sign in at http://127.0.0.1:8000/ with\n"
+                f"\nCreated the first account. Sign in at {site} with\n"
                 f"    username: admin\n    password: {password}\n"
                 f"(also saved in {path}; change it under Account once signed in)\n"
             )
