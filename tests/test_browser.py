@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -638,3 +638,17 @@ def test_the_demo_model_is_labelled_when_no_provider_is_configured(browser, tmp_
             shot(page, "demo")
         finally:
             context.close()
+
+
+def test_code_blocks_have_a_copy_button(open_page, llm, server):
+    page = open_page("pia", permissions=["clipboard-read", "clipboard-write"])
+    llm.queue(reply(["Run this:\n\n```python\n", "print('hi')\n", "```\n\nand that is all."]))
+    send(page, "Show me code")
+    wait_finished(page)
+    button = last_reply(page).get_by_test_id("copy-code")
+    expect(button).to_have_count(1)
+    button.click()
+    expect(page.get_by_text("Code copied.")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == "print('hi')\n"
+    page.reload()  # server-rendered replies get the button too
+    expect(last_reply(page).get_by_test_id("copy-code")).to_have_count(1)

@@ -549,7 +549,20 @@ $("messages").addEventListener("click", (event) => {
   const el = button.closest('[data-testid="message"]');
   if (button.dataset.action === "regenerate") regenerate();
   else if (button.dataset.action === "copy" && el) copyReply(el);
+  else if (button.dataset.action === "copy-code") copyCode(button);
 });
+M.addCodeCopy($("messages"));
+
+async function copyCode(button) {
+  const pre = button.closest("pre");
+  const code = pre.querySelector("code") || pre;
+  try {
+    await navigator.clipboard.writeText(code === pre ? pre.innerText.replace(/Copy$/, "") : code.textContent);
+    toastOk("Code copied.");
+  } catch {
+    toast("Could not copy to the clipboard.");
+  }
+}
 
 // ---------------------------------------------------------------- sidebar and dialogs
 

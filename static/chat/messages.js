@@ -128,6 +128,21 @@ export function setStats(el, text) {
   el.querySelector('[data-testid="message-stats"]').textContent = text || "";
 }
 
+/** A Copy button on every code block under `root` (rendered replies only). */
+export function addCodeCopy(root) {
+  for (const pre of root.querySelectorAll(".md pre")) {
+    if (pre.querySelector(".code-copy")) continue;
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "code-copy";
+    button.dataset.action = "copy-code";
+    button.dataset.testid = "copy-code";
+    button.textContent = "Copy";
+    button.setAttribute("aria-label", "Copy this code");
+    pre.append(button);
+  }
+}
+
 /** Swap in the server's sanitised rendering of a finished reply. */
 export function finish(el, payload) {
   setStatus(el, payload.status);
@@ -135,6 +150,7 @@ export function finish(el, payload) {
   const b = body(el);
   b.className = "msg-body md";
   b.innerHTML = payload.html; // sanitised by chat/rendering.py (nh3), never raw model output
+  addCodeCopy(b);
   const details = el.querySelector(".reasoning");
   if (payload.reasoning !== undefined) {
     details.querySelector(".reasoning-text").textContent = payload.reasoning;
