@@ -64,6 +64,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         if command.type == "send":
             await generation.send(self, self.conversation, command.content)
+        elif command.type == "edit":
+            await generation.edit(self, self.conversation, command.content)
         elif command.type == "regenerate":
             await generation.regenerate(self, self.conversation)
         elif command.type == "stop":

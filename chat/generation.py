@@ -89,6 +89,7 @@ class Generation:
             prompt_tokens=self.turn.prompt_tokens,
             trimmed=self.turn.trimmed,
             budget=self.turn.budget,
+            replaces_user=self.turn.replaces_user,
         )
 
     def resume_frames(self) -> list[str]:
@@ -483,6 +484,10 @@ async def regenerate(socket, conversation) -> None:
     await _begin(socket, conversation, replies.begin_regenerate)
 
 
+async def edit(socket, conversation, content: str) -> None:
+    await _begin(socket, conversation, replies.begin_edit, content)
+
+
 async def _begin(socket, conversation, begin, *args) -> None:
     """Save the turn (replies.begin_*), then start streaming; refusals become error frames."""
     if conversation.id in _running:
@@ -493,7 +498,7 @@ async def _begin(socket, conversation, begin, *args) -> None:
     except replies.Busy:
         await socket.send_error("busy", BUSY)
     except replies.NothingToRegenerate:
-        await socket.send_error("nothing_to_regenerate", "There is no message to answer again yet.")
+        await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
     else:

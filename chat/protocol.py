@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-COMMANDS = {"send", "stop", "regenerate", "ping"}
+COMMANDS = {"send", "edit", "stop", "regenerate", "ping"}
 
 
 class BadFrame(Exception):
@@ -47,7 +47,7 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of {sorted(COMMANDS)}."
         )
-    if kind != "send":
+    if kind not in ("send", "edit"):
         return Command(kind)
     content = obj.get("content")
     if not isinstance(content, str):

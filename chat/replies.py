@@ -43,6 +43,7 @@ class Turn:
     replaces: int | None = None
     trimmed: int = 0
     budget: dict | None = None
+    replaces_user: int | None = None
 
     @property
     def model(self) -> str:
@@ -160,6 +161,49 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
         user_message={"id": user.id, "content": content},
         trimmed=trimmed,
         budget=budget,
+    )
+
+
+def begin_edit(conversation: Conversation, content: str, live_ids=()) -> Turn:
+    """The last user message, edited and sent again: it and the replies after it become earlier
+    versions (kept, never deleted) and the new text gets a new reply."""
+    conversation = _fresh(conversation)
+    budget = budgets.check(conversation.user_id)
+    target = providers.resolve(conversation)
+    content_tokens = tokens.count_tokens(content, target.model, target.encoding)
+    now = timezone.now()
+
+    def write():
+        current = Message.objects.current().filter(conversation_id=conversation.id)
+        last_user = current.filter(role=Message.Role.USER).order_by("-id").first()
+        if last_user is None:
+            raise NothingToRegenerate
+        current.filter(id__gte=last_user.id).update(superseded=True)
+        history = _history(conversation.id)
+        history.append(("user", content, content_tokens))
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        user = Message(
+            conversation_id=conversation.id,
+            role=Message.Role.USER,
+            content=content,
+            token_count=content_tokens,
+            created_at=now,
+        )
+        reply = _placeholder(conversation, target, prompt_tokens, now)
+        Message.objects.bulk_create([user, reply])
+        return prompt, prompt_tokens, trimmed, user, reply, last_user.id
+
+    prompt, prompt_tokens, trimmed, user, reply, replaced = _claim(conversation.id, live_ids, write)
+    return Turn(
+        conversation_id=conversation.id,
+        reply_id=reply.id,
+        target=target,
+        prompt=prompt,
+        prompt_tokens=prompt_tokens,
+        user_message={"id": user.id, "content": content},
+        trimmed=trimmed,
+        budget=budget,
+        replaces_user=replaced,
     )
 
 

@@ -436,3 +436,27 @@ async def test_a_settings_change_applies_to_the_next_message_without_reconnectin
     assert request["model"] == "gpt-4o"
     assert request["messages"][0] == {"role": "system", "content": "Answer in French."}
     await socket.disconnect()
+
+
+async def test_edit_resends_the_last_message_and_keeps_the_old_one_as_a_version(use_upstream, conversation, alice):
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["About cats"]))), Reply(body=sse(*chat_chunks(["About dogs"]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Tell me about cats"})
+    first = await frames_until(socket, "done")
+    await socket.send_json_to({"type": "edit", "content": "Tell me about dogs"})
+    frames = await frames_until(socket, "done")
+    start = frames[0]
+    assert start["replaces_user"] == first[0]["user_message"]["id"]
+    assert start["user_message"]["content"] == "Tell me about dogs"
+    assert text_of(frames) == "About dogs"
+    assert use_upstream.requests[1]["json"]["messages"] == [{"role": "user", "content": "Tell me about dogs"}]
+    saved = await messages_of(conversation)
+    assert [(m.content, m.superseded) for m in saved] == [
+        ("Tell me about cats", True),
+        ("About cats", True),
+        ("Tell me about dogs", False),
+        ("About dogs", False),
+    ]
+    await socket.send_json_to({"type": "edit", "content": ""})
+    assert (await socket.receive_json_from())["code"] == "empty_content"
+    await socket.disconnect()
