@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -652,3 +652,26 @@ def test_code_blocks_have_a_copy_button(open_page, llm, server):
     assert page.evaluate("navigator.clipboard.readText()") == "print('hi')\n"
     page.reload()  # server-rendered replies get the button too
     expect(last_reply(page).get_by_test_id("copy-code")).to_have_count(1)
+
+
+def test_the_last_message_can_be_edited_and_sent_again(open_page, llm):
+    page = open_page("quinn")
+    llm.queue(reply(["Cats", " purr."]))
+    send(page, "Tell me about cats")
+    wait_finished(page)
+    edit = page.locator(USER_TEXTS).last.locator("..").get_by_test_id("edit")
+    expect(edit).to_be_visible()
+    edit.click()
+    composer = page.get_by_test_id("composer")
+    expect(composer).to_have_value("Tell me about cats")
+    composer.fill("Tell me about dogs")
+    llm.queue(reply(["Dogs", " bark."]))
+    composer.press("Enter")
+    expect(body(last_reply(page))).to_have_text("Dogs bark.")
+    wait_finished(page)
+    expect(page.locator(USER_TEXTS)).to_have_text(["Tell me about dogs"])  # the old one is a version now
+    expect(page.locator(REPLIES)).to_have_count(1)
+    assert llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "Tell me about dogs"}
+    page.reload()
+    expect(page.locator(USER_TEXTS)).to_have_text(["Tell me about dogs"])
+    expect(body(last_reply(page))).to_have_text("Dogs bark.")

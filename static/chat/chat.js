@@ -91,6 +91,7 @@ function setStreamingUi(on) {
   stopButton.disabled = false;
   stopButton.textContent = "■ Stop";
   M.placeRegenerate(on);
+  M.placeEdit(on);
 }
 
 function beginStreaming(el, id, seq = 0) {
@@ -181,16 +182,21 @@ const handlers = {
     let replyEl;
     const mine =
       pending &&
-      ((pending.kind === "send" && f.user_message && f.user_message.content === pending.content) ||
+      (((pending.kind === "send" || pending.kind === "edit") &&
+        f.user_message &&
+        f.user_message.content === pending.content) ||
         (pending.kind === "regenerate" && !f.user_message));
     let stopNow = false;
     if (mine) {
+      pending.replacedEls?.forEach((el) => el.remove()); // an edit's earlier version
       if (pending.userEl) M.setId(pending.userEl, f.user_message.id);
       replyEl = pending.replyEl;
       stopNow = pending.stopRequested;
       pending = null;
     } else {
       // Started in another tab (or we never saw our own rollback): draw it as it is.
+      const edited = f.replaces_user && M.findMessage(f.replaces_user);
+      if (edited) M.messagesFrom(edited).forEach((el) => el.remove());
       if (f.user_message && !M.findMessage(f.user_message.id)) M.userMessage(f.user_message.content, f.user_message.id);
       replyEl = M.findMessage(f.message_id) || M.streamingReply(f.message_id);
     }
@@ -275,7 +281,8 @@ function rollback() {
   p.userEl?.remove();
   p.replyEl?.remove();
   if (p.replacedEl) p.replacedEl.hidden = false;
-  if (p.kind === "send" && !input.value) input.value = p.content;
+  p.replacedEls?.forEach((el) => (el.hidden = false));
+  if ((p.kind === "send" || p.kind === "edit") && !input.value) input.value = p.content;
   setStreamingUi(Boolean(streaming));
   document.getElementById("empty-state").hidden = M.allMessages().length > 0;
   focusComposer();
@@ -334,6 +341,7 @@ async function reconcile() {
       if (live) beginStreaming(M.findMessage(live.id), live.id, -1);
     }
     M.placeRegenerate(Boolean(streaming));
+    M.placeEdit(Boolean(streaming));
     document.getElementById("empty-state").hidden = M.allMessages().length > 0;
   } catch {
     // Offline again; the next open reconciles.
@@ -447,6 +455,20 @@ async function send() {
   input.value = "";
   autosize();
   $("empty-state").hidden = true;
+  const edited = editing;
+  editing = null;
+  if (edited && conversation && edited.isConnected) {
+    const replacedEls = M.messagesFrom(edited);
+    replacedEls.forEach((el) => (el.hidden = true));
+    pending = { kind: "edit", content, sentOk: true, replacedEls };
+    pending.userEl = M.userMessage(content);
+    pending.replyEl = M.streamingReply();
+    setStreamingUi(true);
+    toBottom();
+    socket.send({ type: "edit", content });
+    focusComposer();
+    return;
+  }
   pending = { kind: "send", content, sentOk: true };
   pending.userEl = M.userMessage(content);
   pending.replyEl = M.streamingReply();
@@ -498,6 +520,23 @@ function stop() {
   focusComposer();
 }
 
+let editing = null; // the user message being edited (Edit, then Enter resends it)
+
+function startEdit(el) {
+  if (streaming || pending) return;
+  editing = el;
+  input.value = M.body(el).textContent;
+  autosize();
+  focusComposer();
+  toast("Editing your last message: Enter sends it again, Esc cancels.");
+}
+
+function cancelEdit() {
+  editing = null;
+  input.value = "";
+  autosize();
+}
+
 async function copyReply(el) {
   let text = M.body(el).innerText;
   const id = Number(el.dataset.messageId);
@@ -537,9 +576,13 @@ $("composer").addEventListener("submit", (event) => {
 });
 stopButton.addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && (streaming || pending) && !document.querySelector("dialog[open]")) {
+  if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
+  if (streaming || pending) {
     event.preventDefault();
     stop();
+  } else if (editing) {
+    event.preventDefault();
+    cancelEdit();
   }
 });
 
@@ -549,6 +592,7 @@ $("messages").addEventListener("click", (event) => {
   const el = button.closest('[data-testid="message"]');
   if (button.dataset.action === "regenerate") regenerate();
   else if (button.dataset.action === "copy" && el) copyReply(el);
+  else if (button.dataset.action === "edit" && el) startEdit(el);
   else if (button.dataset.action === "copy-code") copyCode(button);
 });
 M.addCodeCopy($("messages"));
@@ -594,6 +638,7 @@ for (const dialog of document.querySelectorAll("dialog")) {
 const live = document.querySelector('[data-role="assistant"][data-status="streaming"]');
 if (live) beginStreaming(live, Number(live.dataset.messageId), -1);
 M.placeRegenerate(Boolean(streaming));
+M.placeEdit(Boolean(streaming));
 if (conversation) openSocket();
 toBottom();
 autosize();

@@ -164,6 +164,25 @@ export function finish(el, payload) {
 }
 
 /** Only the last reply offers Regenerate (as Retry when it failed), and not while anything streams. */
+/** Only the last user message offers Edit, and not while anything streams. */
+export function placeEdit(streaming) {
+  const users = [...list().querySelectorAll('[data-role="user"]')];
+  const last = users[users.length - 1];
+  for (const el of users) {
+    const button = el.querySelector('[data-testid="edit"]');
+    if (button) button.hidden = streaming || el !== last || !el.dataset.messageId;
+  }
+}
+
+/** `el` and every message after it (what an edit of `el` replaces). */
+export function messagesFrom(el) {
+  const found = [];
+  for (let node = el; node; node = node.nextElementSibling) {
+    if (node.matches('[data-testid="message"]')) found.push(node);
+  }
+  return found;
+}
+
 export function placeRegenerate(streaming) {
   const last = lastReply();
   for (const button of list().querySelectorAll('[data-testid="regenerate"]')) {
