@@ -92,7 +92,9 @@ class SQLCounterConfig(AppConfig):
     def ready(self) -> None:
         buffers = os.environ.get("BENCH_BUFFER_FILE")
         if buffers:
-            threading.Thread(target=_watch_buffers, args=(buffers,), name="bench-buffers", daemon=True).start()
+            threading.Thread(
+                target=_watch_buffers, args=(buffers,), name="bench-buffers", daemon=True
+            ).start()
         path = os.environ.get("BENCH_SQL_COUNT_FILE")
         if not path:
             return

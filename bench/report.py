@@ -172,7 +172,9 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         "memory bounded",
         slow_text,
         "—",
-        None if held is None else held <= slow["readers"] * (512 + 64) and slow["delivered_after_stall"] == slow["readers"],
+        None
+        if held is None
+        else held <= slow["readers"] * (512 + 64) and slow["delivered_after_stall"] == slow["readers"],
     )
     db, s_db = main.get("db_writes") or {}, svc.get("db_writes") or {}
     add(

@@ -5,7 +5,6 @@ site's settings unchanged, plus the probes in bench.apps (inert unless their
 BENCH_* variables are set).
 """
 
-
 from chatsite.settings import *  # noqa: F403
 from chatsite.settings import INSTALLED_APPS
 

@@ -21,6 +21,7 @@ from django.conf import settings
 from chat import replies
 from chat.budgets import BudgetExceeded
 from chat.models import Message
+from chat.rendering import complete_blocks, render_markdown
 from chat.upstream import ChatStream, Retry, UpstreamError
 
 Status = Message.Status
@@ -69,6 +70,13 @@ class Generation:
         self.started = time.monotonic()
         self.ttft_ms: float | None = None
         self.finals: list[str] | None = None  # the error/done frames, once the reply has ended
+        # Markdown while streaming: content[:rendered_chars] is sent as sanitised HTML in
+        # `render` frames, whole blocks at a time (chat.rendering.complete_blocks).
+        self.rendered_chars = 0
+        self.rendered_units = 0  # the same length in UTF-16 code units, as the browser counts
+        self.rendered_html: list[str] = []
+        self.rendering = False
+        self.last_render = 0.0
         self.task: asyncio.Task | None = None
         self.channel: str | None = None  # for attach/stop requests from other processes
         self.remote: dict[str, int] = {}  # other processes' sockets -> last seq sent
@@ -151,6 +159,48 @@ class Generation:
         if piece.refusal:
             fields["refusal"] = piece.refusal
         await self.broadcast(frame(**fields), delta=True)
+        if not self.rendering and time.monotonic() - self.last_render >= RENDER_INTERVAL:
+            self.rendering = True
+            self.render_task = asyncio.create_task(self._render())  # kept: tasks are weakly held
+
+    async def _render(self) -> None:
+        """Render the blocks completed since the last render (never the whole reply again),
+        off the event loop, and send them as a `render` frame."""
+        try:
+            text = "".join(self.content)
+            end = complete_blocks(text, self.rendered_chars)
+            if end > self.rendered_chars:
+                span = text[self.rendered_chars : end]
+                html = await asyncio.to_thread(render_markdown, span)
+                start = self.rendered_units
+                self.rendered_chars = end
+                self.rendered_units += len(span.encode("utf-16-le")) // 2
+                self.rendered_html.append(html)
+                text = frame(
+                    type="render",
+                    message_id=self.reply_id,
+                    chars=self.rendered_units,
+                    html=html,
+                    **{"from": start},
+                )
+                await send_local(self.conversation_id, text, droppable=True)
+        except Exception:
+            log.exception("Could not render reply %s while streaming", self.reply_id)
+        finally:
+            self.rendering = False
+            self.last_render = time.monotonic()
+
+    def render_frame(self) -> str | None:
+        """Everything rendered so far, for a socket that joined mid-reply (after its resume)."""
+        if not self.rendered_chars:
+            return None
+        return frame(
+            type="render",
+            message_id=self.reply_id,
+            chars=self.rendered_units,
+            html="".join(self.rendered_html),
+            **{"from": 0},
+        )
 
     async def _on_retry(self, retry: Retry) -> None:
         await self.broadcast(
@@ -302,6 +352,7 @@ class Generation:
             self.task.cancel()
 
 
+RENDER_INTERVAL = 0.25  # seconds between Markdown renders of a streaming reply
 FRAME_CHARS = 128 * 1024  # daphne (autobahn) will not send a websocket message over 1 MiB
 
 
@@ -358,11 +409,15 @@ def _round(value: float | None) -> float | None:
 
 
 # -- what the consumer calls ------------------------------------------------------------
-async def send_local(conversation_id: int, text: str, delta_of: "Generation | None" = None) -> None:
+async def send_local(
+    conversation_id: int, text: str, delta_of: "Generation | None" = None, droppable: bool = False
+) -> None:
     """A frame to this process's sockets on the conversation. Deltas (`delta_of` set) may be
     skipped for a socket whose reader is far behind; it is caught up with a resume."""
     for socket in list(_watchers.get(conversation_id, ())):
         try:
+            if droppable and (socket.catching_up is not None or socket.lag.over()):
+                continue  # a nicety (rendered Markdown) a lagging reader can do without
             if delta_of is None:
                 await socket.send_frame(text)
             else:
@@ -386,6 +441,9 @@ async def watch(socket, conversation_id: int) -> None:
     if generation is not None:
         for text in generation.resume_frames():
             await socket.send_frame(text)
+        rendered = generation.render_frame()
+        if rendered is not None:
+            await socket.send_frame(rendered)
         await _show_ended(swept)
         return
     swept += await database_sync_to_async(replies.recover_stale)(conversation_id, live_ids())

@@ -8,6 +8,7 @@ Images are rendered as links, not fetched: an ``<img>`` pointing at an attacker'
 would let a prompt-injected reply send conversation data out just by being displayed.
 """
 
+import re
 from functools import lru_cache
 
 import nh3
@@ -142,3 +143,25 @@ def format_stats(message) -> str:
         if generating > 0:
             parts.append(f"{completion / generating:.1f} tok/s")
     return " · ".join(parts)
+
+
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def complete_blocks(text: str, start: int) -> int:
+    """Where the Markdown blocks that are certainly finished end, from `start` (itself a block
+    boundary): just after the last blank line that is not inside a fenced code block. What
+    follows may still grow, so it is shown as plain text until the next render."""
+    end, fence, position = start, None, start
+    for line in text[start:].splitlines(keepends=True):
+        position += len(line)
+        if not line.endswith("\n"):
+            break  # the last line is still being written
+        opener = _FENCE.match(line)
+        if fence is None and opener:
+            fence = opener.group(1)[0] * 3
+        elif fence is not None and line.strip().startswith(fence):
+            fence = None
+        elif fence is None and not line.strip():
+            end = position
+    return end

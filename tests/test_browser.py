@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -675,3 +675,22 @@ def test_the_last_message_can_be_edited_and_sent_again(open_page, llm):
     page.reload()
     expect(page.locator(USER_TEXTS)).to_have_text(["Tell me about dogs"])
     expect(body(last_reply(page))).to_have_text("Dogs bark.")
+
+
+def test_markdown_is_rendered_while_the_reply_streams(open_page, llm, gates):
+    page = open_page("rita")
+    held, gate = gated(["## Steps 🐍\n\n", "1. **first**\n2. second\n\n", "and then", " done."])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Steps?")
+    gate.release(1 + 3)  # the role chunk and three pieces; the last waits
+    reply = last_reply(page)
+    expect(body(reply).locator("h2")).to_have_text("Steps 🐍")  # rendered before the reply is done
+    expect(body(reply).locator("ol li strong")).to_have_text("first")
+    expect(body(reply)).to_contain_text("and then")  # the unfinished block is still text
+    assert "## Steps" not in body(reply).inner_text()  # the raw Markdown was replaced, not doubled
+    expect(reply).to_have_attribute("data-status", "streaming")
+    gate.open()
+    wait_finished(page)
+    expect(body(reply)).to_contain_text("and then done.")
+    expect(body(reply).locator("h2")).to_have_count(1)

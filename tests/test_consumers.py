@@ -460,3 +460,22 @@ async def test_edit_resends_the_last_message_and_keeps_the_old_one_as_a_version(
     await socket.send_json_to({"type": "edit", "content": ""})
     assert (await socket.receive_json_from())["code"] == "empty_content"
     await socket.disconnect()
+
+
+async def test_finished_markdown_blocks_are_sent_rendered_while_streaming(use_upstream, conversation, alice):
+    reply, release = held_reply(["## Plan 🐍\n\n", "- one\n- two\n\n", "Still typ"], ["ing."])
+    use_upstream.queue(reply)
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Plan?"})
+    frames = await frames_until(socket, "render")
+    render = frames[-1]
+    assert render["from"] == 0 and "<h2>Plan 🐍</h2>" in render["html"] and "<li>one</li>" in render["html"]
+    covered = "## Plan 🐍\n\n- one\n- two\n\n"
+    assert render["chars"] == len(covered.encode("utf-16-le")) // 2  # as the browser counts
+    _, late = await open_socket(conversation.id, alice)  # a tab that joins now gets it after its resume
+    joined = await frames_until(late, "render")
+    assert [f["type"] for f in joined] == ["resume", "render"] and joined[1]["chars"] == render["chars"]
+    release.set()
+    await frames_until(socket, "done")
+    await socket.disconnect()
+    await late.disconnect()

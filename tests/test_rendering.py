@@ -127,3 +127,14 @@ def test_it_leaves_unknown_stats_out():
 def test_the_code_stylesheet_is_current():
     path = Path(settings.BASE_DIR) / "static" / "chat" / "code.css"
     assert path.read_text() == pygments_css()
+
+
+def test_complete_blocks_end_at_blank_lines_outside_code_fences():
+    from chat.rendering import complete_blocks
+
+    text = "# Title\n\nFirst para.\n\n```py\nx = 1\n\ny = 2\n```\n\nStill wri"
+    end = complete_blocks(text, 0)
+    assert text[:end] == "# Title\n\nFirst para.\n\n```py\nx = 1\n\ny = 2\n```\n\n"  # not inside the fence
+    assert complete_blocks(text, end) == end  # the tail is unfinished
+    assert complete_blocks("```\nopen fence\n\nstill code\n", 0) == 0
+    assert complete_blocks("no blank line yet", 0) == 0

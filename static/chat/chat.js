@@ -230,6 +230,14 @@ const handlers = {
     scheduleFlush();
   },
 
+  render(f) {
+    if (!streaming || f.message_id !== streaming.id) return;
+    if (streaming.frame) cancelAnimationFrame(streaming.frame);
+    flush(); // the text this render covers must be on the page before it is replaced
+    M.applyRender(streaming.el, f);
+    afterGrowth();
+  },
+
   retrying(f) {
     const el = M.findMessage(f.message_id);
     if (!el) return;

@@ -52,10 +52,43 @@ export function setStreamingText(el, content, reasoning) {
   const b = body(el);
   b.className = "msg-body plain";
   b.textContent = content;
+  el.dataset.renderedChars = "0";
   const details = el.querySelector(".reasoning");
   details.querySelector(".reasoning-text").textContent = reasoning || "";
   details.hidden = !reasoning;
   if (content || reasoning) notice(el, null);
+}
+
+/**
+ * Markdown while streaming: the server sends sanitised HTML for the blocks that are finished
+ * (a `render` frame covering content[from:chars]). It goes into a rendered part at the top of
+ * the body, and that many characters leave the plain-text tail. Frames that do not start
+ * where the last one ended (a socket that joined late) are ignored: plain text until `done`.
+ */
+export function applyRender(el, f) {
+  const rendered = Number(el.dataset.renderedChars || 0);
+  if (f.from !== rendered || f.chars <= rendered) return;
+  const b = body(el);
+  let live = b.querySelector(":scope > .md-live");
+  if (!live) {
+    live = document.createElement("div");
+    live.className = "md md-live";
+    b.prepend(live);
+  }
+  live.insertAdjacentHTML("beforeend", f.html); // sanitised by chat/rendering.py (nh3)
+  let drop = f.chars - f.from;
+  for (const node of [...b.childNodes]) {
+    if (drop <= 0) break;
+    if (node.nodeType !== Node.TEXT_NODE) continue;
+    if (node.data.length <= drop) {
+      drop -= node.data.length;
+      node.remove();
+    } else {
+      node.data = node.data.slice(drop);
+      drop = 0;
+    }
+  }
+  el.dataset.renderedChars = String(f.chars);
 }
 
 /** Append coalesced pieces: one text node per animation frame, never a re-render. */
