@@ -75,8 +75,10 @@ class Generation:
         self.rendered_chars = 0
         self.rendered_units = 0  # the same length in UTF-16 code units, as the browser counts
         self.rendered_html: list[str] = []
-        self.rendering = False
+        self.render_task: asyncio.Task | None = None
+        self.render_again = False
         self.last_render = 0.0
+        self.render_checked = 0  # pieces looked at for newlines
         self.task: asyncio.Task | None = None
         self.channel: str | None = None  # for attach/stop requests from other processes
         self.remote: dict[str, int] = {}  # other processes' sockets -> last seq sent
@@ -159,9 +161,28 @@ class Generation:
         if piece.refusal:
             fields["refusal"] = piece.refusal
         await self.broadcast(frame(**fields), delta=True)
-        if not self.rendering and time.monotonic() - self.last_render >= RENDER_INTERVAL:
-            self.rendering = True
-            self.render_task = asyncio.create_task(self._render())  # kept: tasks are weakly held
+        self._want_render()
+
+    def _want_render(self) -> None:
+        """A block can only have finished if a newline arrived: then render within
+        RENDER_INTERVAL, even if the stream pauses right after it."""
+        fresh, self.render_checked = self.content[self.render_checked :], len(self.content)
+        if not any("\n" in piece for piece in fresh):
+            return
+        if self.render_task is None or self.render_task.done():
+            self.render_task = asyncio.create_task(self._render_soon())  # kept: tasks are weakly held
+        else:
+            self.render_again = True
+
+    async def _render_soon(self) -> None:
+        while True:
+            wait = self.last_render + RENDER_INTERVAL - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.render_again = False
+            await self._render()
+            if not self.render_again:
+                return
 
     async def _render(self) -> None:
         """Render the blocks completed since the last render (never the whole reply again),
@@ -187,7 +208,6 @@ class Generation:
         except Exception:
             log.exception("Could not render reply %s while streaming", self.reply_id)
         finally:
-            self.rendering = False
             self.last_render = time.monotonic()
 
     def render_frame(self) -> str | None:

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -694,3 +694,26 @@ def test_markdown_is_rendered_while_the_reply_streams(open_page, llm, gates):
     wait_finished(page)
     expect(body(reply)).to_contain_text("and then done.")
     expect(body(reply).locator("h2")).to_have_count(1)
+
+
+def test_scrolling_up_pauses_following_and_jump_to_bottom_resumes_it(open_page, llm, gates):
+    page = open_page("sam", viewport={"width": 900, "height": 600})
+    held, gate = gated([f"Line {n} of a long answer.\n\n" for n in range(80)] + ["The end."])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Write a lot")
+    gate.release(1 + 40)
+    reply = last_reply(page)
+    expect(body(reply)).to_contain_text("Line 39")
+    expect(page.get_by_test_id("message-list")).to_have_attribute("aria-live", "polite")  # announced politely
+    page.mouse.move(450, 300)
+    page.mouse.wheel(0, -2000)  # the user scrolls up to read
+    jump = page.get_by_test_id("jump-to-bottom")
+    expect(jump).to_be_visible()
+    gate.open()  # more text arrives; the view must stay where the user put it
+    wait_finished(page)
+    below = "(() => { const s = document.getElementById('scroller'); return s.scrollHeight - s.scrollTop - s.clientHeight; })()"
+    assert page.evaluate(below) > 200  # still where the user scrolled to
+    jump.click()
+    expect(jump).to_be_hidden()
+    expect(page.get_by_test_id("composer")).to_be_focused()
