@@ -58,11 +58,23 @@ def test_the_list_shows_counts_and_token_totals_in_a_fixed_number_of_queries(
     assert (row.message_count, row.prompt_total, row.completion_total) == (2, 10, 30)
 
 
-def test_search_finds_conversations_by_message_content(staff_client, conversation):
-    response = staff_client.get(reverse("admin:chat_conversation_changelist"), {"q": "bold"})
-    assert [c.pk for c in response.context["cl"].result_list] == [conversation.pk]
-    row = response.context["cl"].result_list[0]
-    assert row.message_count == 2  # not multiplied by the search join
+def test_message_search_finds_content_and_links_to_the_transcript(staff_client, conversation):
+    response = staff_client.get(reverse("admin:chat_message_changelist"), {"q": "bold"})
+    found = response.context["cl"].result_list
+    assert [m.role for m in found] == ["assistant"] and found[0].conversation == conversation
+    transcript = reverse("admin:chat_conversation_transcript", args=[conversation.pk])
+    assert f'href="{transcript}#message-{found[0].pk}"' in response.content.decode()
+
+
+def test_conversation_search_finds_titles_and_owners(staff_client, conversation):
+    for query in ("Alice's", "alice"):
+        response = staff_client.get(reverse("admin:chat_conversation_changelist"), {"q": query})
+        assert [c.pk for c in response.context["cl"].result_list] == [conversation.pk]
+
+
+def test_message_filters_are_fixed_choices(staff_client, conversation):
+    response = staff_client.get(reverse("admin:chat_message_changelist"), {"finish_reason": "stop", "has_error": "no"})
+    assert [m.finish_reason for m in response.context["cl"].result_list] == ["stop"]
 
 
 def test_the_transcript_is_readable_inert_and_audited(staff_client, staff, conversation):
