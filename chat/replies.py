@@ -120,11 +120,12 @@ def _placeholder(conversation: Conversation, target: Target, prompt_tokens: int 
     )
 
 
-def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
+def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: bool = False) -> Turn:
     """Save the user's message and a streaming reply placeholder, atomically.
 
-    Raises Busy if a reply streams, BudgetExceeded if the user may not send now;
-    either way nothing is written and no model is called.
+    With `edit`, the last user message and the replies after it first become earlier
+    versions (kept, never deleted). Raises Busy if a reply streams, BudgetExceeded if the
+    user may not send now; either way nothing is written and no model is called.
     """
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
@@ -133,6 +134,14 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
     now = timezone.now()
 
     def write():
+        replaced = None
+        if edit:
+            current = Message.objects.current().filter(conversation_id=conversation.id)
+            last_user = current.filter(role=Message.Role.USER).order_by("-id").first()
+            if last_user is None:
+                raise NothingToRegenerate
+            current.filter(id__gte=last_user.id).update(superseded=True)
+            replaced = last_user.id
         history = _history(conversation.id)
         history.append(("user", content, content_tokens))
         prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
@@ -149,49 +158,7 @@ def begin_turn(conversation: Conversation, content: str, live_ids=()) -> Turn:
             updated_at=now,
             title=Case(When(title="", then=Value(_title(content))), default=F("title")),
         )
-        return prompt, prompt_tokens, trimmed, user, reply
-
-    prompt, prompt_tokens, trimmed, user, reply = _claim(conversation.id, live_ids, write)
-    return Turn(
-        conversation_id=conversation.id,
-        reply_id=reply.id,
-        target=target,
-        prompt=prompt,
-        prompt_tokens=prompt_tokens,
-        user_message={"id": user.id, "content": content},
-        trimmed=trimmed,
-        budget=budget,
-    )
-
-
-def begin_edit(conversation: Conversation, content: str, live_ids=()) -> Turn:
-    """The last user message, edited and sent again: it and the replies after it become earlier
-    versions (kept, never deleted) and the new text gets a new reply."""
-    conversation = _fresh(conversation)
-    budget = budgets.check(conversation.user_id)
-    target = providers.resolve(conversation)
-    content_tokens = tokens.count_tokens(content, target.model, target.encoding)
-    now = timezone.now()
-
-    def write():
-        current = Message.objects.current().filter(conversation_id=conversation.id)
-        last_user = current.filter(role=Message.Role.USER).order_by("-id").first()
-        if last_user is None:
-            raise NothingToRegenerate
-        current.filter(id__gte=last_user.id).update(superseded=True)
-        history = _history(conversation.id)
-        history.append(("user", content, content_tokens))
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
-        user = Message(
-            conversation_id=conversation.id,
-            role=Message.Role.USER,
-            content=content,
-            token_count=content_tokens,
-            created_at=now,
-        )
-        reply = _placeholder(conversation, target, prompt_tokens, now)
-        Message.objects.bulk_create([user, reply])
-        return prompt, prompt_tokens, trimmed, user, reply, last_user.id
+        return prompt, prompt_tokens, trimmed, user, reply, replaced
 
     prompt, prompt_tokens, trimmed, user, reply, replaced = _claim(conversation.id, live_ids, write)
     return Turn(
@@ -205,6 +172,11 @@ def begin_edit(conversation: Conversation, content: str, live_ids=()) -> Turn:
         budget=budget,
         replaces_user=replaced,
     )
+
+
+def begin_edit(conversation: Conversation, content: str, live_ids=()) -> Turn:
+    """The last user message, edited and sent again (see begin_turn)."""
+    return begin_turn(conversation, content, live_ids, edit=True)
 
 
 def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
