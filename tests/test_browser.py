@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -717,3 +717,33 @@ def test_scrolling_up_pauses_following_and_jump_to_bottom_resumes_it(open_page, 
     jump.click()
     expect(jump).to_be_hidden()
     expect(page.get_by_test_id("composer")).to_be_focused()
+
+
+def test_the_model_and_system_prompt_are_chosen_per_conversation(open_page, llm):
+    page = open_page("tom")
+    llm.queue(reply(["Hello."]))
+    send(page, "First")
+    wait_finished(page)
+    page.get_by_test_id("settings").click()
+    dialog = page.locator("#settings-dialog")
+    dialog.locator("select[name=model]").select_option("tiny-window")  # a model from the admin
+    dialog.locator("textarea[name=system_prompt]").fill("Answer in French.")
+    dialog.get_by_test_id("settings-submit").click()
+    expect(dialog).to_be_hidden()
+    llm.queue(reply(["Bonjour."]))
+    send(page, "Second")
+    wait_finished(page)
+    request = llm.requests[-1]["json"]
+    assert request["model"] == "tiny-window"
+    assert request["messages"][0] == {"role": "system", "content": "Answer in French."}
+
+
+def test_a_ten_thousand_token_reply_arrives_whole_and_rendered(open_page, llm):
+    page = open_page("uma")
+    pieces = [f"w{n} " + ("\n\n" if n % 200 == 199 else "") for n in range(10_000)]
+    llm.queue(reply(pieces))
+    send(page, "Write ten thousand words")
+    wait_finished(page)
+    text = body(last_reply(page)).inner_text()
+    assert text.count("w5000 ") == 1 and "w9999" in text and "w0 " in text  # nothing lost, nothing doubled
+    expect(body(last_reply(page)).locator("p")).to_have_count(50)
