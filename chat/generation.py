@@ -259,21 +259,17 @@ class Generation:
             saved = fields
         finally:
             _running.pop(self.conversation_id, None)
-        finals = [
-            frame(
-                type="done",
-                message_id=self.reply_id,
-                status=status,
-                finish_reason=finish_reason,
-                prompt_tokens=self.turn.prompt_tokens,
-                completion_tokens=saved.get("completion_tokens"),
-                ttft_ms=_round(self.ttft_ms),
-                duration_ms=_round(fields["duration_ms"]),
-                usage=stream.usage,
-            )
-        ]
-        if error:
-            finals.insert(0, frame(type="error", code=error[0], detail=error[1], message_id=self.reply_id))
+        finals = end_frames(
+            self.reply_id,
+            status=status,
+            finish_reason=finish_reason,
+            prompt_tokens=self.turn.prompt_tokens,
+            completion_tokens=saved.get("completion_tokens"),
+            ttft_ms=self.ttft_ms,
+            duration_ms=fields["duration_ms"],
+            usage=stream.usage,
+            error=error,
+        )
         self.finals = finals  # a socket still catching up sends them after the text it missed
         for socket in list(_watchers.get(self.conversation_id, ())):
             if socket.catching_up is not None:
@@ -336,8 +332,7 @@ class Generation:
         for channel, sent in list(self.remote.items()):
             if sent < seq:
                 self.remote[channel] = seq
-                texts = span_frames(self.reply_id, self.content, self.reasoning, self.refusal, sent, seq)
-                for text in texts:
+                for text in self.span_frames(sent, seq):
                     await self._send_remote(layer, channel, text)
 
     async def _send_remote(self, layer, channel: str, text: str, final: bool = False) -> None:
@@ -530,25 +525,34 @@ async def _show_ended(reply_ids: list[int]) -> None:
 
 def final_frames(reply: Message) -> list[str]:
     """The frames that show an ended reply as saved: resume (its whole text), error, done."""
-    finals = saved_text_frames(reply)
-    if reply.error_code:
-        finals.append(
-            frame(type="error", code=reply.error_code, detail=reply.error_detail, message_id=reply.id)
-        )
-    finals.append(
+    return saved_text_frames(reply) + end_frames(
+        reply.id,
+        status=reply.status,
+        finish_reason=reply.finish_reason,
+        prompt_tokens=reply.prompt_tokens,
+        completion_tokens=reply.completion_tokens,
+        ttft_ms=reply.ttft_ms,
+        duration_ms=reply.duration_ms,
+        usage=reply.usage,
+        error=(reply.error_code, reply.error_detail) if reply.error_code else None,
+    )
+
+
+def end_frames(message_id: int, *, error: tuple[str, str] | None, ttft_ms, duration_ms, **done) -> list[str]:
+    """How a reply's end looks on the wire, live or read back: an `error` (if it failed), `done`."""
+    frames = []
+    if error:
+        frames.append(frame(type="error", code=error[0], detail=error[1], message_id=message_id))
+    frames.append(
         frame(
             type="done",
-            message_id=reply.id,
-            status=reply.status,
-            finish_reason=reply.finish_reason,
-            prompt_tokens=reply.prompt_tokens,
-            completion_tokens=reply.completion_tokens,
-            ttft_ms=_round(reply.ttft_ms),
-            duration_ms=_round(reply.duration_ms),
-            usage=reply.usage,
+            message_id=message_id,
+            **done,
+            ttft_ms=_round(ttft_ms),
+            duration_ms=_round(duration_ms),
         )
     )
-    return finals
+    return frames
 
 
 BUSY = "A reply is still being written. Stop it or wait for it to finish."

@@ -11,7 +11,6 @@ import json
 import logging
 import random
 import re
-import time
 import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -528,10 +527,6 @@ def _reason(exc: httpx.HTTPError) -> str:
 async def _maybe_await(value) -> None:
     if asyncio.iscoroutine(value):
         await value
-
-
-def monotonic_ms() -> float:
-    return time.monotonic() * 1000
 
 
 async def list_models(provider: Provider) -> list[str]:
