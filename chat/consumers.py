@@ -4,7 +4,6 @@ See docs/protocol.md for the frames.
 """
 
 import asyncio
-import json
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
@@ -100,13 +99,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             while True:
                 await self.lag.drained()
                 if sent < reply.seq:
-                    end, size = sent, 0
-                    while end < reply.seq and (end == sent or size < budget):
-                        size += len(reply.content[end]) + len(reply.reasoning[end]) + len(reply.refusal[end])
-                        end += 1
-                    for text in reply.span_frames(sent, end):
+                    texts, sent = reply.batch_frames(sent, budget)
+                    for text in texts:
                         await self.send_frame(text)
-                    sent = end
                 elif reply.finals is not None:
                     for text in reply.finals:
                         await self.send_frame(text)
@@ -119,9 +114,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.catching_up = None
 
     async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
-        await self.send_frame(
-            json.dumps({"type": "error", "code": code, "detail": detail, "message_id": message_id})
-        )
+        await self.send_frame(generation.frame(type="error", code=code, detail=detail, message_id=message_id))
 
     # -- replies streaming in another worker process (Redis channel layer) -------------
     async def chat_started(self, event) -> None:

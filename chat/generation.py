@@ -109,6 +109,15 @@ class Generation:
     def span_frames(self, start: int, end: int) -> list[str]:
         return span_frames(self.reply_id, self.content, self.reasoning, self.refusal, start, end)
 
+    def batch_frames(self, start: int, budget: int) -> tuple[list[str], int]:
+        """The pieces after `start`, up to about `budget` characters (at least one), as frames;
+        and the seq they reach. For catching up a reader that fell behind."""
+        end, size = start, 0
+        while end < self.seq and (end == start or size < budget):
+            size += len(self.content[end]) + len(self.reasoning[end]) + len(self.refusal[end])
+            end += 1
+        return self.span_frames(start, end), end
+
     async def broadcast(self, text: str, delta: bool = False) -> None:
         """Send a frame to this process's sockets now; wake the pump for other processes'."""
         await send_local(self.conversation_id, text, delta_of=self if delta else None)
