@@ -133,12 +133,14 @@ async def app_stream(
                 result.frames += 1
                 if count_bytes:
                     result.wire_bytes += ws_frame_size(len(message.encode()))
-                if message.startswith('{"type":"delta"'):
+                text_delta = message.startswith("+")  # `+` and the text (docs/protocol.md)
+                if text_delta or message.startswith('{"type":"delta"'):
                     result.delta_frames += 1
                     if not result.first_ns:
                         result.first_ns = now
                     if count_bytes:
-                        result.content_bytes += len(json.loads(message).get("content", "").encode())
+                        content = message[1:] if text_delta else json.loads(message).get("content", "")
+                        result.content_bytes += len(content.encode())
                     _record(result, STAMP.findall(message), now)
                     continue
                 frame = json.loads(message)

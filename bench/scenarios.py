@@ -392,7 +392,7 @@ async def _drain(ws, n: int, limit_s: float) -> StreamResult:
     try:
         async with asyncio.timeout(limit_s):
             async for message in ws:
-                if message.startswith('{"type":"delta"'):
+                if message.startswith(("+", '{"type":"delta"')):  # a text delta or a JSON one
                     result.pieces += len(clients.STAMP.findall(message))
                     continue
                 frame = json.loads(message)

@@ -1,13 +1,13 @@
 """Opening chat websockets against the real ASGI app, signed in with a real session cookie."""
 
 import asyncio
-import json
 
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from chatsite.asgi import application
+from tests.wire import FrameDecoder
 
 
 @database_sync_to_async
@@ -27,12 +27,18 @@ async def open_socket(conversation_id: int, user=None, origin: str = "http://loc
     return connected, socket
 
 
+async def receive_frame(socket, timeout: float = 1) -> dict:
+    """The next server frame, decoded as a client would (tests.wire.FrameDecoder)."""
+    decoder = socket.__dict__.setdefault("frame_decoder", FrameDecoder())
+    return decoder.decode(await socket.receive_from(timeout=timeout))
+
+
 async def frames_until(socket, kind: str, timeout: float = 10) -> list[dict]:
     """Every frame received up to and including the first of type `kind`."""
     frames = []
     async with asyncio.timeout(timeout):
         while True:
-            frame = json.loads(await socket.receive_from(timeout=timeout))
+            frame = await receive_frame(socket, timeout=timeout)
             frames.append(frame)
             if frame["type"] == kind:
                 return frames

@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 import httpx
 
 from tests.conftest import TEST_API_KEY
+from tests.wire import FrameDecoder
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -369,6 +370,7 @@ class ChatSocket:
         # delta whose seq is above the last one applied adds to it (docs/protocol.md).
         self.text = ""
         self.seq = 0
+        self.decoder = FrameDecoder()
 
     async def open(self, timeout: float = 10) -> ChatSocket:
         """Connect; websockets.exceptions.InvalidStatus if the server refuses the handshake."""
@@ -403,7 +405,7 @@ class ChatSocket:
     async def recv(self, timeout: float = 10) -> dict:
         """The next frame; TimeoutError after `timeout` seconds, ConnectionClosed if the server closed."""
         async with asyncio.timeout(timeout):
-            frame = json.loads(await self.connection.recv())
+            frame = self.decoder.decode(await self.connection.recv())
         self.frames.append(frame)
         if frame["type"] == "start":
             self.text, self.seq = "", 0

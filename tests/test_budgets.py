@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from chat.models import Budget, Conversation, Message
-from tests.chat_sockets import frames_until, open_socket
+from tests.chat_sockets import frames_until, open_socket, receive_frame
 from tests.upstream_server import Reply, chat_chunks, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,7 +33,7 @@ async def test_a_spent_daily_budget_stops_sends_before_anything_is_written(use_u
     )
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "one more?"})
-    error = await socket.receive_json_from()
+    error = await receive_frame(socket)
     assert error["code"] == "budget_exceeded" and "today" in error["detail"]
     assert await Message.objects.acount() == 1 and use_upstream.requests == []
     await socket.disconnect()
@@ -64,7 +64,7 @@ async def test_sends_per_minute_are_limited(use_upstream, alice):
     await socket.send_json_to({"type": "send", "content": "first"})
     await frames_until(socket, "done")
     await socket.send_json_to({"type": "send", "content": "second"})
-    error = await socket.receive_json_from()
+    error = await receive_frame(socket)
     assert error["code"] == "send_rate_exceeded"
     assert len(use_upstream.requests) == 1
     await socket.disconnect()

@@ -9,7 +9,7 @@ from django.contrib.auth.models import User
 
 from chat import tokens
 from chat.models import Conversation, Message
-from tests.chat_sockets import frames_until, open_socket, text_of
+from tests.chat_sockets import frames_until, open_socket, receive_frame, text_of
 from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
@@ -57,9 +57,9 @@ async def test_it_streams_text_before_the_upstream_finishes(use_upstream, conver
     use_upstream.queue(reply)
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "Hi"})
-    start = await socket.receive_json_from()
+    start = await receive_frame(socket)
     assert start["type"] == "start" and start["user_message"]["content"] == "Hi"
-    first = await socket.receive_json_from()
+    first = await receive_frame(socket)
     assert first == {"type": "delta", "message_id": start["message_id"], "seq": 1, "content": "Hello"}
     release.set()
     frames = await frames_until(socket, "done")
@@ -71,6 +71,33 @@ async def test_it_streams_text_before_the_upstream_finishes(use_upstream, conver
     assert (user_message.role, user_message.content) == ("user", "Hi")
     assert (saved.content, saved.status, saved.finish_reason) == ("Hello there!", "finished", "stop")
     assert saved.ttft_ms is not None and saved.duration_ms >= saved.ttft_ms
+    await socket.disconnect()
+
+
+async def test_plain_text_goes_out_as_text_deltas_one_byte_over_the_content(use_upstream, conversation, alice):
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    pieces = [{"content": "{\"a\": 1}"}, {"reasoning_content": "think"}, {"content": "+1 é"}, {"content": ""}]
+    chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in pieces]
+    chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    use_upstream.queue(Reply(body=sse(*chunks), delay=0.05))  # one network read per piece
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    start = json.loads(await socket.receive_from())
+    raw = []
+    while not raw or not raw[-1].startswith('{"type":"done"'):
+        raw.append(await socket.receive_from(timeout=5))
+    # Text that looks like JSON or starts with the marker is still just text after the `+`.
+    assert raw[0] == '+{"a": 1}'
+    assert json.loads(raw[1]) == {
+        "type": "delta",
+        "message_id": start["message_id"],
+        "seq": 2,
+        "content": "",
+        "reasoning": "think",
+    }
+    assert raw[2] == "+" + "+1 é"
+    saved = (await messages_of(conversation))[-1]
+    assert (saved.content, saved.reasoning) == ('{"a": 1}+1 é', "think")
     await socket.disconnect()
 
 
@@ -175,7 +202,7 @@ async def test_stop_cancels_and_keeps_the_partial_reply(use_upstream, conversati
 async def test_stop_with_nothing_streaming_says_so(conversation, alice):
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "stop"})
-    assert (await socket.receive_json_from())["code"] == "not_streaming"
+    assert (await receive_frame(socket))["code"] == "not_streaming"
     await socket.disconnect()
 
 
@@ -250,10 +277,10 @@ async def test_bad_frames_get_a_specific_error_and_change_nothing(
 ):
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_to(text_data=raw)
-    error = await socket.receive_json_from()
+    error = await receive_frame(socket)
     assert (error["type"], error["code"], error["message_id"]) == ("error", code, None)
     await socket.send_json_to({"type": "ping"})
-    assert await socket.receive_json_from() == {"type": "pong"}  # still usable
+    assert await receive_frame(socket) == {"type": "pong"}  # still usable
     assert await Message.objects.acount() == 0
     assert use_upstream.requests == []
     await socket.disconnect()
@@ -262,7 +289,7 @@ async def test_bad_frames_get_a_specific_error_and_change_nothing(
 async def test_binary_frames_are_refused(conversation, alice):
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_to(bytes_data=b"\x00\x01")
-    assert (await socket.receive_json_from())["code"] == "bad_frame"
+    assert (await receive_frame(socket))["code"] == "bad_frame"
     await socket.disconnect()
 
 
@@ -273,7 +300,7 @@ async def test_a_flood_of_frames_is_throttled(settings, conversation, alice):
         await socket.send_json_to({"type": "ping"})
     received = []
     while not await socket.receive_nothing(timeout=0.2):
-        received.append(await socket.receive_json_from())
+        received.append(await receive_frame(socket))
     assert received.count({"type": "pong"}) == 5
     assert [f["code"] for f in received if f["type"] == "error"] == ["rate_limited"]
     await socket.disconnect()
@@ -287,7 +314,7 @@ async def test_a_second_send_while_streaming_is_busy_and_harmless(use_upstream, 
     await socket.send_json_to({"type": "send", "content": "first"})
     await frames_until(socket, "delta")
     await socket.send_json_to({"type": "send", "content": "second"})
-    assert (await socket.receive_json_from())["code"] == "busy"
+    assert (await receive_frame(socket))["code"] == "busy"
     release.set()
     frames = await frames_until(socket, "done")
     assert text_of(frames) == " two" and frames[-1]["status"] == "finished"
@@ -315,7 +342,7 @@ async def test_a_socket_opened_mid_stream_resumes_exactly(use_upstream, conversa
     await first.send_json_to({"type": "send", "content": "Go"})
     await frames_until(first, "delta")
     _, second = await open_socket(conversation.id, alice)
-    resume = await second.receive_json_from()
+    resume = await receive_frame(second)
     assert resume["type"] == "resume" and resume["content"] == "Alpha beta " and resume["seq"] == 1
     release.set()
     frames = await frames_until(second, "done")
@@ -369,7 +396,7 @@ async def test_regenerate_keeps_the_earlier_reply_as_a_version(use_upstream, con
 async def test_regenerate_with_no_message_says_so(conversation, alice):
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "regenerate"})
-    assert (await socket.receive_json_from())["code"] == "nothing_to_regenerate"
+    assert (await receive_frame(socket))["code"] == "nothing_to_regenerate"
     await socket.disconnect()
 
 
@@ -402,7 +429,7 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
     )
     _, socket = await open_socket(conversation.id, alice)
     # The page may have drawn it streaming: the socket shows how it ended.
-    resume, error, done = [await socket.receive_json_from() for _ in range(3)]
+    resume, error, done = [await receive_frame(socket) for _ in range(3)]
     assert (resume["type"], resume["content"]) == ("resume", "Saved before the crash")
     assert (error["code"], done["status"], done["finish_reason"]) == (
         "interrupted",
@@ -416,7 +443,7 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
         "Saved before the crash",
     )
     await socket.send_json_to({"type": "send", "content": "Carry on"})  # the conversation goes on
-    assert (await socket.receive_json_from())["type"] == "start"
+    assert (await receive_frame(socket))["type"] == "start"
     await socket.disconnect()
 
 
@@ -458,7 +485,7 @@ async def test_edit_resends_the_last_message_and_keeps_the_old_one_as_a_version(
         ("About dogs", False),
     ]
     await socket.send_json_to({"type": "edit", "content": ""})
-    assert (await socket.receive_json_from())["code"] == "empty_content"
+    assert (await receive_frame(socket))["code"] == "empty_content"
     await socket.disconnect()
 
 

@@ -10,7 +10,7 @@ from django.urls import reverse
 
 from chat.models import Conversation, Message, TranscriptAccess
 from chatsite.asgi import application
-from tests.chat_sockets import frames_until, open_socket, session_cookie, text_of
+from tests.chat_sockets import frames_until, open_socket, receive_frame, session_cookie, text_of
 from tests.upstream_server import held_reply
 
 
@@ -226,10 +226,10 @@ async def test_nobody_else_can_watch_stop_or_add_to_a_streaming_reply(
     connected, alices_socket = await open_socket(alices_chat.pk, alice)
     assert connected
     await alices_socket.send_json_to({"type": "stop"})
-    refused = await alices_socket.receive_json_from(timeout=5)
+    refused = await receive_frame(alices_socket, timeout=5)
     assert refused["code"] == "not_streaming"
     await alices_socket.send_json_to({"type": "stop", "conversation_id": bobs_chat.pk})
-    assert (await alices_socket.receive_json_from(timeout=5))["type"] == "error"
+    assert (await receive_frame(alices_socket, timeout=5))["type"] == "error"
 
     release.set()
     frames = first + await frames_until(bobs_socket, "done")

@@ -218,12 +218,14 @@ const handlers = {
   },
 
   delta(f) {
-    if (!streaming || f.message_id !== streaming.id) {
+    // A text delta has no message_id or seq: it continues the reply being streamed.
+    if (!streaming || (f.message_id !== undefined && f.message_id !== streaming.id)) {
       reconcile();
       return;
     }
-    if (f.seq <= streaming.lastSeq) return; // already applied (or covered by resume)
-    streaming.lastSeq = f.seq;
+    const seq = f.seq ?? streaming.lastSeq + 1;
+    if (seq <= streaming.lastSeq) return; // already applied (or covered by resume)
+    streaming.lastSeq = seq;
     streaming.content += f.content || "";
     streaming.reasoning += f.reasoning || "";
     streaming.refusal += f.refusal || "";

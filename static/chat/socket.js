@@ -35,10 +35,15 @@ export class ChatSocket {
     };
     ws.onmessage = (event) => {
       let frame;
-      try {
-        frame = JSON.parse(event.data);
-      } catch {
-        return;
+      if (event.data.startsWith("+")) {
+        // A text delta (docs/protocol.md): reply text with its reply and seq implied.
+        frame = { type: "delta", content: event.data.slice(1) };
+      } else {
+        try {
+          frame = JSON.parse(event.data);
+        } catch {
+          return;
+        }
       }
       this.onFrame(frame);
     };
