@@ -11,11 +11,18 @@ near the limit and the reader still ends up with the exact text. Under other
 ASGI servers `pending_bytes` is None and nothing is held back.
 
 Sending through the raw `send` also skips channels' session wrapper, which
-otherwise inspects every outgoing frame.
+otherwise inspects every outgoing frame. `DirectText` goes one step further
+for the small frames of a stream: it writes the websocket frame to the socket
+itself when daphne has nothing queued for it, instead of through autobahn's
+framing and Twisted's add-writer / write / remove-writer round per frame.
 """
 
 import asyncio
 import functools
+import struct
+
+TEXT_FRAME = 0x81  # FIN + text opcode; a server's frames are not masked (RFC 6455, 5.1)
+DIRECT_MAX_BYTES = 0xFFFF  # the most a 2-byte length holds; larger frames take daphne's path
 
 
 def keep_raw_send(app):
@@ -27,11 +34,16 @@ def keep_raw_send(app):
     return middleware
 
 
+def protocol_of(send):
+    """Daphne's websocket protocol (autobahn) behind an ASGI send, or None for other servers."""
+    if isinstance(send, functools.partial) and send.args:
+        return send.args[0]
+    return None
+
+
 def transport_of(send):
     """Daphne's Twisted transport behind an ASGI send, or None for other servers."""
-    if isinstance(send, functools.partial) and send.args:
-        return getattr(send.args[0], "transport", None)
-    return None
+    return getattr(protocol_of(send), "transport", None)
 
 
 def pending_bytes(transport) -> int | None:
@@ -65,3 +77,61 @@ class Lag:
             if pending is None or pending <= self.limit // 4:
                 return
             await asyncio.sleep(self.POLL)
+
+
+class DirectText:
+    """Small text frames written straight to a daphne socket (see the module docstring).
+
+    Per frame daphne's path costs autobahn's framing in Python plus a Twisted write:
+    add the socket to epoll, wait a loop turn, send, remove it again. When nothing is
+    queued for the socket (autobahn and Twisted both empty) the frame is sent at once
+    here, as asyncio's own transports do; what the kernel does not take is handed to
+    Twisted, behind which later frames queue in order. Anything unusual (closing, a
+    compressed or fragmented message in progress, a TLS or unknown transport, a big
+    frame) falls back to daphne: `send` returns False.
+    """
+
+    def __init__(self, send) -> None:
+        self.protocol = protocol_of(send)
+        transport = getattr(self.protocol, "transport", None)
+        socket = getattr(transport, "socket", None)
+        usable = (
+            socket is not None
+            and pending_bytes(transport) is not None
+            and type(transport).__module__ == "twisted.internet.tcp"  # plain TCP, not TLS
+            and hasattr(self.protocol, "send_queue")
+        )
+        self.transport = transport if usable else None
+
+    def send(self, text: str) -> bool:
+        transport, protocol = self.transport, self.protocol
+        if transport is None:
+            return False
+        payload = text.encode()
+        if (
+            len(payload) > DIRECT_MAX_BYTES
+            or protocol.state != protocol.STATE_OPEN
+            or protocol.send_state != protocol.SEND_STATE_GROUND
+            or protocol._perMessageCompress is not None
+            or protocol.send_queue
+            or not transport.connected
+            or transport.disconnecting
+        ):
+            return False
+        size = len(payload)
+        if size < 126:
+            data = bytes((TEXT_FRAME, size)) + payload
+        else:
+            data = struct.pack("!BBH", TEXT_FRAME, 126, size) + payload
+        if pending_bytes(transport):
+            transport.write(data)  # behind what Twisted already holds, in order
+            return True
+        try:
+            sent = transport.socket.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            return False  # a broken connection: let daphne find out and close it its own way
+        if sent < len(data):
+            transport.write(data[sent:])
+        return True

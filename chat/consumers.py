@@ -9,7 +9,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import generation
-from chat.backpressure import Lag
+from chat.backpressure import DirectText, Lag
 from chat.models import Conversation
 from chat.protocol import BadFrame, FrameLimiter, parse
 
@@ -35,6 +35,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # chat.backpressure see how much daphne holds for this socket.
         self.raw_send = self.scope.get("raw_send")
         self.lag = Lag(self.raw_send, settings.CHAT_SOCKET_BUFFER_BYTES)
+        self.direct = DirectText(self.raw_send)
         self.limiter = FrameLimiter()
         self.remote_watchdog: asyncio.Task | None = None
         self.settled_reply: int | None = None  # a remote reply whose end the watchdog showed
@@ -76,6 +77,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def send_frame(self, text: str) -> None:
         """Frames go out one at a time, so a resume is never overtaken by a delta."""
         async with self.send_lock:
+            if self.direct.send(text):
+                return
             if self.raw_send is None:
                 await self.send(text_data=text)
             else:

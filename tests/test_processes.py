@@ -134,6 +134,21 @@ async def test_a_socket_reopened_mid_stream_resumes_without_gap_or_duplicate(sit
     assert reply_of(site, site.conversation_id)["content"] == "".join(pieces)
 
 
+async def test_deltas_of_every_frame_length_arrive_exact(site, upstream):
+    """Text deltas are framed by the app itself (chat.backpressure.DirectText) below 64 KiB:
+    each websocket length encoding, multibyte text, and a larger piece through daphne."""
+    sizes = [2, 124, 125, 126, 127, 65_534, 65_535, 65_536, 70_000]  # payload bytes with the `+`
+    pieces = ["é" * ((size - 1) // 2) + "x" * ((size - 1) % 2) for size in sizes]
+    upstream.queue(slow_reply(pieces, delay=0.05))
+    server = site.server()
+    async with server.socket(site.conversation_id, server.login("alice", PASSWORD)) as ws:
+        await ws.send({"type": "send", "content": "Go"})
+        frames = await ws.frames_until("done")
+    assert [f.get("content") for f in deltas(frames)] == pieces
+    assert [f["seq"] for f in deltas(frames)] == list(range(1, len(pieces) + 1))
+    assert reply_of(site, site.conversation_id)["content"] == "".join(pieces)
+
+
 async def test_two_sockets_see_the_same_stream_and_either_can_stop_it(site, upstream):
     held, release = held_reply(["Kept ", "so far"], [" never sent"])
     upstream.queue(slow_reply(["One ", "two ", "three."]), held)
