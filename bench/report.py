@@ -39,7 +39,6 @@ def machine() -> dict:
         "Twisted",
         "channels-redis",
         "httpx",
-        "websockets",
         "psycopg",
     ):
         try:
