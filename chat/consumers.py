@@ -5,6 +5,7 @@ See docs/protocol.md for the frames.
 
 import asyncio
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -19,6 +20,17 @@ DENIED = 4403
 class ChatConsumer(AsyncWebsocketConsumer):
     conversation = None
     catching_up: asyncio.Task | None = None  # feeding a reader that fell behind (chat.backpressure)
+
+    async def dispatch(self, message) -> None:
+        """channels' dispatch, minus the `aclose_old_connections()` it awaits before every
+        handler: a trip to the one database thread per frame received (and per delta relayed
+        from another worker), queued behind whatever the database is doing. Our database
+        calls go through `database_sync_to_async`, which closes old connections around
+        each call itself."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def connect(self) -> None:
         user = self.scope.get("user")

@@ -599,19 +599,69 @@ async def edit(socket, conversation, content: str) -> None:
 
 async def _begin(socket, conversation, begin, *args) -> None:
     """Save the turn (replies.begin_*), then start streaming; refusals become error frames."""
-    if conversation.id in _running:
+    if conversation.id in _running or conversation.id in _queued:
         await socket.send_error("busy", BUSY)
         return
     try:
-        turn = await database_sync_to_async(begin)(conversation, *args, live_ids())
+        await _save_turn(begin, conversation, *args)
     except replies.Busy:
         await socket.send_error("busy", BUSY)
     except replies.NothingToRegenerate:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
-    else:
-        await _start(turn)
+
+
+_queued: dict[int, tuple] = {}  # conversation id -> (begin, conversation, *args, future), in order
+_turn_writer: asyncio.Task | None = None
+
+
+async def _save_turn(begin, conversation, *args) -> Generation:
+    """replies.begin_*, then _start. Batched: the sends that arrive while the database thread
+    saves earlier ones are saved together by one writer task (replies.begin_many)."""
+    global _turn_writer
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+    _queued[conversation.id] = (begin, conversation, *args, future)
+    if _turn_writer is None or _turn_writer.done() or _turn_writer.get_loop() is not loop:
+        _turn_writer = loop.create_task(_write_turns(), name="turn-writer")
+    try:
+        # Shielded: if the socket goes away now, its reply is still saved and started (a
+        # reply belongs to the process, not to the socket that asked for it).
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        future.add_done_callback(_outcome_seen)
+        raise
+
+
+def _outcome_seen(future: asyncio.Future) -> None:
+    """A send whose socket went away: its refusal (if any) has no one to show it to."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def _write_turns() -> None:
+    while _queued:
+        batch = list(_queued.values())
+        try:
+            results = await database_sync_to_async(replies.begin_many)(
+                [call[:-1] for call in batch], live_ids()
+            )
+        except Exception as exc:  # the batch's commit failed: nothing of it was saved
+            results = [(False, exc)] * len(batch)
+        for call, (saved, value) in zip(batch, results, strict=True):
+            future = call[-1]
+            # Out of the queue and into _running with no await between: a second send to
+            # the conversation is refused as busy all along.
+            del _queued[call[1].id]
+            if not saved:
+                future.set_exception(value)
+                continue
+            try:
+                future.set_result(await _start(value))
+            except Exception as exc:
+                log.exception("Could not start reply %s", value.reply_id)
+                future.set_exception(exc)
 
 
 async def stop(socket, conversation_id: int) -> None:

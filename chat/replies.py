@@ -222,6 +222,29 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
     )
 
 
+def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
+    """Several begin_* calls, `(begin, conversation, *args)`, in one transaction: sends that
+    arrive together cost one trip to the database thread and one commit, not one each.
+
+    Each call runs in its own savepoint, so one refused or failed send undoes only its own
+    writes. Returns (True, Turn) or (False, exception) per call, in order. A reply begun
+    earlier in the batch counts as live for the later calls (it is not a dead one to recover).
+    """
+    live = list(live_ids)
+    results = []
+    with transaction.atomic():
+        for begin, *args in calls:
+            try:
+                with transaction.atomic():
+                    turn = begin(*args, live)
+            except Exception as exc:
+                results.append((False, exc))
+            else:
+                live.append(turn.reply_id)
+                results.append((True, turn))
+    return results
+
+
 def checkpoint(states: list[dict], lease_ids: list[int]) -> None:
     """Persist streaming replies' text so far and renew every lease this process holds, in one go.
 

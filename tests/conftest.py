@@ -52,4 +52,5 @@ def forget_running_replies():
         running.stop()
     generation._running.clear()
     generation._watchers.clear()
+    generation._queued.clear()
     generation._swept = False

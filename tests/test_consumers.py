@@ -1,13 +1,15 @@
 """The chat websocket through the real ASGI app, against a loopback upstream."""
 
 import asyncio
+import contextlib
+import threading
 import json
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 
-from chat import tokens
+from chat import generation, tokens
 from chat.models import Conversation, Message
 from tests.chat_sockets import frames_until, open_socket, receive_frame, text_of
 from tests.conftest import TEST_API_KEY
@@ -333,6 +335,29 @@ async def test_a_reply_finishes_and_is_saved_after_the_tab_closes(use_upstream, 
     release.set()
     saved = await wait_for_status(conversation, "finished")
     assert saved.content == "Still here."
+
+
+async def test_sends_arriving_together_all_stream_even_from_a_tab_closed_mid_send(use_upstream, alice):
+    conversations = [await Conversation.objects.acreate(user=alice) for _ in range(4)]
+    use_upstream.queue(*(Reply(body=sse(*chat_chunks(["Answer"]))) for _ in conversations))
+    sockets = [(await open_socket(c.id, alice))[1] for c in conversations]
+    database_free = threading.Event()
+    busy = asyncio.create_task(database_sync_to_async(database_free.wait)())  # the database thread
+    for socket in sockets:
+        await socket.send_json_to({"type": "send", "content": "Question"})
+    async with asyncio.timeout(5):
+        while len(generation._queued) < len(sockets):  # all waiting to be saved together
+            await asyncio.sleep(0.01)
+    with contextlib.suppress(TimeoutError):
+        await sockets[-1].disconnect(timeout=0.05)  # gone while its send waits to be saved
+    database_free.set()
+    await busy
+    for socket in sockets[:-1]:
+        frames = await frames_until(socket, "done")
+        assert frames[0]["type"] == "start" and text_of(frames) == "Answer"
+        await socket.disconnect()
+    saved = await wait_for_status(conversations[-1], "finished")
+    assert saved.content == "Answer"
 
 
 async def test_a_socket_opened_mid_stream_resumes_exactly(use_upstream, conversation, alice):

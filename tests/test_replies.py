@@ -32,3 +32,25 @@ def test_a_send_over_a_live_reply_is_busy_and_writes_nothing(conversation):
     with pytest.raises(replies.Busy):
         replies.begin_regenerate(conversation, live_ids=[live.pk])
     assert Message.objects.get(pk=live.pk).superseded is False  # the rolled-back attempt left no trace
+
+
+def test_sends_saved_together_fail_alone_and_a_reply_begun_in_the_batch_is_live(conversation):
+    other = Conversation.objects.create(user=conversation.user)
+    empty = Conversation.objects.create(user=conversation.user)
+    results = replies.begin_many(
+        [
+            (replies.begin_turn, conversation, "First"),
+            (replies.begin_regenerate, empty),  # nothing to answer again: refused alone
+            (replies.begin_turn, conversation, "Second, from another tab"),  # busy with "First"
+            (replies.begin_turn, other, "Elsewhere"),
+        ],
+        live_ids=[],
+    )
+    assert [saved for saved, _ in results] == [True, False, False, True]
+    assert isinstance(results[1][1], replies.NothingToRegenerate)
+    assert isinstance(results[2][1], replies.Busy)
+    first = Message.objects.get(pk=results[0][1].reply_id)
+    assert first.status == "streaming"  # not taken for a dead process's reply
+    assert list(conversation.messages.values_list("role", "content")) == [("user", "First"), ("assistant", "")]
+    assert not empty.messages.exists()
+    assert other.messages.count() == 2
