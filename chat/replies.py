@@ -60,7 +60,7 @@ def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None
     model, encoding = target.model, target.encoding
     system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
     head = [("system", system, tokens.count_tokens(system, model, encoding))] if system else []
-    counted = tokens.count_prompt_tokens([(r, c) for r, _, c in head + history], model, encoding)
+    counted = _count(head + history, target)
     trimmed = 0
     if target.context_window and counted is not None:
         room = max(1, target.context_window - target.max_reply_tokens)
@@ -71,6 +71,12 @@ def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None
             trimmed += 1
     prompt = [{"role": role, "content": content} for role, content, _ in head + history]
     return prompt, counted, trimmed
+
+
+def _count(rows: list[tuple[str, str, int | None]], target: Target) -> int | None:
+    """A prompt's tokens from its messages' stored counts: no text is encoded again."""
+    roles, _, counts = zip(*rows, strict=True) if rows else ((), (), ())
+    return tokens.count_prompt(roles, counts, target.model, target.encoding)
 
 
 def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[str, str, int | None]]:
