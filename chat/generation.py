@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import replies
+from chat import replies, upstream
 from chat.budgets import BudgetExceeded
 from chat.models import Message
 from chat.rendering import complete_blocks, render_markdown
@@ -477,6 +477,7 @@ async def watch(socket, conversation_id: int) -> None:
     swept = []
     if not _swept:  # once per process: replies left streaming by a dead process
         _swept = True
+        upstream.warm_up()
         swept = await database_sync_to_async(replies.recover_stale)(None, live_ids())
     generation = _running.get(conversation_id)
     _watchers[conversation_id].add(socket)

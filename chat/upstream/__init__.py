@@ -1,6 +1,6 @@
 """Everything that talks to a model provider over the network lives in this package."""
 
-from chat.upstream.client import ChatStream, Piece, Provider, Retry, list_models, stream_chat
+from chat.upstream.client import ChatStream, Piece, Provider, Retry, list_models, stream_chat, warm_up
 from chat.upstream.errors import UpstreamError, redact
 
 __all__ = [
@@ -12,4 +12,5 @@ __all__ = [
     "list_models",
     "redact",
     "stream_chat",
+    "warm_up",
 ]

@@ -117,6 +117,12 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
     return client
 
 
+def warm_up() -> None:
+    """Make this loop's client for the site's default provider now: its TLS context takes
+    tens of milliseconds, which would otherwise land on the first reply's first token."""
+    get_client(settings.CHAT_DEMO)
+
+
 def http_backend() -> str:
     """CHAT_UPSTREAM_HTTP: `auto` is aiohttp, unless proxy variables (HTTPS_PROXY …) are set,
     which only httpx honours."""
