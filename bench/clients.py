@@ -482,29 +482,217 @@ def _record(result: StreamResult, stamps, now: int) -> None:
 
 
 # -- the upstream, straight --------------------------------------------------------------------
+class DirectConn(asyncio.BufferedProtocol):
+    """One keep-alive HTTP/1.1 connection to the upstream, read like AppSocket reads.
+
+    recv_into a reused buffer, and the response parsed straight from the read
+    callback: status line and headers, then the body, chunked (each chunk once it is
+    whole in the buffer, like a websocket frame), by content-length, or to EOF. Each
+    chunk's stamps are timed when that chunk is decoded, in buffer_updated, the way
+    AppSocket times each frame: so both sides pay the same kind of client per read.
+    """
+
+    HEAD, CHUNKED, LENGTH, TO_EOF = range(4)
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.rbuf = bytearray(1 << 16)
+        self.view = memoryview(self.rbuf)
+        self.rlen = 0  # bytes in rbuf not yet parsed
+        self.need = 0  # size of the chunk (or body) that is partly in rbuf
+        self.result: StreamResult | None = None  # the response being read
+        self.done: asyncio.Future | None = None
+        self.state = self.HEAD
+        self.length = 0  # content-length, state LENGTH
+        self.tail = b""  # what may hold the start of a stamp split between chunks
+        self.lost = False
+        self.broken = False  # not reusable: bytes out of turn, a bad response, a cancelled read
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def usable(self) -> bool:
+        return not (self.lost or self.broken or self.transport.is_closing())
+
+    async def exchange(self, request: bytes, result: StreamResult) -> None:
+        """Send one request; return once its response has been read (or the peer hung up).
+        Raises the OSError the connection died of, if any."""
+        self.result, self.state, self.tail = result, self.HEAD, b""
+        self.done = asyncio.get_running_loop().create_future()
+        self.transport.write(request)
+        try:
+            await self.done
+        finally:
+            if self.result is not None:  # cancelled (timeout) or lost mid-response
+                self.result = None
+                self.broken = True
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.rbuf) - self.rlen < 4096 or self.need > len(self.rbuf):
+            grown = bytearray(max(2 * len(self.rbuf), self.need + 4096))
+            grown[: self.rlen] = self.view[: self.rlen]
+            self.rbuf, self.view = grown, memoryview(grown)
+        return self.view[self.rlen :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.rlen += nbytes
+        result = self.result
+        if result is None:  # nothing was asked: the peer spoke out of turn
+            self.broken = True
+            self.rlen = 0
+            self.transport.close()
+            return
+        data, view, size = self.rbuf, self.view, self.rlen
+        i = 0
+        self.need = 0
+        if self.state == self.HEAD:
+            end = data.find(b"\r\n\r\n", 0, size)
+            if end < 0:
+                return
+            if not self._head(bytes(view[:end])):
+                return
+            i = end + 4
+        if self.state == self.CHUNKED:
+            while True:
+                eol = data.find(b"\r\n", i, size)
+                if eol < 0:
+                    break
+                try:
+                    n = int(bytes(view[i:eol]).split(b";", 1)[0], 16)
+                except ValueError:
+                    self._fail("bad chunk size")
+                    return
+                if n == 0:  # the last chunk, then trailers up to an empty line
+                    end = data.find(b"\r\n\r\n", eol, size)
+                    if end < 0:
+                        break
+                    self._complete(end + 4)
+                    return
+                start = eol + 2
+                end = start + n
+                if end + 2 > size:
+                    self.need = end + 2 - i
+                    break
+                if data[end : end + 2] != b"\r\n":
+                    self._fail("bad chunk end")
+                    return
+                now = now_ns()
+                self.tail = _scan(result, self.tail + view[start:end], now)
+                i = end + 2
+        elif self.state == self.LENGTH:
+            if size - i < self.length:
+                self.need = self.length
+            else:
+                now = now_ns()
+                _scan(result, bytes(view[i : i + self.length]), now)
+                self._complete(i + self.length)
+                return
+        elif self.state == self.TO_EOF and size > i:
+            now = now_ns()
+            self.tail = _scan(result, self.tail + view[i:size], now)
+            i = size
+        self._consumed(i)
+
+    def _head(self, head: bytes) -> bool:
+        """Parse the status line and headers; false if the response is unreadable."""
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+            self._fail("bad status line")
+            return False
+        if parts[1] != b"200":
+            self.result.error = f"HTTP {parts[1].decode(errors='replace')}"
+        chunked, length = False, None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif name == b"content-length":
+                try:
+                    length = int(value)
+                except ValueError:
+                    self._fail("bad content-length")
+                    return False
+        if chunked:
+            self.state = self.CHUNKED
+        elif length is not None:
+            self.state, self.length = self.LENGTH, length
+        else:
+            self.state, self.broken = self.TO_EOF, True
+        return True
+
+    def _consumed(self, i: int) -> None:
+        """Drop the first `i` bytes of rbuf (a same-size slice copy: rbuf is exported)."""
+        left = self.rlen - i
+        if left:
+            self.rbuf[:left] = self.view[i : self.rlen]
+        self.rlen = left
+
+    def _complete(self, i: int) -> None:
+        self._consumed(i)
+        if self.rlen:  # bytes past the response: nothing was asked for them
+            self.broken = True
+        self.result = None
+        self.need = 0
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, why: str) -> None:
+        self.result.error = f"protocol: {why}"
+        self.broken = True
+        self.rlen = 0
+        self.transport.abort()
+        self.result = None
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        if self.result is None or self.done is None or self.done.done():
+            return
+        if exc is None and self.state == self.TO_EOF:  # EOF ends such a response
+            self._complete(self.rlen)
+        elif exc is None:  # hung up mid-response: left incomplete, as a short read would be
+            self.result = None
+            self.done.set_result(None)
+        else:
+            self.result = None
+            self.done.set_exception(exc if isinstance(exc, OSError) else ConnectionResetError(str(exc)))
+
+
 class DirectPool:
-    """Keep-alive HTTP/1.1 connections to the upstream, spoken by hand.
+    """Keep-alive HTTP/1.1 connections to the upstream, spoken by hand (DirectConn).
 
     The baseline should cost as little as possible, so that "added" is what the app
-    adds. httpx costs about 1 ms per request here, and its pool grows slower with
-    every concurrent stream (100 concurrent streams: ~300 ms to the first delta
-    against ~3 ms by hand); `--baseline httpx` uses it anyway.
+    adds, and be read the same way the app's websockets are (AppSocket), so that the
+    clients' own cost cancels out. httpx costs about 1 ms per request here, and its
+    pool grows slower with every concurrent stream (100 concurrent streams: ~300 ms to
+    the first delta against ~3 ms by hand); `--baseline httpx` uses it anyway.
     """
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[DirectConn] = []
 
-    async def take(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def take(self) -> DirectConn:
         while self.idle:
-            reader, writer = self.idle.pop()
-            if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
-        return await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 22)
+            conn = self.idle.pop()
+            if conn.usable():
+                return conn
+            conn.transport.close()
+        _, conn = await asyncio.get_running_loop().create_connection(DirectConn, "127.0.0.1", self.port)
+        return conn
+
+    def give(self, conn: DirectConn) -> None:
+        if conn.usable():
+            self.idle.append(conn)
+        else:
+            conn.transport.close()
 
     async def aclose(self) -> None:
-        for _, writer in self.idle:
-            writer.close()
+        for conn in self.idle:
+            conn.transport.close()
         self.idle.clear()
 
 
@@ -525,38 +713,24 @@ async def direct_stream(
     """The same request the app makes, read straight off the socket."""
     result = StreamResult("direct", expected)
     body = _request_body(text)
-    head = (
+    request = (
         b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"accept: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body)
-    )
+    ) + body
     if delay:
         await asyncio.sleep(delay)
     result.sent_ns = now_ns()
-    reusable = False
-    writer = None
+    conn = None
     try:
         async with asyncio.timeout(limit_s):
-            reader, writer = await pool.take()
-            writer.write(head + body)
-            tail = b""
-            while True:
-                data = await reader.read(1 << 20)
-                now = now_ns()
-                if not data:
-                    break
-                tail = _scan(result, tail + data, now)
-                if result.status and data.endswith(b"\r\n0\r\n\r\n"):  # the last chunk
-                    reusable = True
-                    break
+            conn = await pool.take()
+            await conn.exchange(request, result)
     except TimeoutError:
         result.error = "timeout"
     except OSError as exc:
         result.error = type(exc).__name__
-    if writer is not None:
-        if reusable:
-            pool.idle.append((reader, writer))
-        else:
-            writer.close()
+    if conn is not None:
+        pool.give(conn)
     return result
 
 
