@@ -353,8 +353,11 @@ loopback OpenAI-compatible upstream in its own process (`bench/upstream.py`), an
 websocket clients in a third process. Every upstream delta carries its send time
 (`time.monotonic_ns()`, one clock for every process on Linux); a client's receive
 time minus that stamp is the delta's latency. The same streams are also read
-straight from the upstream with httpx, in rounds interleaved with the app's:
-**added** = the app's percentile minus the direct percentile.
+straight from the upstream, in rounds interleaved with the app's: **added** = the
+app's percentile minus the direct percentile. Both sides read through the same kind
+of hand-written client (an asyncio `BufferedProtocol` on a reused buffer, timing
+each frame or chunk as it is read), so the harness costs each side the same and as
+little as possible (`--baseline httpx` reads the direct side with httpx instead).
 
 - TTFT: from the client's `send` frame (or the direct POST) to the first delta.
 - Per-delta streams start spread evenly over one token interval (streams that
@@ -384,54 +387,65 @@ compare them within a run (app vs direct), not across runs.
 DIAGNOSIS = """
 ## What was changed because of these figures, and why the misses still miss
 
-Fixed, each measured by this benchmark (first full run → this one, same machine):
+Fixed, each measured by this benchmark (first full run → now, same machine):
 
-- **Server CPU per delta 248 → 100 µs.** py-spy put ~85 % of a reply task's CPU in
-  httpx/httpcore/anyio's read chain (a cancel scope and h11 events per read). The
-  upstream client now reads through httpx-aiohttp's transport (aiohttp's C parser)
-  behind the same httpx API: 185 → 92 µs of CPU per read on a loopback micro-test,
-  bare asyncio streams 71 µs. Frames go out through daphne's own `send`, skipping
-  channels' per-frame session wrapper.
-- **Added TTFT at 1 stream 54 → 4.9 ms; 100 together 1.8 s → 0.28 s.** SQLite
-  connections were opened and closed (checkpointing the WAL) on every ORM hop; they
-  are now persistent. Models and "is there any budget" are cached per process
-  (5 s, cleared on save); stale replies are looked for only when the partial unique
-  index trips. A send is now 5 statements in one transaction.
-- **Per-delta p99 at 1 stream 10.4 → 0.76 ms.** The once-a-second checkpoint did an
-  ORM update per streaming reply on the database thread, holding the GIL; it is one
-  executemany now.
+- **Server CPU per delta 248 → ~52 µs.** py-spy put ~85 % of a reply task's CPU in
+  httpx/httpcore/anyio's read chain; the upstream client reads through
+  httpx-aiohttp's transport (aiohttp's C parser) behind the same httpx API (→ 100 µs).
+  Then, at 150 streams, autobahn's framing plus Twisted's add-writer / loop turn /
+  send / remove-writer per frame was ~25 % of daphne's CPU: `chat.backpressure.DirectText`
+  frames small text messages itself and sends them at once when daphne holds nothing
+  for the socket (85.7 → 62.3 µs, app p99 16.7 → 7.8 ms in that test). Plain text
+  goes out as a text delta (`+` and the text) with no JSON to build.
+- **Wire bytes 14.7× → 2.2×.** The JSON delta was 63 bytes around a 4-byte token;
+  a text delta is the text plus one byte (its reply and seq are implied by the
+  socket's previous frame; docs/protocol.md).
+- **Added TTFT at 1 stream 54 → ~2 ms; 100 together 1.8 s → ~90 ms.** SQLite
+  connections are persistent; models and budgets are cached per process. A send's
+  SQL is built once from the models' metadata instead of by the ORM per call
+  (begin_turn 2.2 → 0.3 ms, nearly all of it was query building). channels awaited
+  a trip to the single database thread before every handler (`aclose_old_connections`),
+  queued behind the database's work: `ChatConsumer.dispatch` skips it. Sends that
+  arrive together are saved together (`replies.begin_many`: one trip, one commit).
+  The upstream client (its TLS context) is made when the first socket connects.
+- **Per-delta p99 at 1 stream 10.4 → ~0.4 ms.** The once-a-second checkpoint is one
+  executemany, not an ORM update per reply holding the GIL.
+- **Full garbage collections held the loop up to 101 ms** under 300 streams
+  (gc.callbacks); `gc.freeze()` after start-up brought the longest to 27 ms.
 - **A reader that stops reading: bounded** (daphne held ≤ 1 MiB for two stalled
-  readers, against 11.5 MiB of frames each before). `chat.backpressure` reads the
-  Twisted transport's write buffer; past `CHAT_SOCKET_BUFFER_BYTES` a socket gets no
-  live deltas, and a catch-up task feeds it what it missed in half-limit batches as
-  it drains, then the end. A test with a 16 MB reply checks the text arrives exact.
-- **Counting at turn 200: 2.05 → 0.13 ms** (role overhead resolved once per role).
+  readers, against 11.5 MiB of frames each before): past `CHAT_SOCKET_BUFFER_BYTES`
+  a socket gets no live deltas and a catch-up task feeds it as it drains.
+- **Counting at turn 200: 2.05 → 0.04 ms** (stored per-message counts, summed in C).
+- **The harness:** the app-side clients were the `websockets` library (~52 µs of
+  client CPU per frame, 55–63 % of the load core at 300 streams, waiting for CPU
+  16–28 % of the time, which showed up as server latency). Both sides now read through
+  the same hand-written `BufferedProtocol` client (~20 µs per frame).
 
 Still missed, and why (measured, on this 2-core machine):
 
-- **TTFT ≤ 2 ms / ≤ 25 ms at 100 together.** 4.4 of the 4.9 ms is the database turn
-  before the `start` frame: the user's message must be saved before the model is
-  called (a product rule), and the ORM work (fresh conversation row, history,
-  insert, update, commit) runs on channels' single database thread, so 100 sends
-  at once queue behind each other (~2.8 ms each). Next step: batch the begin-turn
-  writes of sends that arrive in the same loop turn into one transaction, and keep
-  each conversation's history in memory between turns.
-- **CPU ≤ 65 µs per delta, ≥ 300 streams, p99 ≤ 10 ms at 200 × 50.** What remains
-  per delta is mostly daphne's: autobahn builds each frame in Python, and Twisted
-  adds and removes the socket from epoll around every write (two syscalls and a
-  loop turn per frame). At 100 µs one process relays ~10,000 deltas/s flat out,
-  which is 200 × 50 tok/s with no headroom, so queueing shows in p99. 50 streams
-  hold the 25 ms p99; 100 streams reach p50 ≈ 1 ms but p99 ≈ 42 ms. Under uvicorn
-  (websockets' C-accelerated framing, no Twisted) the same app should do better;
-  the deployment guide runs several workers behind nginx for this reason.
-- **Wire bytes 14.7×.** The protocol's delta frame (`type`, `message_id`, `seq`,
-  `content`) is ~58 bytes around a ~4-byte token; at 50 tok/s each token arrives
-  in its own network read, so adaptive coalescing (one frame per read) has nothing
-  to merge. ≤ 3× needs permessage-deflate (daphne does not offer it) or a
-  different frame format; both are protocol changes left for a decision.
-- **Counting ratio 7.5×.** The absolute cost is 0.13 ms at turn 200 (a sum over
-  stored per-message counts); turn 1 costs 0.017 ms, so any O(n) sum breaks the
-  ratio. The whole begin_turn grows 1.27× from turn 1 to turn 200.
+- **TTFT with 100 sends at once (p50 ≤ 25 ms).** Half is the database: ~0.3–0.4 ms
+  of SQL per send on the one database thread (history read, two-row insert,
+  conversation update; the message must be saved before the model is called), so
+  100 sends are ~40 ms of serial work even batched. The other half is starting 100
+  upstream requests on one event loop (~0.5 ms of httpx + aiohttp work each, against
+  ~0.07 ms for the benchmark's bare direct reader). Next: insert a batch's rows with
+  one executemany, and a leaner request path for the aiohttp backend.
+- **≥ 300 streams with p99 ≤ 25 ms; p99 ≤ 10 ms at 200 × 50.** At ~52 µs per delta,
+  300 × 50 tok/s is ~80 % of daphne's core; p50 stays ~1–2 ms but p99 is queueing
+  behind the loop's other work (each upstream read, the checkpoint, the remaining
+  full collections of ~27 ms). More per process needs less Python per delta than
+  daphne/Twisted + httpx leave room for; the deployment guide runs several worker
+  processes behind nginx, which is how one host serves more.
+- **Counting ratio 3.5×.** 0.011 → 0.038 ms: the sum over 400 stored counts is done
+  in C, and what grows is the transposition of the loaded rows. A running total
+  would have to be kept in step with edits and regenerations across processes,
+  for 0.03 ms. The whole send grows 2.2× (0.26 → 0.58 ms) because the history it
+  must send is read.
+- **Cross-process tabs.** A tab on another worker gets deltas through the Redis
+  channel layer, one message per pump round per socket; at 50 replies × 50 tok/s
+  that lags by hundreds of milliseconds (table above). Same-process tabs are not
+  affected. Next: Redis pub/sub (channels-redis' RedisPubSubChannelLayer) or
+  longer, fewer pump rounds.
 """
 
 
