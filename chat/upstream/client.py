@@ -120,7 +120,10 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
 def warm_up() -> None:
     """Make this loop's client for the site's default provider now: its TLS context takes
     tens of milliseconds, which would otherwise land on the first reply's first token."""
-    get_client(settings.CHAT_DEMO)
+    try:
+        get_client(settings.CHAT_DEMO)
+    except Exception:  # the first reply will make it again, and report what is wrong
+        log.exception("Could not make the upstream client ahead of the first reply")
 
 
 def http_backend() -> str:
