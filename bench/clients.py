@@ -104,13 +104,40 @@ def _client_frame(opcode: int, payload: bytes) -> bytes:
     return head + mask + payload
 
 
-class AppSocket(asyncio.BufferedProtocol):
+class ReusedBuffer(asyncio.BufferedProtocol):
+    """What AppSocket and DirectConn share: reads go with recv_into one growable buffer.
+
+    asyncio's plain transports recv(256 KiB) into a fresh object every read, which
+    costs ~20 µs more a read here than the read itself. `rbuf[:rlen]` holds what is
+    not parsed yet; `need` is the size of the unit (frame, chunk, body) partly in it.
+    """
+
+    def __init__(self) -> None:
+        self.rbuf = bytearray(1 << 16)
+        self.view = memoryview(self.rbuf)
+        self.rlen = 0
+        self.need = 0
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if len(self.rbuf) - self.rlen < 4096 or self.need > len(self.rbuf):
+            grown = bytearray(max(2 * len(self.rbuf), self.need + 4096))
+            grown[: self.rlen] = self.view[: self.rlen]
+            self.rbuf, self.view = grown, memoryview(grown)
+        return self.view[self.rlen :]
+
+    def _consumed(self, i: int) -> None:
+        """Drop the first `i` bytes of rbuf (a same-size slice copy: rbuf is exported)."""
+        left = self.rlen - i
+        if left:
+            self.rbuf[:left] = self.view[i : self.rlen]
+        self.rlen = left
+
+
+class AppSocket(ReusedBuffer):
     """A websocket client of the app, by hand, on an asyncio.BufferedProtocol.
 
-    Reads with recv_into a reused buffer: asyncio's plain transports recv(256 KiB)
-    into a fresh object every read, which costs ~20 µs more a read here than the
-    read itself. Then a slice and a decode per frame, so the clients' CPU stays out
-    of the measured latency. `async for message in ws` yields text frames as str;
+    Reads into a reused buffer (ReusedBuffer), then a slice and a decode per frame, so
+    the clients' CPU stays out of the measured latency. `async for message in ws` yields text frames as str;
     `listen(handler)` is cheaper still (no task switch per frame). Both end on a
     close frame with code 1000/1001 and raise ConnectionClosed on any other close
     (like websockets). Reading pauses once `high` messages wait unread (`high=1`: a
@@ -127,10 +154,7 @@ class AppSocket(asyncio.BufferedProtocol):
         self.handler = None  # listen(): called with each message, straight from buffer_updated
         self.listening: asyncio.Future | None = None
         self.waiter: asyncio.Future | None = None
-        self.rbuf = bytearray(1 << 16)
-        self.view = memoryview(self.rbuf)
-        self.rlen = 0  # bytes in rbuf not yet parsed
-        self.need = 0  # size of the frame that is partly in rbuf
+        super().__init__()
         self.fragments: list[bytes] = []
         self.handshaking = True
         self.paused = False
@@ -143,13 +167,6 @@ class AppSocket(asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.write(self.request)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if len(self.rbuf) - self.rlen < 4096 or self.need > len(self.rbuf):
-            grown = bytearray(max(2 * len(self.rbuf), self.need + 4096))
-            grown[: self.rlen] = self.view[: self.rlen]
-            self.rbuf, self.view = grown, memoryview(grown)
-        return self.view[self.rlen :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.rlen += nbytes
@@ -165,13 +182,6 @@ class AppSocket(asyncio.BufferedProtocol):
                 return
         if self.rlen:
             self._frames()
-
-    def _consumed(self, i: int) -> None:
-        """Drop the first `i` bytes of rbuf (a same-size slice copy: rbuf is exported)."""
-        left = self.rlen - i
-        if left:
-            self.rbuf[:left] = self.view[i : self.rlen]
-        self.rlen = left
 
     def _check_handshake(self, head: bytes) -> None:
         lines = head.split(b"\r\n")
@@ -482,10 +492,10 @@ def _record(result: StreamResult, stamps, now: int) -> None:
 
 
 # -- the upstream, straight --------------------------------------------------------------------
-class DirectConn(asyncio.BufferedProtocol):
+class DirectConn(ReusedBuffer):
     """One keep-alive HTTP/1.1 connection to the upstream, read like AppSocket reads.
 
-    recv_into a reused buffer, and the response parsed straight from the read
+    A reused buffer (ReusedBuffer), and the response parsed straight from the read
     callback: status line and headers, then the body, chunked (each chunk once it is
     whole in the buffer, like a websocket frame), by content-length, or to EOF. Each
     chunk's stamps are timed when that chunk is decoded, in buffer_updated, the way
@@ -495,11 +505,8 @@ class DirectConn(asyncio.BufferedProtocol):
     HEAD, CHUNKED, LENGTH, TO_EOF = range(4)
 
     def __init__(self) -> None:
+        super().__init__()
         self.transport: asyncio.Transport | None = None
-        self.rbuf = bytearray(1 << 16)
-        self.view = memoryview(self.rbuf)
-        self.rlen = 0  # bytes in rbuf not yet parsed
-        self.need = 0  # size of the chunk (or body) that is partly in rbuf
         self.result: StreamResult | None = None  # the response being read
         self.done: asyncio.Future | None = None
         self.state = self.HEAD
@@ -526,13 +533,6 @@ class DirectConn(asyncio.BufferedProtocol):
             if self.result is not None:  # cancelled (timeout) or lost mid-response
                 self.result = None
                 self.broken = True
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        if len(self.rbuf) - self.rlen < 4096 or self.need > len(self.rbuf):
-            grown = bytearray(max(2 * len(self.rbuf), self.need + 4096))
-            grown[: self.rlen] = self.view[: self.rlen]
-            self.rbuf, self.view = grown, memoryview(grown)
-        return self.view[self.rlen :]
 
     def buffer_updated(self, nbytes: int) -> None:
         self.rlen += nbytes
@@ -621,13 +621,6 @@ class DirectConn(asyncio.BufferedProtocol):
         else:
             self.state, self.broken = self.TO_EOF, True
         return True
-
-    def _consumed(self, i: int) -> None:
-        """Drop the first `i` bytes of rbuf (a same-size slice copy: rbuf is exported)."""
-        left = self.rlen - i
-        if left:
-            self.rbuf[:left] = self.view[i : self.rlen]
-        self.rlen = left
 
     def _complete(self, i: int) -> None:
         self._consumed(i)
