@@ -108,8 +108,9 @@ class DirectText:
         if transport is None:
             return False
         payload = text.encode()
+        size = len(payload)
         if (
-            len(payload) > DIRECT_MAX_BYTES
+            size > DIRECT_MAX_BYTES
             or protocol.state != protocol.STATE_OPEN
             or protocol.send_state != protocol.SEND_STATE_GROUND
             or protocol._perMessageCompress is not None
@@ -118,7 +119,6 @@ class DirectText:
             or transport.disconnecting
         ):
             return False
-        size = len(payload)
         if size < 126:
             data = bytes((TEXT_FRAME, size)) + payload
         else:

@@ -179,12 +179,14 @@ class Generation:
         self.reasoning.append(piece.reasoning)
         self.refusal.append(piece.refusal)
         if piece.reasoning or piece.refusal:
-            fields = {"type": "delta", "message_id": self.reply_id, "seq": self.seq, "content": piece.content}
-            if piece.reasoning:
-                fields["reasoning"] = piece.reasoning
-            if piece.refusal:
-                fields["refusal"] = piece.refusal
-            text = frame(**fields)
+            text = frame(
+                type="delta",
+                message_id=self.reply_id,
+                seq=self.seq,
+                content=piece.content,
+                **_extra("reasoning", [piece.reasoning]),
+                **_extra("refusal", [piece.refusal]),
+            )
         else:
             text = text_delta(piece.content)
         await self.broadcast(text, delta=True)

@@ -139,7 +139,9 @@ def message_overhead(role: str, model: str, name: str = "", encoding_override: s
     return overhead
 
 
-def count_prompt(roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""):
+def count_prompt(
+    roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
+) -> int | None:
     """Prompt tokens for messages given as their roles and stored content counts, as the
     provider bills them; None if any count is unknown.
 
