@@ -1,9 +1,9 @@
 """The OpenAI-compatible streaming client: the only code in the app that talks to a model.
 
-One shared httpx.AsyncClient per process and event loop, explicit timeouts (the
-read timeout is the idle timeout: it applies between bytes, so keep-alive
-comments keep a queued request alive while a silent stream ends), retries only
-before any text exists, and every failure mapped to UpstreamError.
+One shared HTTP client per process and event loop (chat.upstream.http: aiohttp, or
+httpx behind a proxy), explicit timeouts (the idle timeout applies between bytes, so
+keep-alive comments keep a queued request alive while a silent stream ends), retries
+only before any text exists, and every failure mapped to UpstreamError.
 """
 
 import asyncio
@@ -11,16 +11,17 @@ import json
 import logging
 import random
 import re
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-import httpx
 from django.conf import settings
 
 from chat.upstream.chunks import parse_chunk
 from chat.upstream.errors import UpstreamError, redact
+from chat.upstream.http import AiohttpClient, HttpxClient, Response, TransportError
 from chat.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -65,12 +66,12 @@ class Retry:
 
 # Base URLs that answered 400 to stream_options; asked without it from then on.
 _rejects_usage_option: set[str] = set()
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, httpx.AsyncClient]] = (
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, AiohttpClient | HttpxClient]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def get_client(demo: bool = False) -> httpx.AsyncClient:
+def get_client(demo: bool = False) -> AiohttpClient | HttpxClient:
     """The process's shared client for the running event loop (connections belong to a loop).
 
     Keyed by the loop object, weakly: an id() is reused once a loop is collected, and
@@ -84,35 +85,26 @@ def get_client(demo: bool = False) -> httpx.AsyncClient:
         settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
         settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
         settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
-        http_backend(),
+        settings.CHAT_UPSTREAM_HTTP,
     )
     per_loop = _clients.setdefault(loop, {})
     client = per_loop.get(key)
     if client is None or client.is_closed:
-        timeout = httpx.Timeout(
-            connect=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
-            read=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
-            write=30.0,
-            pool=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
-        )
-        limits = httpx.Limits(
+        # The backend is chosen here, once: looking for proxy variables reads the whole
+        # environment, which cost ~0.1 ms on every request.
+        options = dict(
+            connect_timeout=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
+            idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
             max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
-            max_keepalive_connections=min(100, settings.CHAT_UPSTREAM_MAX_CONNECTIONS),
         )
         if demo:
             from chat.upstream.demo import DemoTransport
 
-            transport = DemoTransport()
+            client = HttpxClient(**options, transport=DemoTransport())
         elif http_backend() == "aiohttp":
-            # aiohttp parses HTTP in C: about half of httpx's CPU per streamed read, which is
-            # most of the relay's cost per delta (see docs/benchmark.md). Same httpx API,
-            # timeouts (read = idle time between reads) and exception types.
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits, trust_env=False)
+            client = AiohttpClient(**options)
         else:
-            transport = None
-        client = httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport)
+            client = HttpxClient(**options)
         per_loop[key] = client
     return client
 
@@ -189,27 +181,26 @@ class ChatStream:
             headers["authorization"] = f"Bearer {self.provider.api_key}"
         return headers
 
-    async def _open(self) -> httpx.Response:
+    async def _open(self) -> Response:
         """Send the request; retry transient failures, which is safe as nothing was shown yet."""
         client = get_client(self.provider.demo)
         url = self._url()
         attempt = 0
         while True:
             try:
-                request = client.build_request("POST", url, json=self._body(), headers=self._headers())
-                response = await client.send(request, stream=True)
-                if response.status_code < 400:
+                response = await client.post(url, self._body(), self._headers())
+                if response.status < 400:
                     return response
                 error = await self._http_error(response)
-            except httpx.TransportError as exc:
-                if timed_out(exc):
+            except TransportError as exc:
+                if exc.timed_out:
                     error = UpstreamError(
                         "upstream_timeout", "The model provider did not answer in time.", retryable=True
                     )
                 else:
                     error = UpstreamError(
                         "upstream_connect",
-                        f"Could not reach the model provider at {httpx.URL(url).host} ({_reason(exc)}).",
+                        f"Could not reach the model provider at {_host(url)} ({exc.reason}).",
                         retryable=True,
                     )
             if error.code == "upstream_usage_option_rejected":
@@ -233,18 +224,15 @@ class ChatStream:
         backoff = min(0.5 * 2**attempt, settings.CHAT_UPSTREAM_MAX_RETRY_WAIT)
         return backoff * (0.75 + random.random() / 2)
 
-    async def _http_error(self, response: httpx.Response) -> UpstreamError:
+    async def _http_error(self, response: Response) -> UpstreamError:
         body = b""
         try:
-            async for part in response.aiter_bytes():
-                body += part
-                if len(body) > MAX_ERROR_BODY:
-                    break
-        except httpx.HTTPError:
+            body = await response.read(MAX_ERROR_BODY)
+        except TransportError:
             pass
         finally:
-            await response.aclose()
-        status = response.status_code
+            await response.close()
+        status = response.status
         message, provider_code = _error_message(body, response.headers.get("content-type", ""))
         if (
             status in (400, 422)
@@ -280,37 +268,36 @@ class ChatStream:
                     yield piece
                 return
             decoder = SSEDecoder()
-            reads = response.aiter_bytes()
             try:
                 while True:
                     try:
-                        data = await self._next_read(reads)
-                    except StopAsyncIteration:
-                        break
+                        data = await self._next_read(response)
                     except TimeoutError:
                         # Finished, then silent: the usage chunk or [DONE] never came. Don't make
                         # the user wait the whole idle timeout for a reply that is complete.
                         log.info("No usage or [DONE] within %gs of finish_reason", FINISH_GRACE)
                         return
+                    if not data:
+                        break
                     piece, error = self._read(decoder.feed(data))
                     if piece:
                         yield piece
                     if error is not None:
                         raise error
                     if self.done:
-                        await _finish_body(reads)
+                        await _finish_body(response)
                         return
                 piece, error = self._read(decoder.close())
                 if piece:
                     yield piece
                 if error is not None:
                     raise error
-            except httpx.RequestError as exc:
+            except TransportError as exc:
                 if self.finish_reason:
                     # The reply itself is whole; only the usage chunk or [DONE] was lost.
-                    log.info("Stream ended without [DONE] after finish_reason (%s)", type(exc).__name__)
+                    log.info("Stream ended without [DONE] after finish_reason (%s)", exc.reason)
                     return
-                if not timed_out(exc):
+                if not exc.timed_out:
                     raise UpstreamError(
                         "upstream_interrupted",
                         "The connection to the model provider was cut before the reply finished; "
@@ -327,13 +314,13 @@ class ChatStream:
                     "The model provider ended the stream before the reply finished; the reply so far was kept.",
                 )
         finally:
-            await response.aclose()
+            await response.close()
 
-    async def _next_read(self, reads) -> bytes:
+    async def _next_read(self, response: Response) -> bytes:
         if not self.finish_reason:
-            return await anext(reads)
+            return await response.chunk()
         async with asyncio.timeout(FINISH_GRACE):
-            return await anext(reads)
+            return await response.chunk()
 
     def _read(self, events) -> tuple[Piece, UpstreamError | None]:
         """Fold the events of one read into a Piece; an error object ends the stream."""
@@ -378,13 +365,13 @@ class ChatStream:
             "upstream_error", redact(detail, self.provider.api_key), provider_code=error.get("code")
         )
 
-    async def _whole_reply(self, response: httpx.Response) -> Piece:
+    async def _whole_reply(self, response: Response) -> Piece:
         """Servers that ignore `stream: true` answer one JSON body; read it whole.
 
         The reply is read as one chunk whose delta is the message, so content parts,
         reasoning, refusals, usage and error objects are understood as in a stream.
         """
-        body = await response.aread()
+        body = await response.read()
         try:
             obj = json.loads(body)
         except ValueError:
@@ -416,7 +403,7 @@ def completion_prompt(messages: list[dict]) -> str:
     return "\n\n".join([*lines, "Assistant:"])
 
 
-async def _finish_body(reads: AsyncIterator[bytes]) -> None:
+async def _finish_body(response: Response) -> None:
     """Read what follows [DONE] (normally just the chunked-encoding terminator).
 
     A response closed before its end closes its connection too, so every reply
@@ -425,9 +412,9 @@ async def _finish_body(reads: AsyncIterator[bytes]) -> None:
     """
     try:
         async with asyncio.timeout(1.0):
-            async for _ in reads:
+            while await response.chunk():
                 pass
-    except (TimeoutError, httpx.HTTPError):
+    except (TimeoutError, TransportError):
         pass
 
 
@@ -506,7 +493,7 @@ def _plain(message) -> str:
     return str(message)
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers) -> float | None:
     """`retry-after-ms` (OpenAI) wins over `retry-after` (seconds; dates are not honoured)."""
     for name, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = headers.get(name)
@@ -518,19 +505,8 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     return None
 
 
-def timed_out(exc: httpx.HTTPError) -> bool:
-    """A real timeout, not a refused or dropped connection. httpx-aiohttp maps every aiohttp
-    connection error to ConnectTimeout, so for that one the cause decides."""
-    if isinstance(exc, httpx.ConnectTimeout) and exc.__cause__ is not None:
-        cause = exc.__cause__
-        return isinstance(cause, TimeoutError) or type(cause).__module__.startswith("httpcore")
-    return isinstance(exc, httpx.TimeoutException)
-
-
-def _reason(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, OSError):
-        return "connection refused or host not found"
-    return type(exc).__name__
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or url
 
 
 async def _maybe_await(value) -> None:
@@ -544,17 +520,21 @@ async def list_models(provider: Provider) -> list[str]:
     headers.update(dict(provider.headers))
     try:
         response = await get_client(provider.demo).get(f"{provider.base_url}/models", headers=headers)
-    except httpx.HTTPError as exc:
-        raise UpstreamError("upstream_connect", f"Could not reach the provider ({_reason(exc)}).") from None
-    if response.status_code >= 400:
-        message, _ = _error_message(response.content, response.headers.get("content-type", ""))
+        try:
+            body = await response.read()
+        finally:
+            await response.close()
+    except TransportError as exc:
+        raise UpstreamError("upstream_connect", f"Could not reach the provider ({exc.reason}).") from None
+    if response.status >= 400:
+        message, _ = _error_message(body, response.headers.get("content-type", ""))
         raise UpstreamError(
             "upstream_http_error",
-            redact(f"The provider answered HTTP {response.status_code}: {message}", provider.api_key),
-            status=response.status_code,
+            redact(f"The provider answered HTTP {response.status}: {message}", provider.api_key),
+            status=response.status,
         )
     try:
-        data = response.json().get("data", [])
+        data = json.loads(body).get("data", [])
         return sorted({str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")})
     except (ValueError, AttributeError):
         raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None
