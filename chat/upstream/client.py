@@ -90,23 +90,25 @@ def get_client(demo: bool = False) -> AiohttpClient | HttpxClient:
     per_loop = _clients.setdefault(loop, {})
     client = per_loop.get(key)
     if client is None or client.is_closed:
-        # The backend is chosen here, once: looking for proxy variables reads the whole
-        # environment, which cost ~0.1 ms on every request.
-        options = dict(
-            connect_timeout=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
-            idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
-            max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
-        )
-        if demo:
-            from chat.upstream.demo import DemoTransport
-
-            client = HttpxClient(**options, transport=DemoTransport())
-        elif http_backend() == "aiohttp":
-            client = AiohttpClient(**options)
-        else:
-            client = HttpxClient(**options)
-        per_loop[key] = client
+        client = per_loop[key] = new_client(demo)
     return client
+
+
+def new_client(demo: bool = False) -> AiohttpClient | HttpxClient:
+    """A client as the settings say. The backend is chosen here, once, not per request:
+    looking for proxy variables reads the whole environment (~0.1 ms)."""
+    options = dict(
+        connect_timeout=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
+        idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
+        max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
+    )
+    if demo:
+        from chat.upstream.demo import DemoTransport
+
+        return HttpxClient(**options, transport=DemoTransport())
+    if http_backend() == "aiohttp":
+        return AiohttpClient(**options)
+    return HttpxClient(**options)
 
 
 def warm_up() -> None:
@@ -515,17 +517,23 @@ async def _maybe_await(value) -> None:
 
 
 async def list_models(provider: Provider) -> list[str]:
-    """Model ids the provider offers (GET {base_url}/models), for the admin's "fetch models"."""
+    """Model ids the provider offers (GET {base_url}/models), for the admin's "fetch models".
+
+    Its own client, closed after: the admin calls this through async_to_sync, on an
+    event loop of its own that ends with the call."""
     headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
     headers.update(dict(provider.headers))
+    client = new_client(provider.demo)
     try:
-        response = await get_client(provider.demo).get(f"{provider.base_url}/models", headers=headers)
+        response = await client.get(f"{provider.base_url}/models", headers=headers)
         try:
             body = await response.read()
         finally:
             await response.close()
     except TransportError as exc:
         raise UpstreamError("upstream_connect", f"Could not reach the provider ({exc.reason}).") from None
+    finally:
+        await client.aclose()
     if response.status >= 400:
         message, _ = _error_message(body, response.headers.get("content-type", ""))
         raise UpstreamError(
