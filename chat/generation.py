@@ -344,11 +344,23 @@ class Generation:
                 self.stop()
 
     async def _pump(self) -> None:
-        """The only sender to remote sockets, so resume and deltas keep their order."""
+        """The only sender to remote sockets, so resume and deltas keep their order.
+
+        Each channel-layer message costs several Redis round trips at both ends: one per
+        delta per tab saturated two workers at 50 replies × 50 tok/s (tabs lagged ~1 s). So
+        rounds are spaced by REMOTE_SPACING per reply that has remote tabs, up to
+        REMOTE_INTERVAL_MAX: the process sends at most ~500 such messages a second, and
+        with few replies their deltas still go out within milliseconds."""
         layer = get_channel_layer()
+        last = float("-inf")
         while not self.ended:
             await self.remote_wakeup.wait()
+            busy = sum(1 for generation in _running.values() if generation.remote)
+            wait = last + min(REMOTE_INTERVAL_MAX, busy * REMOTE_SPACING) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             self.remote_wakeup.clear()
+            last = time.monotonic()
             await self._pump_once(layer)
 
     async def _pump_once(self, layer) -> None:
@@ -397,6 +409,8 @@ class Generation:
 
 
 RENDER_INTERVAL = 0.25  # seconds between Markdown renders of a streaming reply
+REMOTE_SPACING = 0.002  # seconds between a reply's rounds to other processes' tabs, per such reply
+REMOTE_INTERVAL_MAX = 0.25
 FRAME_CHARS = 128 * 1024  # daphne (autobahn) will not send a websocket message over 1 MiB
 
 
