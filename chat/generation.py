@@ -280,7 +280,7 @@ class Generation:
         if stream.response_model:
             fields["model"] = stream.response_model
         try:
-            saved = await database_sync_to_async(replies.finish)(self.reply_id, **fields)
+            saved = await _finishes((self.reply_id, fields))
         except Exception:
             # Leave it streaming: the lease runs out and recovery marks it interrupted
             # with the last checkpoint, rather than losing the reply silently here.
@@ -629,6 +629,45 @@ async def _begin(socket, conversation, begin, *args) -> None:
         await socket.send_error(exc.code, exc.detail)
 
 
+class Batched:
+    """Database calls that arrive while the database thread works on earlier ones, run
+    together in one trip: `run_many(items)` returns a result or an exception per item."""
+
+    def __init__(self, run_many) -> None:
+        self.run_many = run_many
+        self.items: list[tuple[object, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+
+    async def __call__(self, item):
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if self.task is None or self.task.done() or self.task.get_loop() is not loop:
+            self.items = [(i, f) for i, f in self.items if f.get_loop() is loop]  # not a finished loop's
+            self.task = loop.create_task(self._drain())
+        self.items.append((item, future))
+        try:
+            return await asyncio.shield(future)  # the write happens even if the caller goes away
+        except asyncio.CancelledError:
+            future.add_done_callback(_outcome_seen)
+            raise
+
+    async def _drain(self) -> None:
+        while self.items:
+            batch, self.items = self.items, []
+            try:
+                results = await database_sync_to_async(self.run_many)([item for item, _ in batch])
+            except Exception as exc:
+                results = [exc] * len(batch)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+
+_finishes = Batched(replies.finish_many)
 _queued: dict[int, tuple] = {}  # conversation id -> (begin, conversation, *args, future), in order
 _turn_writer: asyncio.Task | None = None
 

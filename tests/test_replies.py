@@ -16,11 +16,16 @@ def conversation():
 
 def test_a_send_over_a_reply_left_by_a_dead_process_marks_it_interrupted_and_goes_on(conversation):
     Message.objects.create(conversation=conversation, role="user", content="Hi")
-    dead = Message.objects.create(conversation=conversation, role="assistant", content="Half", status="streaming")
+    dead = Message.objects.create(
+        conversation=conversation, role="assistant", content="Half", status="streaming"
+    )
     turn = replies.begin_turn(conversation, "Again", live_ids=[])
     dead.refresh_from_db()
     assert (dead.status, dead.content) == ("interrupted", "Half")
-    assert turn.prompt[-2:] == [{"role": "assistant", "content": "Half"}, {"role": "user", "content": "Again"}]
+    assert turn.prompt[-2:] == [
+        {"role": "assistant", "content": "Half"},
+        {"role": "user", "content": "Again"},
+    ]
 
 
 def test_a_send_over_a_live_reply_is_busy_and_writes_nothing(conversation):
@@ -51,6 +56,59 @@ def test_sends_saved_together_fail_alone_and_a_reply_begun_in_the_batch_is_live(
     assert isinstance(results[2][1], replies.Busy)
     first = Message.objects.get(pk=results[0][1].reply_id)
     assert first.status == "streaming"  # not taken for a dead process's reply
-    assert list(conversation.messages.values_list("role", "content")) == [("user", "First"), ("assistant", "")]
+    assert list(conversation.messages.values_list("role", "content")) == [
+        ("user", "First"),
+        ("assistant", ""),
+    ]
     assert not empty.messages.exists()
     assert other.messages.count() == 2
+
+
+def test_replies_finished_together_are_saved_and_one_bad_row_does_not_lose_the_others(conversation):
+    from chat.providers import resolve
+
+    other = Conversation.objects.create(user=conversation.user)
+    kept = Message.objects.create(
+        conversation=conversation, role="assistant", status="streaming", model="gpt-4o-mini"
+    )
+    bad = Message.objects.create(
+        conversation=other, role="assistant", status="streaming", model="gpt-4o-mini"
+    )
+    target = resolve(conversation)
+
+    def final(content: str, **extra) -> dict:
+        return {"usage": None, **extra} | dict(
+            status="finished",
+            finish_reason="stop",
+            content=content,
+            reasoning="",
+            refusal="",
+            seq=2,
+            ttft_ms=1.5,
+            duration_ms=20.0,
+            error_code="",
+            error_detail="",
+            target=target,
+        )
+
+    results = replies.finish_many(
+        [
+            (kept.pk, final("Hello there", model="gpt-4o-mini-2024-07-18")),
+            (bad.pk, final("Lost?", usage={"prompt_tokens": object()})),  # cannot be stored as JSON
+        ]
+    )
+    assert results[0]["completion_tokens"] == 2 and isinstance(results[1], TypeError)
+    kept.refresh_from_db()
+    assert (kept.status, kept.content, kept.completion_tokens, kept.lease_until) == (
+        "finished",
+        "Hello there",
+        2,
+        None,
+    )
+    assert kept.model == "gpt-4o-mini-2024-07-18"  # what the provider said it ran
+    bad.refresh_from_db()
+    assert bad.status == "streaming"  # left for recovery to mark interrupted, not half-written
+
+    replies.finish_many([(bad.pk, final("Saved"))])
+    bad.refresh_from_db()
+    assert (bad.status, bad.content, bad.model) == ("finished", "Saved", "gpt-4o-mini")  # none reported: kept
