@@ -40,8 +40,10 @@ def _counter(execute, sql, params, many, context):
         raise
     finally:
         if verb in ("INSERT", "UPDATE", "DELETE"):
+            # An executemany runs the statement once per parameter set: each is a write.
+            runs = len(params) if many and hasattr(params, "__len__") else 1
             with _lock:
-                _counts[_shape(sql)] += 1
+                _counts[_shape(sql)] += runs
 
 
 def _install(sender, connection, **kwargs) -> None:
