@@ -2,8 +2,8 @@
 
 import asyncio
 import contextlib
-import threading
 import json
+import threading
 
 import pytest
 from channels.db import database_sync_to_async
