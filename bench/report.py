@@ -39,6 +39,7 @@ def machine() -> dict:
         "Twisted",
         "channels-redis",
         "httpx",
+        "aiohttp",
         "psycopg",
     ):
         try:
@@ -346,7 +347,7 @@ def _cross(results: dict) -> str:
 
 DOC_HEAD = """# Benchmark: what the relay adds
 
-`python -m bench` (about 10 minutes; `--quick` for a one-minute smoke run) measures
+`python -m bench` (about 4 minutes here, never more than 12; `--quick` for a one-minute smoke run) measures
 the figures of issue #6 on the machine it runs on. It starts the app under daphne
 (a fresh data directory, `manage.py migrate`, one user with a session cookie), a
 loopback OpenAI-compatible upstream in its own process (`bench/upstream.py`), and
@@ -359,7 +360,10 @@ of hand-written client (an asyncio `BufferedProtocol` on a reused buffer, timing
 each frame or chunk as it is read), so the harness costs each side the same and as
 little as possible (`--baseline httpx` reads the direct side with httpx instead).
 
-- TTFT: from the client's `send` frame (or the direct POST) to the first delta.
+- TTFT: from the client's `send` frame (or the direct POST) to the first delta. An
+  app socket is ready before its send is timed (it has answered a ping), as a
+  browser's is by the time its user sends; the direct side's connections are
+  pooled keep-alive connections.
 - Per-delta streams start spread evenly over one token interval (streams that
   start together are only the TTFT burst).
 - Capacity steps up 100, 200, 300 … streams at 50 tok/s until a step loses a delta
@@ -370,8 +374,9 @@ little as possible (`--baseline httpx` reads the direct side with httpx instead)
   peak while the same sockets stream. A slow reader sends, then reads nothing for
   10 s (4 KiB receive buffer) while a 100 tok/s reply of ~4 KiB deltas streams.
 - Database writes: a settings module (`bench.settings`) adds an app that puts an
-  execute wrapper on every connection and counts INSERT/UPDATE/DELETE statements;
-  8 replies start and finish together, and the server log is searched for
+  execute wrapper on every connection and counts INSERT/UPDATE/DELETE statements
+  (an executemany counts once per parameter set); 8 replies start and finish
+  together, and the server log is searched for
   "database is locked".
 - Counting: `chat.replies.begin_turn` and the counting step alone, in-process on
   a temporary SQLite database, with 0 and 199 earlier turns (median of many runs).
@@ -387,65 +392,89 @@ compare them within a run (app vs direct), not across runs.
 DIAGNOSIS = """
 ## What was changed because of these figures, and why the misses still miss
 
-Fixed, each measured by this benchmark (first full run → now, same machine):
+Fixed, each measured by this benchmark (first full run → now, same kind of machine):
 
-- **Server CPU per delta 248 → ~52 µs.** py-spy put ~85 % of a reply task's CPU in
-  httpx/httpcore/anyio's read chain; the upstream client reads through
-  httpx-aiohttp's transport (aiohttp's C parser) behind the same httpx API (→ 100 µs).
-  Then, at 150 streams, autobahn's framing plus Twisted's add-writer / loop turn /
-  send / remove-writer per frame was ~25 % of daphne's CPU: `chat.backpressure.DirectText`
-  frames small text messages itself and sends them at once when daphne holds nothing
-  for the socket (85.7 → 62.3 µs, app p99 16.7 → 7.8 ms in that test). Plain text
-  goes out as a text delta (`+` and the text) with no JSON to build.
+- **Server CPU per delta 248 → ~58 µs.** py-spy put ~85 % of a reply task's CPU in
+  httpx/httpcore/anyio's read chain; the upstream client reads with aiohttp (its C
+  parser), directly since 2026-11-29 (`chat/upstream/http.py`; httpx stays for
+  proxies and the demo). Then, at 150 streams, autobahn's framing plus Twisted's
+  add-writer / loop turn / send / remove-writer per frame was ~25 % of daphne's CPU:
+  `chat.backpressure.DirectText` frames small text messages itself and sends them at
+  once when daphne holds nothing for the socket (85.7 → 62.3 µs, app p99 16.7 → 7.8 ms
+  in that test). Plain text goes out as a text delta (`+` and the text), no JSON.
 - **Wire bytes 14.7× → 2.2×.** The JSON delta was 63 bytes around a 4-byte token;
   a text delta is the text plus one byte (its reply and seq are implied by the
   socket's previous frame; docs/protocol.md).
-- **Added TTFT at 1 stream 54 → ~2 ms; 100 together 1.8 s → ~90 ms.** SQLite
+- **Added TTFT at 1 stream 54 → ~1.7 ms; 100 together 1.8 s → ~55 ms.** SQLite
   connections are persistent; models and budgets are cached per process. A send's
-  SQL is built once from the models' metadata instead of by the ORM per call
-  (begin_turn 2.2 → 0.3 ms, nearly all of it was query building). channels awaited
-  a trip to the single database thread before every handler (`aclose_old_connections`),
-  queued behind the database's work: `ChatConsumer.dispatch` skips it. Sends that
-  arrive together are saved together (`replies.begin_many`: one trip, one commit).
-  The upstream client (its TLS context) is made when the first socket connects.
-- **Per-delta p99 at 1 stream 10.4 → ~0.4 ms.** The once-a-second checkpoint is one
+  SQL is built once from the models' metadata instead of by the ORM per call, and
+  its rows are inserted from plain values with each column's preparation worked out
+  once (begin_turn 2.2 → 0.28 ms). channels awaited a trip to the single database
+  thread before every handler (`aclose_old_connections`): `ChatConsumer.dispatch`
+  skips it. Sends that arrive together are saved together (`replies.begin_many`: one
+  trip, one commit, no savepoint per send). The upstream client is made when the
+  first socket connects, and its request no longer goes through httpx's machinery
+  around aiohttp (request → first piece 830 → 432 µs in-process; `start` → first
+  delta in the app 1.47 → 0.85 ms, and 47 → 21 ms with 100 at once).
+- **Per-delta p99 at 1 stream 10.4 → ~0.5 ms.** The once-a-second checkpoint is one
   executemany, not an ORM update per reply holding the GIL.
-- **Full garbage collections held the loop up to 101 ms** under 300 streams
-  (gc.callbacks); `gc.freeze()` after start-up brought the longest to 27 ms.
+- **p99 at 200 × 50 tok/s 48 → ~10 ms; 300 streams within 25 ms.** Replies that end
+  together are saved in one trip (`replies.finish_many`, one executemany): 300 ORM
+  updates at the end of a round held the GIL while the last deltas of the other
+  streams waited up to 52–93 ms; 22–44 ms now. Full garbage collections held the
+  loop up to 101 ms (gc.callbacks); `gc.freeze()` after start-up brought them to
+  ~20–35 ms (see below).
 - **A reader that stops reading: bounded** (daphne held ≤ 1 MiB for two stalled
   readers, against 11.5 MiB of frames each before): past `CHAT_SOCKET_BUFFER_BYTES`
   a socket gets no live deltas and a catch-up task feeds it as it drains.
-- **Counting at turn 200: 2.05 → 0.04 ms** (stored per-message counts, summed in C).
+- **Counting at turn 200: 2.05 → ~0.06 ms** (stored per-message counts, summed in C).
+- **Tabs on another worker process: 941 / 1226 ms → ~63 / 137 ms behind** (p50 / p99,
+  50 replies × 50 tok/s). Each channel-layer message costs channels_redis four Redis
+  round trips to send and four to receive, one receive at a time per process; a
+  message per delta per remote tab saturated two workers. A reply's rounds to remote
+  tabs are now 2 ms apart per reply that has them (at most 250 ms): ~500 messages a
+  second per process. With 10 such replies they lag ~14 ms (2.4 ms before).
+- **PostgreSQL + Redis TTFT:** a reply's announcement to other processes (Redis round
+  trips) runs beside its model request instead of before it: 5.1 → 3.8 ms at 1
+  stream, 346 → ~200 ms with 100 at once.
 - **The harness:** the app-side clients were the `websockets` library (~52 µs of
   client CPU per frame, 55–63 % of the load core at 300 streams, waiting for CPU
   16–28 % of the time, which showed up as server latency). Both sides now read through
-  the same hand-written `BufferedProtocol` client (~20 µs per frame).
+  the same hand-written `BufferedProtocol` client (~20 µs per frame). A send right
+  after the websocket handshake queued behind the server's own set-up of the socket
+  (a database read), so TTFT counted ~0.25 ms of opening the socket; clients now send
+  once the socket has answered a ping.
 
 Still missed, and why (measured, on this 2-core machine):
 
-- **TTFT with 100 sends at once (p50 ≤ 25 ms).** Half is the database: ~0.3–0.4 ms
-  of SQL per send on the one database thread (history read, two-row insert,
-  conversation update; the message must be saved before the model is called), so
-  100 sends are ~40 ms of serial work even batched. The other half is starting 100
-  upstream requests on one event loop (~0.5 ms of httpx + aiohttp work each, against
-  ~0.07 ms for the benchmark's bare direct reader). Next: insert a batch's rows with
-  one executemany, and a leaner request path for the aiohttp backend.
-- **≥ 300 streams with p99 ≤ 25 ms; p99 ≤ 10 ms at 200 × 50.** At ~52 µs per delta,
-  300 × 50 tok/s is ~80 % of daphne's core; p50 stays ~1–2 ms but p99 is queueing
-  behind the loop's other work (each upstream read, the checkpoint, the remaining
-  full collections of ~27 ms). More per process needs less Python per delta than
-  daphne/Twisted + httpx leave room for; the deployment guide runs several worker
-  processes behind nginx, which is how one host serves more.
-- **Counting ratio 3.5×.** 0.011 → 0.038 ms: the sum over 400 stored counts is done
-  in C, and what grows is the transposition of the loaded rows. A running total
-  would have to be kept in step with edits and regenerations across processes,
-  for 0.03 ms. The whole send grows 2.2× (0.26 → 0.58 ms) because the history it
-  must send is read.
-- **Cross-process tabs.** A tab on another worker gets deltas through the Redis
-  channel layer, one message per pump round per socket; at 50 replies × 50 tok/s
-  that lags by hundreds of milliseconds (table above). Same-process tabs are not
-  affected. Next: Redis pub/sub (channels-redis' RedisPubSubChannelLayer) or
-  longer, fewer pump rounds.
+- **TTFT with 100 sends at once (p50 ≤ 25 ms): ~55 ms.** Every send costs one core
+  ~0.33 ms of database work (the message must be saved before the model is called:
+  read the history, insert two rows, touch the conversation) and ~0.3 ms to start
+  its model request (aiohttp), plus ~0.1 ms of frames and bookkeeping: ~75 ms of
+  serial CPU for 100 sends, so the median send cannot start before roughly half of
+  it is done. Saving in smaller batches (10, 25) moved p50 by 2 ms and made p99 worse
+  by 40 ms. p50 ≤ 25 ms needs under ~0.4 ms per send all told, or a second core.
+- **Counting ratio ~3.9×.** 0.015 → 0.058 ms: the history is not encoded again (the
+  stored counts are summed in C), and what still grows is transposing and summing
+  400 loaded rows. A running total would have to be kept in step with edits,
+  regenerations and recovered replies across processes, to save ~0.04 ms of a send
+  that reads those 400 rows of text anyway (the whole send grows 2.9×, 0.28 → 0.79 ms).
+- **p99 spikes from daphne's closed connections.** A closed websocket leaves ~55
+  objects in reference cycles (daphne/autobahn/Twisted: autobahn resolves the
+  protocol's `is_closed` Deferred with the protocol itself). They wait for a full
+  collection, which then takes 20–35 ms with 300 streams live (16,500 objects freed
+  after a round of 300). Steady streaming stays at 3–15 ms per 250 ms window; the
+  p99 at 300 streams is set by these pauses and by the ramp of 300 replies starting
+  within 20 ms. Raising the collector's thresholds made the pauses rarer, not shorter.
+- **PostgreSQL + Redis: p99 at 200 × 50 ~45 ms, 300 streams fail.** Steady streaming
+  is as with SQLite; the spike comes ~0.5 s after 200 replies start together, while
+  each is announced to other processes (a new channel, a group add, a group send:
+  Redis round trips) and the first checkpoint writes 200 rows over the network. A
+  send costs PostgreSQL ~9 round trips (1.9 ms in-process), so 100 at once wait ~0.2 s.
+- **Cross-process tabs at ~500 messages a second per process:** beyond ~100 replies
+  with remote tabs in one process the spacing reaches its 250 ms cap and tabs on other
+  workers lag again. Next: one message per round per remote *process* (not per
+  socket), fanned out to its sockets there.
 """
 
 
