@@ -428,12 +428,14 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   readers, against 11.5 MiB of frames each before): past `CHAT_SOCKET_BUFFER_BYTES`
   a socket gets no live deltas and a catch-up task feeds it as it drains.
 - **Counting at turn 200: 2.05 → ~0.06 ms** (stored per-message counts, summed in C).
-- **Tabs on another worker process: 941 / 1226 ms → ~63 / 137 ms behind** (p50 / p99,
+- **Tabs on another worker process: 941 / 1226 ms → ~7 / 55 ms behind** (p50 / p99,
   50 replies × 50 tok/s). Each channel-layer message costs channels_redis four Redis
   round trips to send and four to receive, one receive at a time per process; a
-  message per delta per remote tab saturated two workers. A reply's rounds to remote
-  tabs are now 2 ms apart per reply that has them (at most 250 ms): ~500 messages a
-  second per process. With 10 such replies they lag ~14 ms (2.4 ms before).
+  message per delta per remote tab saturated two workers. `chat.fanout` gives every
+  process one inbox and sends each other process one message per round (at most one
+  per 10 ms) with every remote tab's new frames of every reply, coalesced per tab:
+  the message rate no longer grows with replies or tabs. (Spacing each reply's rounds
+  instead, tried first, got 63 / 137 ms.) With 10 replies: 2.4 / 7.3 → ~7 / 12 ms.
 - **PostgreSQL + Redis TTFT:** a reply's announcement to other processes (Redis round
   trips) runs beside its model request instead of before it: 5.1 → 3.8 ms at 1
   stream, 346 → ~200 ms with 100 at once.
@@ -471,10 +473,9 @@ Still missed, and why (measured, on this 2-core machine):
   each is announced to other processes (a new channel, a group add, a group send:
   Redis round trips) and the first checkpoint writes 200 rows over the network. A
   send costs PostgreSQL ~9 round trips (1.9 ms in-process), so 100 at once wait ~0.2 s.
-- **Cross-process tabs at ~500 messages a second per process:** beyond ~100 replies
-  with remote tabs in one process the spacing reaches its 250 ms cap and tabs on other
-  workers lag again. Next: one message per round per remote *process* (not per
-  socket), fanned out to its sockets there.
+- **Cross-process tabs, p99 ~55 ms at 50 replies:** the p50 (~7 ms) is the Redis
+  path itself (eight round trips a message); the p99 comes while 50 replies start
+  together on the owner, whose loop is then busy saving and starting them.
 """
 
 

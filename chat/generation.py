@@ -18,7 +18,7 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import replies, upstream
+from chat import fanout, replies, upstream
 from chat.budgets import BudgetExceeded
 from chat.models import Message
 from chat.rendering import complete_blocks, render_markdown
@@ -97,10 +97,11 @@ class Generation:
         self.channel: str | None = None  # for attach/stop requests from other processes
         self.remote: dict[str, int] = {}  # other processes' sockets -> last seq sent
         self.remote_pending: set[str] = set()  # attached, resume not yet sent
-        self.remote_wakeup = asyncio.Event()
+        self.remote_target: dict[str, str] = {}  # such a socket -> its process's inbox (chat.fanout)
+        self.remote_finals: list[str] | None = None  # the end, once the reply is over
+        self.remote_flushed = asyncio.Event()  # ... and once that end has been sent
         self.remote_tasks: list[asyncio.Task] = []
         self.announcing: asyncio.Task | None = None  # open_remote, beside the model's request
-        self.ended = False  # the reply is over: the pump stops after its current round
         self.stop_requested = False
 
     # -- what sockets see ---------------------------------------------------------
@@ -137,7 +138,7 @@ class Generation:
         """Send a frame to this process's sockets now; wake the pump for other processes'."""
         await send_local(self.conversation_id, text, delta_of=self if delta else None)
         if self.remote or self.remote_pending:
-            self.remote_wakeup.set()
+            fanout.wake(self)
 
     # -- the reply ----------------------------------------------------------------
     async def run(self) -> None:
@@ -328,7 +329,7 @@ class Generation:
         # starved the sockets (or this listener) until a message for the holder came.
         self.channel = await layer.new_channel()
         await layer.group_add(gen_group(self.conversation_id), self.channel)
-        self.remote_tasks = [asyncio.create_task(self._listen()), asyncio.create_task(self._pump())]
+        self.remote_tasks = [asyncio.create_task(self._listen())]
         await layer.group_send(
             conv_group(self.conversation_id),
             {
@@ -344,72 +345,60 @@ class Generation:
             message = await layer.receive(self.channel)
             kind = message.get("type")
             if kind == "chat.attach":
-                self.remote_pending.add(message["channel"])
-                self.remote_wakeup.set()
+                channel = message["channel"]
+                self.remote_pending.add(channel)
+                # A process that does not say its inbox gets a message per frame per tab.
+                self.remote_target[channel] = message.get("inbox") or f"socket:{channel}"
+                fanout.wake(self)
             elif kind == "chat.detach":
                 self.remote.pop(message["channel"], None)
                 self.remote_pending.discard(message["channel"])
+                self.remote_target.pop(message["channel"], None)
             elif kind == "chat.stop":
                 self.stop()
 
-    async def _pump(self) -> None:
-        """The only sender to remote sockets, so resume and deltas keep their order.
-
-        Each channel-layer message costs several Redis round trips at both ends: one per
-        delta per tab saturated two workers at 50 replies × 50 tok/s (tabs lagged ~1 s). So
-        rounds are spaced by REMOTE_SPACING per reply that has remote tabs, up to
-        REMOTE_INTERVAL_MAX: the process sends at most ~500 such messages a second, and
-        with few replies their deltas still go out within milliseconds."""
-        layer = get_channel_layer()
-        last = float("-inf")
-        while not self.ended:
-            await self.remote_wakeup.wait()
-            busy = sum(1 for generation in _running.values() if generation.remote)
-            wait = last + min(REMOTE_INTERVAL_MAX, busy * REMOTE_SPACING) - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            self.remote_wakeup.clear()
-            last = time.monotonic()
-            await self._pump_once(layer)
-
-    async def _pump_once(self, layer) -> None:
+    def collect_remote(self, outbox: dict[str, list[dict]]) -> bool:
+        """Put the frames other processes' tabs have not had yet in `outbox` (per inbox): a
+        resume for a tab that just attached, else one delta of all it missed since the
+        last round; then, once the reply is over, its end. True when that end is in."""
         for channel in list(self.remote_pending):
             self.remote_pending.discard(channel)
             self.remote[channel] = self.seq
             for text in self.resume_frames():
-                await self._send_remote(layer, channel, text)
+                outbox[self.remote_target[channel]].append(self._remote_item(channel, text))
         seq = self.seq
         for channel, sent in list(self.remote.items()):
             if sent < seq:
                 self.remote[channel] = seq
                 for text in self.span_frames(sent, seq):
-                    await self._send_remote(layer, channel, text)
+                    outbox[self.remote_target[channel]].append(self._remote_item(channel, text))
+        if self.remote_finals is None:
+            return False
+        for text in self.remote_finals:
+            for channel in self.remote:
+                outbox[self.remote_target[channel]].append(self._remote_item(channel, text, final=True))
+        return True
 
-    async def _send_remote(self, layer, channel: str, text: str, final: bool = False) -> None:
-        try:
-            await layer.send(
-                channel, {"type": "chat.frame", "frame": text, "final": final, "message_id": self.reply_id}
-            )
-        except Exception:  # ChannelFull: that socket stopped reading; it re-attaches if it comes back
-            log.info("Dropped a remote socket on reply %s", self.reply_id, exc_info=True)
+    def _remote_item(self, channel: str, text: str, final: bool = False) -> dict:
+        return {"channel": channel, "frame": text, "final": final, "message_id": self.reply_id}
+
+    def drop_remote(self, target: str) -> None:
+        """Forget the tabs behind an inbox that stopped taking messages (they settle from the
+        database when the reply ends)."""
+        for channel in [c for c, t in self.remote_target.items() if t == target]:
             self.remote.pop(channel, None)
+            self.remote_pending.discard(channel)
+            del self.remote_target[channel]
 
     async def _close_remote(self, finals: list[str]) -> None:
         if not self.remote_tasks:
             return
-        layer = get_channel_layer()
-        listener, pump = self.remote_tasks
-        listener.cancel()
-        # Let the pump finish the round it is in: cancelled inside a send, it would have
-        # marked deltas as sent that never left. Then flush what came after.
-        self.ended = True
-        self.remote_wakeup.set()
-        await asyncio.wait([pump])
-        await self._pump_once(layer)
-        for text in finals:
-            for channel in list(self.remote):
-                await self._send_remote(layer, channel, text, final=True)
-        await layer.group_discard(gen_group(self.conversation_id), self.channel)
+        for task in self.remote_tasks:
+            task.cancel()
+        # The fan-out sends what the tabs elsewhere have not had, then the end, in order.
+        self.remote_finals = finals
+        await fanout.flushed(self)
+        await get_channel_layer().group_discard(gen_group(self.conversation_id), self.channel)
 
     def stop(self) -> None:
         self.stop_requested = True
@@ -418,8 +407,6 @@ class Generation:
 
 
 RENDER_INTERVAL = 0.25  # seconds between Markdown renders of a streaming reply
-REMOTE_SPACING = 0.002  # seconds between a reply's rounds to other processes' tabs, per such reply
-REMOTE_INTERVAL_MAX = 0.25
 FRAME_CHARS = 128 * 1024  # daphne (autobahn) will not send a websocket message over 1 MiB
 
 
@@ -498,6 +485,7 @@ async def watch(socket, conversation_id: int) -> None:
     """A socket opened on a conversation: follow it, and catch up on a streaming reply."""
     global _swept
     if not single_process():
+        fanout.register(socket)
         await get_channel_layer().group_add(conv_group(conversation_id), socket.channel_name)
     swept = []
     if not _swept:  # once per process: replies left streaming by a dead process
@@ -529,6 +517,7 @@ async def unwatch(socket, conversation_id: int) -> None:
     if not _watchers[conversation_id]:
         del _watchers[conversation_id]
     if not single_process():
+        fanout.unregister(socket)
         layer = get_channel_layer()
         await layer.group_discard(conv_group(conversation_id), socket.channel_name)
         await layer.group_send(
@@ -539,7 +528,8 @@ async def unwatch(socket, conversation_id: int) -> None:
 async def attach_remote(socket, conversation_id: int, reply_id: int) -> None:
     """Ask the process streaming this reply to send this socket a resume and then its deltas."""
     await get_channel_layer().group_send(
-        gen_group(conversation_id), {"type": "chat.attach", "channel": socket.channel_name}
+        gen_group(conversation_id),
+        {"type": "chat.attach", "channel": socket.channel_name, "inbox": await fanout.inbox()},
     )
     socket.watch_remote_reply(reply_id)
 
