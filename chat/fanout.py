@@ -120,6 +120,9 @@ async def _send_rounds(state: _State) -> None:
             await _round(state)
         except Exception:  # never let one bad round stop the fan-out for good
             log.exception("A fan-out round failed")
+            for generation in [g for g in state.replies if g.remote_finals is not None]:
+                state.replies.discard(generation)  # its tabs settle from the database
+                generation.remote_flushed.set()
 
 
 async def _round(state: _State) -> None:
