@@ -394,7 +394,7 @@ DIAGNOSIS = """
 
 Fixed, each measured by this benchmark (first full run → now, same kind of machine):
 
-- **Server CPU per delta 248 → ~58 µs.** py-spy put ~85 % of a reply task's CPU in
+- **Server CPU per delta 248 → ~56 µs.** py-spy put ~85 % of a reply task's CPU in
   httpx/httpcore/anyio's read chain; the upstream client reads with aiohttp (its C
   parser), directly since 2026-11-29 (`chat/upstream/http.py`; httpx stays for
   proxies and the demo). Then, at 150 streams, autobahn's framing plus Twisted's
@@ -418,7 +418,7 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   delta in the app 1.47 → 0.85 ms, and 47 → 21 ms with 100 at once).
 - **Per-delta p99 at 1 stream 10.4 → ~0.5 ms.** The once-a-second checkpoint is one
   executemany, not an ORM update per reply holding the GIL.
-- **p99 at 200 × 50 tok/s 48 → ~10 ms; 300 streams within 25 ms.** Replies that end
+- **p99 at 200 × 50 tok/s 48 → 7–9 ms; 300 streams within 25 ms.** Replies that end
   together are saved in one trip (`replies.finish_many`, one executemany): 300 ORM
   updates at the end of a round held the GIL while the last deltas of the other
   streams waited up to 52–93 ms; 22–44 ms now. Full garbage collections held the
@@ -428,7 +428,7 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   readers, against 11.5 MiB of frames each before): past `CHAT_SOCKET_BUFFER_BYTES`
   a socket gets no live deltas and a catch-up task feeds it as it drains.
 - **Counting at turn 200: 2.05 → ~0.06 ms** (stored per-message counts, summed in C).
-- **Tabs on another worker process: 941 / 1226 ms → ~7 / 55 ms behind** (p50 / p99,
+- **Tabs on another worker process: 941 / 1226 ms → ~8 / 40 ms behind** (p50 / p99,
   50 replies × 50 tok/s). Each channel-layer message costs channels_redis four Redis
   round trips to send and four to receive, one receive at a time per process; a
   message per delta per remote tab saturated two workers. `chat.fanout` gives every
@@ -473,7 +473,7 @@ Still missed, and why (measured, on this 2-core machine):
   each is announced to other processes (a new channel, a group add, a group send:
   Redis round trips) and the first checkpoint writes 200 rows over the network. A
   send costs PostgreSQL ~9 round trips (1.9 ms in-process), so 100 at once wait ~0.2 s.
-- **Cross-process tabs, p99 ~55 ms at 50 replies:** the p50 (~7 ms) is the Redis
+- **Cross-process tabs, p99 ~40 ms at 50 replies:** the p50 (~8 ms) is the Redis
   path itself (eight round trips a message); the p99 comes while 50 replies start
   together on the owner, whose loop is then busy saving and starting them.
 """
