@@ -342,7 +342,12 @@ class Generation:
     async def _listen(self) -> None:
         layer = get_channel_layer()
         while True:
-            message = await layer.receive(self.channel)
+            try:
+                message = await layer.receive(self.channel)
+            except Exception:  # Redis away for a moment: listen again rather than never
+                log.exception("Could not read attach/stop requests for reply %s", self.reply_id)
+                await asyncio.sleep(1)
+                continue
             kind = message.get("type")
             if kind == "chat.attach":
                 channel = message["channel"]

@@ -76,9 +76,11 @@ async def test_it_streams_text_before_the_upstream_finishes(use_upstream, conver
     await socket.disconnect()
 
 
-async def test_plain_text_goes_out_as_text_deltas_one_byte_over_the_content(use_upstream, conversation, alice):
+async def test_plain_text_goes_out_as_text_deltas_one_byte_over_the_content(
+    use_upstream, conversation, alice
+):
     base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
-    pieces = [{"content": "{\"a\": 1}"}, {"reasoning_content": "think"}, {"content": "+1 é"}, {"content": ""}]
+    pieces = [{"content": '{"a": 1}'}, {"reasoning_content": "think"}, {"content": "+1 é"}, {"content": ""}]
     chunks = [{**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]} for delta in pieces]
     chunks.append({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
     use_upstream.queue(Reply(body=sse(*chunks), delay=0.05))  # one network read per piece
@@ -490,8 +492,12 @@ async def test_a_settings_change_applies_to_the_next_message_without_reconnectin
     await socket.disconnect()
 
 
-async def test_edit_resends_the_last_message_and_keeps_the_old_one_as_a_version(use_upstream, conversation, alice):
-    use_upstream.queue(Reply(body=sse(*chat_chunks(["About cats"]))), Reply(body=sse(*chat_chunks(["About dogs"]))))
+async def test_edit_resends_the_last_message_and_keeps_the_old_one_as_a_version(
+    use_upstream, conversation, alice
+):
+    use_upstream.queue(
+        Reply(body=sse(*chat_chunks(["About cats"]))), Reply(body=sse(*chat_chunks(["About dogs"])))
+    )
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "Tell me about cats"})
     first = await frames_until(socket, "done")
@@ -531,3 +537,34 @@ async def test_finished_markdown_blocks_are_sent_rendered_while_streaming(use_up
     await frames_until(socket, "done")
     await socket.disconnect()
     await late.disconnect()
+
+
+async def test_a_reply_still_takes_stop_requests_from_other_processes_after_the_layer_fails_once(monkeypatch):
+    """With several workers, a reply listens on the channel layer for stop requests from
+    tabs on other workers; a Redis hiccup must not leave it deaf for the rest of the reply."""
+    from chat.replies import Turn
+
+    class FlakyLayer:  # Redis drops the connection once, then a tab elsewhere presses stop
+        def __init__(self):
+            self.calls = 0
+
+        async def receive(self, channel):
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("Connection closed by server.")
+            if self.calls == 2:
+                return {"type": "chat.stop"}
+            await asyncio.Event().wait()
+
+    monkeypatch.setattr(generation, "get_channel_layer", FlakyLayer)
+    reply = generation.Generation(
+        Turn(conversation_id=1, reply_id=1, target=None, prompt=[], prompt_tokens=None)
+    )
+    reply.channel = "specific.test!reply"
+    listening = asyncio.create_task(reply._listen())
+    try:
+        async with asyncio.timeout(5):
+            while not reply.stop_requested:
+                await asyncio.sleep(0.05)
+    finally:
+        listening.cancel()
