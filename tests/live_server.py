@@ -349,7 +349,11 @@ class LiveServer:
         return self.site.session_cookie(username)
 
     def socket(
-        self, conversation_id: int, cookie: str | None, origin: str | None = None, max_queue: int | None = None
+        self,
+        conversation_id: int,
+        cookie: str | None,
+        origin: str | None = None,
+        max_queue: int | None = None,
     ) -> ChatSocket:
         """`async with server.socket(id, cookie) as ws:`, or `ws = await server.socket(...).open()`.
         With `max_queue=1` the client stops reading from the network while a frame waits unread."""

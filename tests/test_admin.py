@@ -73,7 +73,9 @@ def test_conversation_search_finds_titles_and_owners(staff_client, conversation)
 
 
 def test_message_filters_are_fixed_choices(staff_client, conversation):
-    response = staff_client.get(reverse("admin:chat_message_changelist"), {"finish_reason": "stop", "has_error": "no"})
+    response = staff_client.get(
+        reverse("admin:chat_message_changelist"), {"finish_reason": "stop", "has_error": "no"}
+    )
     assert [m.finish_reason for m in response.context["cl"].result_list] == ["stop"]
 
 

@@ -36,7 +36,14 @@ def test_a_long_reply_resumes_as_a_resume_then_deltas_each_under_the_limit():
 def test_a_short_reply_is_one_resume_and_an_empty_one_too():
     assert [json.loads(f)["type"] for f in span_frames(1, ["Hi"], [""], [""], 0, 1)] == ["resume"]
     (only,) = span_frames(1, [], [], [], 0, 0)
-    assert json.loads(only) == {"type": "resume", "message_id": 1, "content": "", "reasoning": "", "refusal": "", "seq": 0}
+    assert json.loads(only) == {
+        "type": "resume",
+        "message_id": 1,
+        "content": "",
+        "reasoning": "",
+        "refusal": "",
+        "seq": 0,
+    }
 
 
 def test_a_catch_up_from_the_middle_is_deltas_only():

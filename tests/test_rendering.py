@@ -120,7 +120,8 @@ def test_it_formats_stats():
 
 def test_it_leaves_unknown_stats_out():
     assert (
-        format_stats(Message(prompt_tokens=5, completion_tokens=None, duration_ms=900.0)) == "5 prompt · 900 ms total"
+        format_stats(Message(prompt_tokens=5, completion_tokens=None, duration_ms=900.0))
+        == "5 prompt · 900 ms total"
     )
 
 

@@ -20,25 +20,39 @@ def start(tmp_path, **env) -> subprocess.CompletedProcess:
         "import django; django.setup(); from django.conf import settings as s; "
         "print(s.CHAT_DEMO, s.CHAT_MODEL, s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'])"
     )
-    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_zero_config_uses_sqlite_memory_layer_and_the_demo_model(tmp_path):
     result = start(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["True", "demo", "django.db.backends.sqlite3", "channels.layers.InMemoryChannelLayer"]
+    assert result.stdout.split() == [
+        "True",
+        "demo",
+        "django.db.backends.sqlite3",
+        "channels.layers.InMemoryChannelLayer",
+    ]
     assert (tmp_path / "secret_key").exists()  # generated once, kept private
     assert oct((tmp_path / "secret_key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_empty_values_in_an_env_file_mean_the_defaults(tmp_path):
-    result = start(tmp_path, DATABASE_URL="", DJANGO_DEBUG="", CHAT_UPSTREAM_IDLE_TIMEOUT="", OPENAI_API_KEY="")
+    result = start(
+        tmp_path, DATABASE_URL="", DJANGO_DEBUG="", CHAT_UPSTREAM_IDLE_TIMEOUT="", OPENAI_API_KEY=""
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_an_api_key_switches_to_openai_and_gpt_4o_mini(tmp_path):
     result = start(tmp_path, OPENAI_API_KEY="sk-x", REDIS_URL="redis://127.0.0.1:6379/0")
-    assert result.stdout.split() == ["False", "gpt-4o-mini", "django.db.backends.sqlite3", "channels_redis.core.RedisChannelLayer"]
+    assert result.stdout.split() == [
+        "False",
+        "gpt-4o-mini",
+        "django.db.backends.sqlite3",
+        "channels_redis.core.RedisChannelLayer",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -579,8 +579,13 @@ def test_stats_fall_back_to_the_providers_usage_when_tiktoken_could_not_count():
     from chat.models import Message
     from chat.rendering import format_stats
 
-    reply = Message(role="assistant", usage={"prompt_tokens": 12, "completion_tokens": 30}, ttft_ms=100, duration_ms=1100)
-    assert format_stats(reply) == "12 prompt · 30 completion tokens · first token 100 ms · 1.1 s total · 30.0 tok/s"
+    reply = Message(
+        role="assistant", usage={"prompt_tokens": 12, "completion_tokens": 30}, ttft_ms=100, duration_ms=1100
+    )
+    assert (
+        format_stats(reply)
+        == "12 prompt · 30 completion tokens · first token 100 ms · 1.1 s total · 30.0 tok/s"
+    )
 
 
 def test_stats_say_when_tokens_could_not_be_counted():
@@ -588,4 +593,7 @@ def test_stats_say_when_tokens_could_not_be_counted():
     from chat.rendering import format_stats
 
     reply = Message(role="assistant", ttft_ms=50, duration_ms=900)
-    assert format_stats(reply) == "tokens not counted (no tokenizer vocabulary) · first token 50 ms · 900 ms total"
+    assert (
+        format_stats(reply)
+        == "tokens not counted (no tokenizer vocabulary) · first token 50 ms · 900 ms total"
+    )
