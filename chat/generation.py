@@ -3,8 +3,9 @@
 A socket only watches a conversation. Closing every tab leaves the reply
 running to the end; `stop` from any tab (any process) cancels it. Deltas go
 straight to this process's sockets; other processes' sockets (Redis channel
-layer) get them coalesced through one pump task per reply. Text is persisted
-by one checkpoint task per process, about once a second for all replies.
+layer) get them coalesced through chat.fanout, one message per round per process.
+Text is persisted by one checkpoint task per process, about once a second for all
+replies.
 """
 
 import asyncio
@@ -100,7 +101,7 @@ class Generation:
         self.remote_target: dict[str, str] = {}  # such a socket -> its process's inbox (chat.fanout)
         self.remote_finals: list[str] | None = None  # the end, once the reply is over
         self.remote_flushed = asyncio.Event()  # ... and once that end has been sent
-        self.remote_tasks: list[asyncio.Task] = []
+        self.listener: asyncio.Task | None = None  # attach/stop requests from other processes
         self.announcing: asyncio.Task | None = None  # open_remote, beside the model's request
         self.stop_requested = False
 
@@ -135,7 +136,7 @@ class Generation:
         return self.span_frames(start, end), end
 
     async def broadcast(self, text: str, delta: bool = False) -> None:
-        """Send a frame to this process's sockets now; wake the pump for other processes'."""
+        """Send a frame to this process's sockets now; wake the fan-out for other processes'."""
         await send_local(self.conversation_id, text, delta_of=self if delta else None)
         if self.remote or self.remote_pending:
             fanout.wake(self)
@@ -311,7 +312,7 @@ class Generation:
             except Exception:  # a socket that went away must not keep the end from the others
                 log.debug("Could not send a reply's end to a socket", exc_info=True)
         if self.announcing is not None:
-            await self.announcing  # a reply that ends fast must find its listener and pump to close
+            await self.announcing  # a reply that ends fast must find its listener to close
         await self._close_remote(finals)
 
     # -- other processes -------------------------------------------------------------
@@ -329,7 +330,7 @@ class Generation:
         # starved the sockets (or this listener) until a message for the holder came.
         self.channel = await layer.new_channel()
         await layer.group_add(gen_group(self.conversation_id), self.channel)
-        self.remote_tasks = [asyncio.create_task(self._listen())]
+        self.listener = asyncio.create_task(self._listen())
         await layer.group_send(
             conv_group(self.conversation_id),
             {
@@ -396,10 +397,9 @@ class Generation:
             del self.remote_target[channel]
 
     async def _close_remote(self, finals: list[str]) -> None:
-        if not self.remote_tasks:
+        if self.listener is None:
             return
-        for task in self.remote_tasks:
-            task.cancel()
+        self.listener.cancel()
         # The fan-out sends what the tabs elsewhere have not had, then the end, in order.
         self.remote_finals = finals
         await fanout.flushed(self)

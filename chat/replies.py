@@ -480,7 +480,7 @@ def _insert(model, rows: list[dict]) -> list[int]:
     (SQLite and PostgreSQL both return them, and assign them in that order). Values are
     made ready as get_db_prep_save would, without its chain of calls for every field of
     every row, which was a third of a send's Python work."""
-    sql, fields = _insert_sql(connection.vendor, model, len(rows))
+    sql, _ = _insert_sql(connection.vendor, model, len(rows))
     defaults, positions, per_row = _columns(connection.vendor, model)
     params = []
     for row in rows:

@@ -72,8 +72,6 @@ def _aiohttp_failure(exc: Exception) -> TransportError:
 
 
 class AiohttpResponse(Response):
-    __slots__ = ("_response", "_content", "status", "headers")
-
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self._content = response.content
