@@ -2,12 +2,12 @@
 
 Run by the benchmark as `python -m bench.counting RUNS` (its own process, so
 Django is configured here and nowhere else): a temporary SQLite database, a
-conversation with no earlier turns and one with 199 (user + assistant each),
-then the median time of `chat.replies.begin_turn` on each, rolled back every
-time so each run sees the same history. The counting step alone (counting the
-new message, then `chat.replies._count` over the stored counts of the loaded
-history) is timed too, since begin_turn also reads the history, builds the
-request and writes two rows.
+conversation with no earlier turns and one with 199 (user + assistant each, written
+through begin_turn and finish_many as the app writes them), then the median time of
+`chat.replies.begin_turn` on each, rolled back every time so each run sees the same
+history. The counting step alone (counting the new message's tokens, adding it to the
+loaded history with its running total, then `chat.replies._count`) is timed too, since
+begin_turn also reads the history, builds the request and writes two rows.
 Prints one JSON object.
 """
 
@@ -27,14 +27,22 @@ def text(words: int, seed: int) -> str:
     return " ".join(WORDS[(seed + i * 7) % len(WORDS)] for i in range(words))
 
 
-def _target(conversation, model: str) -> tuple[object, tuple]:
-    """What chat.replies._prompt takes: a providers.Target where the app has providers."""
-    try:
-        from chat import providers
-    except ImportError:
-        return model, (model,)
-    target = providers.resolve(conversation)
-    return target, (target.model, target.encoding)
+def final(content: str, target) -> dict:
+    """A finished reply's fields, as chat.generation passes them to replies.finish_many."""
+    return dict(
+        status="finished",
+        finish_reason="stop",
+        content=content,
+        reasoning="",
+        refusal="",
+        seq=1,
+        usage=None,
+        ttft_ms=1.0,
+        duration_ms=2.0,
+        error_code="",
+        error_detail="",
+        target=target,
+    )
 
 
 def main() -> None:
@@ -56,8 +64,8 @@ def main() -> None:
     from django.core.management import call_command
     from django.db import transaction
 
-    from chat import replies, tokens
-    from chat.models import Conversation, Message
+    from chat import providers, replies, tokens
+    from chat.models import Conversation
 
     call_command("migrate", verbosity=0)
     model = "gpt-4o-mini"
@@ -68,26 +76,9 @@ def main() -> None:
     result = {"runs": runs}
     for turns in (1, 200):
         conversation = Conversation.objects.create(user=user)
-        rows = []
-        for i in range(turns - 1):
-            question, answer = text(40, i), text(250, i + 3)
-            rows.append(
-                Message(
-                    conversation=conversation,
-                    role="user",
-                    content=question,
-                    token_count=tokens.count_tokens(question, model),
-                )
-            )
-            rows.append(
-                Message(
-                    conversation=conversation,
-                    role="assistant",
-                    content=answer,
-                    token_count=tokens.count_tokens(answer, model),
-                )
-            )
-        Message.objects.bulk_create(rows)
+        for i in range(turns - 1):  # through the app's own path, so rows carry what it stores
+            turn = replies.begin_turn(conversation, text(40, i))
+            replies.finish_many([(turn.reply_id, final(text(250, i + 3), turn.target))])
         content = text(40, 999)
 
         begin, count = [], []
@@ -98,18 +89,16 @@ def main() -> None:
                 begin.append(time.perf_counter_ns() - t0)
                 transaction.set_rollback(True)
         history = replies._history(conversation.id)
-        target, count_args = _target(conversation, model)
-        count_prompt = getattr(replies, "_count", None)  # the counting step alone, where the app has one
+        target = providers.resolve(conversation)
         for _ in range(runs):
             t0 = time.perf_counter_ns()
-            content_tokens = tokens.count_tokens(content, *count_args)
-            if count_prompt is not None:
-                count_prompt([*history, ("user", content, content_tokens)], target)
-            else:
-                replies._prompt(conversation, [*history, ("user", content, content_tokens)], target)
+            content_tokens = tokens.count_tokens(content, target.model, target.encoding)
+            replies._append(history, "user", content, content_tokens, target)
+            replies._count(history, target)
             count.append(time.perf_counter_ns() - t0)
+            history.pop()
         result[f"turn_{turns}"] = {
-            "prior_messages": len(rows),
+            "prior_messages": len(history),
             "begin_turn_ms": sorted(begin)[len(begin) // 2] / 1e6,
             "counting_ms": sorted(count)[len(count) // 2] / 1e6,
         }

@@ -120,6 +120,13 @@ class Message(models.Model):
     # not be loaded, so the count is unknown rather than wrong.
     token_count = models.PositiveIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    # A running total, so a prompt's count is not a sum over the whole history each turn:
+    # the tokens (framing included) and the number of the conversation's messages before
+    # this one, as they stood when it was written. Messages are only ever added at the end
+    # (edits and regenerations supersede the tail), so these stay true; null on rows from
+    # before they existed, and a count is then summed (chat.replies._tally).
+    tokens_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    messages_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     # Assistant replies only.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)

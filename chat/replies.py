@@ -54,34 +54,73 @@ def lease_deadline():
     return timezone.now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
-def _prompt(conversation: Conversation, history: list[tuple[str, str, int | None]], target: Target):
+# A history row: role, content, its token count, and the running total it was written with
+# (tokens and number of messages before it; see Message.tokens_before).
+Row = tuple[str, str, int | None, int | None, int | None]
+
+
+def _prompt(conversation: Conversation, history: list[Row], target: Target):
     """The messages sent upstream, their token count as the provider will bill it, and how
     many of the oldest were left out to fit the model's context window."""
     model, encoding = target.model, target.encoding
     system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
-    head = [("system", system, tokens.count_tokens(system, model, encoding))] if system else []
-    counted = _count(head + history, target)
+    counted = _count(history, target)
+    if system and counted is not None:
+        system_tokens = tokens.count_messages(
+            ("system",), (tokens.count_tokens(system, model, encoding),), model, encoding
+        )
+        counted = None if system_tokens is None else counted + system_tokens
     trimmed = 0
     if target.context_window and counted is not None:
         room = max(1, target.context_window - target.max_reply_tokens)
         # Drop the oldest messages (never the system prompt or the newest message) until it fits.
         while counted > room and len(history) > 1:
-            role, _, count = history.pop(0)
+            role, _, count, *_ = history.pop(0)
             counted -= count + tokens.message_overhead(role, model, encoding_override=encoding)
             trimmed += 1
-    prompt = [{"role": role, "content": content} for role, content, _ in head + history]
+    prompt = [{"role": role, "content": content} for role, content, *_ in history]
+    if system:
+        prompt.insert(0, {"role": "system", "content": system})
     return prompt, counted, trimmed
 
 
-def _count(rows: list[tuple[str, str, int | None]], target: Target) -> int | None:
-    """A prompt's tokens from its messages' stored counts: no text is encoded again."""
-    roles, _, counts = zip(*rows, strict=True) if rows else ((), (), ())
-    return tokens.count_prompt(roles, counts, target.model, target.encoding)
+def _count(history: list[Row], target: Target) -> int | None:
+    """A prompt's tokens for these messages (no system prompt), None if any is unknown."""
+    counted = _tally(history, target)
+    return None if counted is None else tokens.REPLY_PRIMING + counted
 
 
-def _history(conversation_id: int, up_to_id: int | None = None) -> list[tuple[str, str, int | None]]:
-    """(role, content, token count) of the conversation as it stands, oldest first: no
-    earlier versions, no reply still streaming, no empty reply."""
+def _tally(history: list[Row], target: Target) -> int | None:
+    """Tokens of these messages, framing included, from the last one's running total when
+    it can be trusted: it was written over as many messages as are before it now (rows
+    from before the running total existed, or a message deleted from the middle, fail
+    that). Otherwise the stored counts are summed. No text is encoded again either way.
+    """
+    if not history:
+        return 0
+    role, _, count, before, position = history[-1]
+    if before is not None and count is not None and position == len(history) - 1:
+        overhead = tokens.message_overhead(role, target.model, encoding_override=target.encoding)
+        return None if overhead is None else before + count + overhead
+    roles, _, counts, _, _ = zip(*history, strict=True)
+    return tokens.count_messages(roles, counts, target.model, target.encoding)
+
+
+def _total(history: list[Row], target: Target) -> dict:
+    """The running total of a message that follows `history`, as its row's fields."""
+    return {"tokens_before": _tally(history, target), "messages_before": len(history)}
+
+
+def _append(history: list[Row], role: str, content: str, count: int | None, target: Target) -> dict:
+    """Add a message to the end of `history`; its running total, as its row's fields."""
+    total = _total(history, target)
+    history.append((role, content, count, total["tokens_before"], total["messages_before"]))
+    return total
+
+
+def _history(conversation_id: int, up_to_id: int | None = None) -> list[Row]:
+    """The conversation as it stands, oldest first: no earlier versions, no reply still
+    streaming, no empty reply."""
     params = [conversation_id, False, Message.Status.STREAMING, Message.Role.ASSISTANT, ""]
     sql = _sql("history")
     if up_to_id is not None:
@@ -118,9 +157,12 @@ def _fresh(conversation: Conversation) -> Conversation:
     return Conversation(id=row[0], user_id=row[1], model=row[2], system_prompt=row[3])
 
 
-def _placeholder(conversation: Conversation, target: Target, prompt_tokens: int | None, now) -> dict:
-    """The streaming reply's row, for _insert."""
+def _placeholder(
+    conversation: Conversation, target: Target, prompt_tokens: int | None, now, total: dict
+) -> dict:
+    """The streaming reply's row, for _insert; `total` is its running total (_total)."""
     return {
+        **total,
         "conversation_id": conversation.id,
         "role": Message.Role.ASSISTANT,
         "status": Message.Status.STREAMING,
@@ -154,16 +196,18 @@ def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: b
             current.filter(id__gte=last_user.id).update(superseded=True)
             replaced = last_user.id
         history = _history(conversation.id)
-        history.append(("user", content, content_tokens))
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
         user = {
+            **_append(history, Message.Role.USER, content, content_tokens, target),
             "conversation_id": conversation.id,
             "role": Message.Role.USER,
             "content": content,
             "token_count": content_tokens,
             "created_at": now,
         }
-        user_id, reply_id = _insert(Message, [user, _placeholder(conversation, target, prompt_tokens, now)])
+        reply_total = _total(history, target)  # before _prompt trims the history
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        reply = _placeholder(conversation, target, prompt_tokens, now, reply_total)
+        user_id, reply_id = _insert(Message, [user, reply])
         with connection.cursor() as cursor:
             updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
             cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
@@ -210,8 +254,10 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
         )
         Message.objects.filter(id__in=previous).update(superseded=True)
         history = _history(conversation.id, last_user.id)
+        reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
-        (reply_id,) = _insert(Message, [_placeholder(conversation, target, prompt_tokens, timezone.now())])
+        reply = _placeholder(conversation, target, prompt_tokens, timezone.now(), reply_total)
+        (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, previous, reply_id
 
     prompt, prompt_tokens, trimmed, previous, reply_id = _claim(conversation.id, live_ids, write)
@@ -408,7 +454,8 @@ def _statements(vendor: str) -> dict[str, str]:
     message, conversation = quote(Message._meta.db_table), quote(Conversation._meta.db_table)
     m = functools.partial(column, Message)
     history = (
-        f"SELECT {m('role')}, {m('content')}, {m('token_count')} FROM {message} "
+        f"SELECT {m('role')}, {m('content')}, {m('token_count')}, {m('tokens_before')}, {m('messages_before')} "
+        f"FROM {message} "
         f"WHERE {m('conversation')} = %s AND {m('superseded')} = %s AND {m('status')} <> %s "
         f"AND NOT ({m('role')} = %s AND {m('content')} = %s)"
     )

@@ -143,14 +143,22 @@ def count_prompt(
     roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
 ) -> int | None:
     """Prompt tokens for messages given as their roles and stored content counts, as the
-    provider bills them; None if any count is unknown.
+    provider bills them; None if any count is unknown."""
+    counted = count_messages(roles, counts, model, encoding_override)
+    return None if counted is None else REPLY_PRIMING + counted
 
-    Sums in C (`sum`, `Counter`), with each role's overhead resolved once: turn 200 costs
-    about what turn 1 does, not a Python loop over 400 messages.
+
+def count_messages(
+    roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
+) -> int | None:
+    """Tokens of messages given as their roles and stored content counts, framing included
+    (a prompt's count without the reply priming); None if any count is unknown.
+
+    Sums in C (`sum`, `Counter`), with each role's overhead resolved once.
     """
     if None in counts:
         return None
-    total = REPLY_PRIMING + sum(counts)
+    total = sum(counts)
     for role, messages in Counter(roles).items():
         overhead = message_overhead(role, model, encoding_override=encoding_override)
         if overhead is None:

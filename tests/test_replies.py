@@ -3,7 +3,7 @@
 import pytest
 from django.contrib.auth.models import User
 
-from chat import replies
+from chat import replies, tokens
 from chat.models import Conversation, Message
 
 pytestmark = pytest.mark.django_db
@@ -112,3 +112,97 @@ def test_replies_finished_together_are_saved_and_one_bad_row_does_not_lose_the_o
     replies.finish_many([(bad.pk, final("Saved"))])
     bad.refresh_from_db()
     assert (bad.status, bad.content, bad.model) == ("finished", "Saved", "gpt-4o-mini")  # none reported: kept
+
+
+# -- prompt token counts, from the running total --------------------------------------
+
+
+def finished(reply_id: int, content: str) -> None:
+    from chat.providers import resolve
+
+    reply = Message.objects.select_related("conversation").get(pk=reply_id)
+    fields = dict(
+        status="finished",
+        finish_reason="stop",
+        content=content,
+        reasoning="",
+        refusal="",
+        seq=1,
+        usage=None,
+        ttft_ms=1.0,
+        duration_ms=2.0,
+        error_code="",
+        error_detail="",
+        target=resolve(reply.conversation),
+    )
+    (saved,) = replies.finish_many([(reply_id, fields)])
+    assert not isinstance(saved, Exception)
+
+
+def standing(conversation, before_id: int | None = None) -> tuple[int | None, int]:
+    """Tokens (framing included) and number of the conversation's messages as it stands,
+    summed over every message's own count: what a running total must equal."""
+    history = (
+        Message.objects.current()
+        .filter(conversation=conversation)
+        .exclude(status="streaming")
+        .exclude(role="assistant", content="")
+    )
+    if before_id is not None:
+        history = history.filter(id__lt=before_id)
+    roles, counts = zip(*history.values_list("role", "token_count"), strict=True) if history else ((), ())
+    return tokens.count_messages(roles, counts, "gpt-4o-mini"), len(roles)
+
+
+SYSTEM = "Answer in one sentence."
+
+
+def assert_counted(conversation, turn, messages) -> None:
+    """The turn's prompt count is the whole conversation's, and `messages` carry running
+    totals equal to a recount of what stands before each."""
+    system = tokens.count_messages(("system",), (tokens.count_tokens(SYSTEM, "gpt-4o-mini"),), "gpt-4o-mini")
+    assert turn.prompt_tokens == tokens.REPLY_PRIMING + system + standing(conversation)[0]
+    for message in messages:
+        message.refresh_from_db()
+        assert (message.tokens_before, message.messages_before) == standing(conversation, message.pk), message
+
+
+def test_prompt_counts_stay_exact_through_edits_regenerations_empty_and_interrupted_replies(conversation):
+    conversation.system_prompt = SYSTEM
+    conversation.save()
+    steps = [
+        (replies.begin_turn, ("What is SQLite?",), "An embedded database, in one file."),
+        (replies.begin_turn, ("And PostgreSQL?",), ""),  # an empty reply is left out of the history
+        (replies.begin_regenerate, (), "A database server."),
+        (replies.begin_edit, ("And PostgreSQL, in short?",), "A server that many processes share."),
+        (replies.begin_turn, ("Which for a team of ten?",), None),  # left streaming by a process that died
+        (replies.begin_turn, ("Still there?",), "Yes."),
+    ]
+    for begin, args, answer in steps:
+        turn = begin(conversation, *args, live_ids=[])
+        current = (
+            Message.objects.current().filter(conversation=conversation).exclude(role="assistant", content="")
+        )
+        assert_counted(conversation, turn, [*current, Message.objects.get(pk=turn.reply_id)])
+        if answer is None:
+            Message.objects.filter(pk=turn.reply_id).update(content="PostgreSQL, once you")
+        else:
+            finished(turn.reply_id, answer)
+    assert Message.objects.filter(status="interrupted").count() == 1
+    assert conversation.messages.filter(superseded=True).count() == 3
+
+
+def test_prompt_counts_stay_exact_after_a_message_is_deleted_or_on_rows_without_a_running_total(conversation):
+    conversation.system_prompt = SYSTEM
+    conversation.save()
+    for question in ("One?", "Two?", "Three?"):
+        turn = replies.begin_turn(conversation, question, live_ids=[])
+        finished(turn.reply_id, f"The answer to {question}")
+    conversation.messages.filter(content="Two?").delete()  # staff delete it in the admin
+    turn = replies.begin_turn(conversation, "Four?", live_ids=[])
+    assert_counted(conversation, turn, conversation.messages.filter(pk__gte=turn.user_message["id"]))
+    finished(turn.reply_id, "Four.")
+
+    conversation.messages.update(tokens_before=None, messages_before=None)  # rows from an older version
+    turn = replies.begin_turn(conversation, "Five?", live_ids=[])
+    assert_counted(conversation, turn, conversation.messages.filter(pk__gte=turn.user_message["id"]))
