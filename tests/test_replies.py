@@ -64,6 +64,23 @@ def test_sends_saved_together_fail_alone_and_a_reply_begun_in_the_batch_is_live(
     assert other.messages.count() == 2
 
 
+def final(content: str, target, **extra) -> dict:
+    """A finished reply's fields, as chat.generation passes them to replies.finish_many."""
+    return {"usage": None, **extra} | dict(
+        status="finished",
+        finish_reason="stop",
+        content=content,
+        reasoning="",
+        refusal="",
+        seq=2,
+        ttft_ms=1.5,
+        duration_ms=20.0,
+        error_code="",
+        error_detail="",
+        target=target,
+    )
+
+
 def test_replies_finished_together_are_saved_and_one_bad_row_does_not_lose_the_others(conversation):
     from chat.providers import resolve
 
@@ -76,25 +93,10 @@ def test_replies_finished_together_are_saved_and_one_bad_row_does_not_lose_the_o
     )
     target = resolve(conversation)
 
-    def final(content: str, **extra) -> dict:
-        return {"usage": None, **extra} | dict(
-            status="finished",
-            finish_reason="stop",
-            content=content,
-            reasoning="",
-            refusal="",
-            seq=2,
-            ttft_ms=1.5,
-            duration_ms=20.0,
-            error_code="",
-            error_detail="",
-            target=target,
-        )
-
     results = replies.finish_many(
         [
-            (kept.pk, final("Hello there", model="gpt-4o-mini-2024-07-18")),
-            (bad.pk, final("Lost?", usage={"prompt_tokens": object()})),  # cannot be stored as JSON
+            (kept.pk, final("Hello there", target, model="gpt-4o-mini-2024-07-18")),
+            (bad.pk, final("Lost?", target, usage={"prompt_tokens": object()})),  # cannot be stored as JSON
         ]
     )
     assert results[0]["completion_tokens"] == 2 and isinstance(results[1], TypeError)
@@ -109,7 +111,7 @@ def test_replies_finished_together_are_saved_and_one_bad_row_does_not_lose_the_o
     bad.refresh_from_db()
     assert bad.status == "streaming"  # left for recovery to mark interrupted, not half-written
 
-    replies.finish_many([(bad.pk, final("Saved"))])
+    replies.finish_many([(bad.pk, final("Saved", target))])
     bad.refresh_from_db()
     assert (bad.status, bad.content, bad.model) == ("finished", "Saved", "gpt-4o-mini")  # none reported: kept
 
@@ -121,21 +123,7 @@ def finished(reply_id: int, content: str) -> None:
     from chat.providers import resolve
 
     reply = Message.objects.select_related("conversation").get(pk=reply_id)
-    fields = dict(
-        status="finished",
-        finish_reason="stop",
-        content=content,
-        reasoning="",
-        refusal="",
-        seq=1,
-        usage=None,
-        ttft_ms=1.0,
-        duration_ms=2.0,
-        error_code="",
-        error_detail="",
-        target=resolve(reply.conversation),
-    )
-    (saved,) = replies.finish_many([(reply_id, fields)])
+    (saved,) = replies.finish_many([(reply_id, final(content, resolve(reply.conversation)))])
     assert not isinstance(saved, Exception)
 
 
