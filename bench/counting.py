@@ -6,7 +6,8 @@ conversation with no earlier turns and one with 199 (user + assistant each, writ
 through begin_turn and finish_many as the app writes them), then the median time of
 `chat.replies.begin_turn` on each, rolled back every time so each run sees the same
 history. The counting step alone (counting the new message's tokens, adding it to the
-loaded history with its running total, then `chat.replies._count`) is timed too, since
+loaded history with its running total, then `chat.replies._total` over the history, which
+begin_turn makes the prompt's count from) is timed too, since
 begin_turn also reads the history, builds the request and writes two rows.
 Prints one JSON object.
 """
@@ -94,7 +95,7 @@ def main() -> None:
             t0 = time.perf_counter_ns()
             content_tokens = tokens.count_tokens(content, target.model, target.encoding)
             replies._append(history, "user", content, content_tokens, target)
-            replies._count(history, target)
+            replies._total(history, target)  # the prompt's tokens before priming and system prompt
             count.append(time.perf_counter_ns() - t0)
             history.pop()
         result[f"turn_{turns}"] = {

@@ -59,12 +59,13 @@ def lease_deadline():
 Row = tuple[str, str, int | None, int | None, int | None]
 
 
-def _prompt(conversation: Conversation, history: list[Row], target: Target):
+def _prompt(conversation: Conversation, history: list[Row], target: Target, tally: int | None):
     """The messages sent upstream, their token count as the provider will bill it, and how
-    many of the oldest were left out to fit the model's context window."""
+    many of the oldest were left out to fit the model's context window. `tally` is the
+    history's tokens (_tally), which the caller has already for the reply's running total."""
     model, encoding = target.model, target.encoding
     system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
-    counted = _count(history, target)
+    counted = None if tally is None else tokens.REPLY_PRIMING + tally
     if system and counted is not None:
         system_tokens = tokens.count_messages(
             ("system",), (tokens.count_tokens(system, model, encoding),), model, encoding
@@ -82,12 +83,6 @@ def _prompt(conversation: Conversation, history: list[Row], target: Target):
     if system:
         prompt.insert(0, {"role": "system", "content": system})
     return prompt, counted, trimmed
-
-
-def _count(history: list[Row], target: Target) -> int | None:
-    """A prompt's tokens for these messages (no system prompt), None if any is unknown."""
-    counted = _tally(history, target)
-    return None if counted is None else tokens.REPLY_PRIMING + counted
 
 
 def _tally(history: list[Row], target: Target) -> int | None:
@@ -205,7 +200,7 @@ def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: b
             "created_at": now,
         }
         reply_total = _total(history, target)  # before _prompt trims the history
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target, reply_total["tokens_before"])
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total)
         user_id, reply_id = _insert(Message, [user, reply])
         with connection.cursor() as cursor:
@@ -255,7 +250,7 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
         Message.objects.filter(id__in=previous).update(superseded=True)
         history = _history(conversation.id, last_user.id)
         reply_total = _total(history, target)  # before _prompt trims the history
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target)
+        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target, reply_total["tokens_before"])
         reply = _placeholder(conversation, target, prompt_tokens, timezone.now(), reply_total)
         (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, previous, reply_id
