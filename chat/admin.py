@@ -1,6 +1,9 @@
 """Staff review: conversations, read-only transcripts, usage, and an audit trail of who looked."""
 
 import csv
+import json
+import re
+from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
 from django import forms
@@ -8,18 +11,42 @@ from django.contrib import admin
 from django.contrib import messages as admin_messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, Subquery, Sum
+from django.db.models.constants import LOOKUP_SEP
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, TruncDate
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from chat import exports, upstream
-from chat.models import Budget, ChatModel, Conversation, Invite, Message, Provider, TranscriptAccess
+from chat.models import (
+    KEY_ENV_PREFIX,
+    Budget,
+    ChatModel,
+    Conversation,
+    Invite,
+    Message,
+    Provider,
+    TranscriptAccess,
+    key_env_allowed,
+)
 from chat.rendering import render_markdown
+
+# Fields no admin list may be filtered on (?api_key__startswith=sk-a): a filter that shows
+# whether a row matches reads a secret, or message text, one guess at a time, unlogged.
+UNFILTERABLE = frozenset(
+    {"api_key", "extra_headers", "token", "content", "reasoning", "refusal", "system_prompt"}
+)
+
+
+class ChatAdmin(admin.ModelAdmin):
+    def lookup_allowed(self, lookup, value, request=None) -> bool:
+        if UNFILTERABLE.intersection(lookup.split(LOOKUP_SEP)):
+            return False
+        return super().lookup_allowed(lookup, value, request)
 
 
 def _per_conversation(aggregate):
@@ -35,13 +62,14 @@ def _per_conversation(aggregate):
     )
 
 
-def _log_access(request, conversation, kind) -> None:
+def _log_access(request, conversation, kind, query: str = "") -> None:
     TranscriptAccess.objects.create(
         staff=request.user,
         staff_username=request.user.get_username(),
         conversation=conversation,
         conversation_ref=conversation.pk,
         kind=kind,
+        query=query,
     )
 
 
@@ -74,7 +102,7 @@ class MessageInline(admin.TabularInline):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(admin.ModelAdmin):
+class ConversationAdmin(ChatAdmin):
     list_display = (
         "__str__",
         "user",
@@ -138,11 +166,12 @@ class ConversationAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        conversation = self.get_object(request, object_id)
-        if conversation is not None and request.method == "GET":
-            _log_access(request, conversation, TranscriptAccess.Kind.VIEW)
-        return super().change_view(request, object_id, form_url, extra_context)
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        # Logged wherever the page is drawn with its messages inline: on opening it, and
+        # when a refused save draws it again.
+        if obj is not None:
+            _log_access(request, obj, TranscriptAccess.Kind.VIEW)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _conversation(self, request, pk):
         if not self.has_view_permission(request):
@@ -209,7 +238,10 @@ class HasErrorFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(admin.ModelAdmin):
+class MessageAdmin(ChatAdmin):
+    """Message metadata. Text is read in the conversation's transcript, where the read is
+    logged; a search of the text is logged against every conversation it shows."""
+
     list_display = (
         "id",
         "conversation",
@@ -238,6 +270,33 @@ class MessageAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None) -> bool:
         return False
 
+    def get_search_fields(self, request):
+        # The changelist logs its searches; the admin's autocomplete endpoint, which would
+        # search the same field for any foreign key to Message, does not.
+        match = request.resolver_match
+        if match is not None and match.url_name == "chat_message_changelist":
+            return self.search_fields
+        return ()
+
+    def changelist_view(self, request, extra_context=None):
+        response = super().changelist_view(request, extra_context)
+        changelist = getattr(response, "context_data", None) and response.context_data.get("cl")
+        if changelist is not None and changelist.query:
+            shown = {message.conversation for message in changelist.result_list}
+            for conversation in sorted(shown, key=lambda c: c.pk):
+                _log_access(request, conversation, TranscriptAccess.Kind.SEARCH, changelist.query)
+        return response
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The page would show the text unlogged: send staff to it in the transcript instead."""
+        message = self.get_object(request, object_id)
+        if message is None or request.method != "GET":  # 404, or 403: messages are not edited here
+            return super().change_view(request, object_id, form_url, extra_context)
+        if not self.has_view_permission(request, message):
+            raise PermissionDenied
+        url = reverse("admin:chat_conversation_transcript", args=[message.conversation_id])
+        return redirect(f"{url}#message-{message.pk}")
+
     @admin.display(description="transcript")
     def in_transcript(self, obj):
         url = reverse("admin:chat_conversation_transcript", args=[obj.conversation_id])
@@ -255,6 +314,8 @@ class MessageAdmin(admin.ModelAdmin):
 
     def usage_view(self, request):
         """Tokens by user, model and day: ours (tiktoken) beside the provider's own figures."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
         rows = usage_rows(request.GET.get("days"))
         if request.GET.get("format") == "csv":
             response = HttpResponse(content_type="text/csv; charset=utf-8")
@@ -322,10 +383,10 @@ def usage_rows(days: str | None = None) -> list[dict]:
 
 
 @admin.register(TranscriptAccess)
-class TranscriptAccessAdmin(admin.ModelAdmin):
-    list_display = ("at", "staff_username", "kind", "conversation_ref", "conversation")
+class TranscriptAccessAdmin(ChatAdmin):
+    list_display = ("at", "staff_username", "kind", "conversation_ref", "conversation", "query")
     list_filter = ("kind", "at", "staff_username")
-    search_fields = ("staff_username", "=conversation_ref")
+    search_fields = ("staff_username", "=conversation_ref", "query")
     list_select_related = ("conversation",)
     show_full_result_count = False
 
@@ -339,13 +400,34 @@ class TranscriptAccessAdmin(admin.ModelAdmin):
         return False
 
 
+# Header names that carry credentials (Azure's api-key, Authorization, X-Goog-Api-Key, ...):
+# their values are write-only, like the API key.
+SECRET_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
+STORED = "(stored, unchanged)"
+
+
+def masked_headers(headers: dict | None) -> dict:
+    return {name: STORED if SECRET_HEADER.search(name) else value for name, value in (headers or {}).items()}
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """Scheme, host and port: what decides which server a request (and its key) reaches."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
 class ProviderForm(forms.ModelForm):
-    """The API key is write-only: never rendered back; leave it blank to keep the stored one."""
+    """The API key and secret headers are write-only: never rendered back; leave the key
+    blank (and a header as "(stored, unchanged)") to keep the stored one. Neither follows
+    the provider to another server: changing the scheme, host or port of its URL needs the
+    key typed again (or removed) in the same save."""
 
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave blank to keep the current key.",
+        help_text="Write-only. Leave blank to keep the current key. "
+        "Changing the server (scheme, host or port of the base URL) needs the key entered again.",
     )
     clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
     base_url = forms.URLField(assume_scheme="https", help_text="Ends in /v1, e.g. http://localhost:11434/v1")
@@ -353,22 +435,67 @@ class ProviderForm(forms.ModelForm):
     class Meta:
         model = Provider
         fields = ("name", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers", "enabled")
+        help_texts = {
+            "extra_headers": f'e.g. {{"X-Title": "Chat"}}. Values of credential headers (api-key, '
+            f"Authorization, …) are write-only: {STORED} keeps the stored value.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stored = Provider.objects.get(pk=self.instance.pk) if self.instance.pk else None
+        if self.stored is not None:
+            self.initial["extra_headers"] = masked_headers(self.stored.extra_headers)
+
+    def clean_api_key_env(self) -> str:
+        name = self.cleaned_data["api_key_env"].strip()
+        if name and not key_env_allowed(name):
+            raise forms.ValidationError(
+                f"Only variables whose names start with {KEY_ENV_PREFIX} (e.g. {KEY_ENV_PREFIX}GROQ) "
+                "can hold a provider key, so no other secret of the server can be sent to a provider."
+            )
+        return name
 
     def clean_extra_headers(self):
         headers = self.cleaned_data["extra_headers"] or {}
         if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
             raise forms.ValidationError('Headers must be a JSON object of strings, e.g. {"X-Title": "Chat"}.')
-        return headers
+        stored = (self.stored.extra_headers or {}) if self.stored is not None else {}
+        kept = [name for name, value in headers.items() if value == STORED]
+        if missing := [name for name in kept if name not in stored]:
+            raise forms.ValidationError(f"No stored value to keep for {', '.join(missing)}: type it.")
+        return {name: stored[name] if value == STORED else value for name, value in headers.items()}
+
+    def clean(self):
+        cleaned = super().clean()
+        base_url = cleaned.get("base_url")
+        if self.stored is None or not base_url or origin(base_url) == origin(self.stored.base_url):
+            return cleaned
+        moved = f"The server changed ({_origin_text(self.stored.base_url)} → {_origin_text(base_url)})"
+        if self.stored.api_key and not cleaned.get("api_key") and not cleaned.get("clear_api_key"):
+            self.add_error(
+                "api_key",
+                f"{moved}: enter the key again for the new server, or tick “Remove the stored key”. "
+                "A stored key is never sent to a server it was not entered for.",
+            )
+        raw = self.data.get(self.add_prefix("extra_headers"), "")
+        if STORED in raw and "extra_headers" in cleaned:
+            self.add_error("extra_headers", f"{moved}: type the values of credential headers again.")
+        return cleaned
 
     def save(self, commit=True):
         provider = super().save(commit=False)
         if self.cleaned_data.get("clear_api_key"):
             provider.api_key = ""
-        elif not self.cleaned_data.get("api_key") and provider.pk:
-            provider.api_key = Provider.objects.only("api_key").get(pk=provider.pk).api_key
+        elif not self.cleaned_data.get("api_key") and self.stored is not None:
+            provider.api_key = self.stored.api_key
         if commit:
             provider.save()
         return provider
+
+
+def _origin_text(url: str) -> str:
+    scheme, host, port = origin(url)
+    return f"{scheme}://{host}:{port}"
 
 
 class ChatModelInline(admin.TabularInline):
@@ -388,17 +515,50 @@ class ChatModelInline(admin.TabularInline):
 
 
 @admin.register(Provider)
-class ProviderAdmin(admin.ModelAdmin):
+class ProviderAdmin(ChatAdmin):
+    """A key is never rendered, not even read-only: staff who may only view providers see
+    whether one is set and the names of the headers; those who may change them, write-only
+    fields."""
+
     form = ProviderForm
     list_display = ("name", "base_url", "has_key", "enabled")
+    readonly_fields = ("key_status", "headers")
     inlines = [ChatModelInline]
     actions = ["fetch_models"]
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("name", "base_url", "api_key", "api_key_env", "extra_headers", "enabled")
+        if self.has_change_permission(request, obj):
+            return (
+                "name",
+                "base_url",
+                "key_status",
+                "api_key",
+                "clear_api_key",
+                "api_key_env",
+                "extra_headers",
+                "enabled",
+            )
+        # Django shows every listed field's stored value to a viewer: list no secret field.
+        return ("name", "base_url", "key_status", "api_key_env", "headers", "enabled")
 
     @admin.display(boolean=True, description="key set")
     def has_key(self, obj):
         return bool(obj.key())
 
-    @admin.action(description="Fetch models from the provider's /models")
+    @admin.display(description="API key")
+    def key_status(self, obj):
+        if obj.api_key_env:
+            found = "set" if obj.key() else "not set (or not allowed)"
+            return f"From the environment variable {obj.api_key_env}: {found}."
+        return "A key is stored." if obj.api_key else "No key."
+
+    @admin.display(description="extra headers")
+    def headers(self, obj):
+        return json.dumps(masked_headers(obj.extra_headers), ensure_ascii=False)
+
+    @admin.action(description="Fetch models from the provider's /models", permissions=["change"])
     def fetch_models(self, request, queryset):
         for source in queryset:
             target = upstream.Provider(
@@ -421,7 +581,7 @@ class ProviderAdmin(admin.ModelAdmin):
 
 
 @admin.register(ChatModel)
-class ChatModelAdmin(admin.ModelAdmin):
+class ChatModelAdmin(ChatAdmin):
     list_display = (
         "__str__",
         "name",
@@ -438,16 +598,17 @@ class ChatModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(Budget)
-class BudgetAdmin(admin.ModelAdmin):
+class BudgetAdmin(ChatAdmin):
     list_display = ("__str__", "tokens_per_day", "tokens_per_month", "sends_per_minute")
     list_select_related = ("user", "group")
     raw_id_fields = ("user",)
 
 
 @admin.register(Invite)
-class InviteAdmin(admin.ModelAdmin):
-    """Invites to sign up. The link is shown once saved (messages and the change page);
-    the token itself is read-only."""
+class InviteAdmin(ChatAdmin):
+    """Invites to sign up. The link is the credential: it is shown (once saved, and on the
+    change page) only to staff who may add or change invites, who could make a working one
+    anyway; staff who may only view them see who they are for and their status."""
 
     list_display = ("__str__", "email", "status", "created_by", "created_at", "expires_at", "used_by")
     list_select_related = ("created_by", "used_by")
@@ -457,17 +618,24 @@ class InviteAdmin(admin.ModelAdmin):
     readonly_fields = ("token", "created_by", "created_at", "used_by", "used_at")
     show_full_result_count = False
 
+    def shares_links(self, request) -> bool:
+        return self.has_add_permission(request) or self.has_change_permission(request)
+
+    def get_fields(self, request, obj=None):
+        fields = super().get_fields(request, obj)
+        return fields if self.shares_links(request) else [f for f in fields if f != "token"]
+
     def save_model(self, request, obj, form, change):
         if not change:
             obj.created_by = request.user
         super().save_model(request, obj, form, change)
 
     def response_add(self, request, obj, post_url_continue=None):
-        link = request.build_absolute_uri(obj.get_absolute_url())
+        link = request.build_absolute_uri(obj.link_path())
         self.message_user(request, f"Invite link (send it to the person; it works once): {link}")
         return super().response_add(request, obj, post_url_continue)
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        if obj is not None:
-            context["invite_link"] = request.build_absolute_uri(obj.get_absolute_url())
+        if obj is not None and self.shares_links(request):
+            context["invite_link"] = request.build_absolute_uri(obj.link_path())
         return super().render_change_form(request, context, add, change, form_url, obj)

@@ -16,7 +16,9 @@ class Provider(models.Model):
     base_url = models.URLField(help_text="Ends in /v1, e.g. http://localhost:11434/v1")
     api_key = models.CharField(max_length=500, blank=True, help_text="Stored here; never shown again.")
     api_key_env = models.CharField(
-        max_length=100, blank=True, help_text="Or: the name of an environment variable holding the key."
+        max_length=100,
+        blank=True,
+        help_text="Or: the name of an environment variable holding the key; it must start with CHAT_PROVIDER_KEY_.",
     )
     extra_headers = models.JSONField(default=dict, blank=True, help_text='e.g. {"HTTP-Referer": "https://…"}')
     enabled = models.BooleanField(default=True)
@@ -27,7 +29,21 @@ class Provider(models.Model):
     def key(self) -> str:
         import os
 
-        return os.environ.get(self.api_key_env, "") if self.api_key_env else self.api_key
+        if not self.api_key_env:
+            return self.api_key
+        # Checked here as well as in the admin form, so a row saved before the rule (or by
+        # other code) cannot read DJANGO_SECRET_KEY or DATABASE_URL either (issue #12).
+        return os.environ.get(self.api_key_env, "") if key_env_allowed(self.api_key_env) else ""
+
+
+# Staff who may change providers choose both the server and the variable its key is read
+# from, so any variable they may name can be sent to a server of theirs: only variables the
+# operator named for that purpose qualify.
+KEY_ENV_PREFIX = "CHAT_PROVIDER_KEY_"
+
+
+def key_env_allowed(name: str) -> bool:
+    return name.startswith(KEY_ENV_PREFIX) and len(name) > len(KEY_ENV_PREFIX)
 
 
 class ChatModel(models.Model):
@@ -171,7 +187,9 @@ class Message(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.role}: {self.content[:60]}"
+        # No text here: a message's name shows in admin lists, history, delete confirmations
+        # and the log of admin actions, none of which is an audited read (issue #12).
+        return f"{self.role} message {self.pk}"
 
     @property
     def upstream_prompt_tokens(self) -> int | None:
@@ -188,6 +206,7 @@ class TranscriptAccess(models.Model):
     class Kind(models.TextChoices):
         VIEW = "view"
         EXPORT = "export"
+        SEARCH = "search"  # a search of message text showed this conversation's messages
 
     staff = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -196,6 +215,7 @@ class TranscriptAccess(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
     conversation_ref = models.PositiveBigIntegerField(help_text="The conversation's id, kept after deletion.")
     kind = models.CharField(max_length=16, choices=Kind.choices)
+    query = models.TextField(blank=True, help_text="What was searched for (searches only).")
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -282,7 +302,9 @@ class Invite(models.Model):
     def __str__(self) -> str:
         return f"Invite for {self.email}" if self.email else f"Invite {self.token[:8]}…"
 
-    def get_absolute_url(self) -> str:
+    def link_path(self) -> str:
+        """The sign-up link. Not get_absolute_url: the admin's "view on site" redirect
+        (/admin/r/…) would hand it to any staff member, whatever their permissions."""
         return reverse("chat_accounts:invite", args=[self.token])
 
     @property

@@ -5,10 +5,12 @@ import io
 import json
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.test import Client
 from django.urls import reverse
 
-from chat.models import Conversation, Message, TranscriptAccess
+from chat.models import ChatModel, Conversation, Invite, Message, Provider, TranscriptAccess
 
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)"> [click](javascript:alert(3))'
 
@@ -138,3 +140,320 @@ def test_non_staff_cannot_open_transcripts_or_exports(client, conversation):
         response = client.get(reverse(name, args=[conversation.pk]))
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert not TranscriptAccess.objects.exists()
+
+
+# --- staff permissions: each admin page checks the permission it shows (issue #12, part 3) -------
+
+STORED_KEY = "sk-stored-provider-key-987654"
+HEADER_SECRET = "azure-header-secret-24680"
+
+
+def staff_with(*perms: str, username: str = "dana") -> User:
+    """A staff member holding only the named permissions, e.g. "chat.view_provider"."""
+    user = User.objects.create_user(username, password="x", is_staff=True)
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )
+    return user
+
+
+def as_staff(*perms: str, username: str = "dana") -> Client:
+    client = Client()
+    client.force_login(staff_with(*perms, username=username))
+    return client
+
+
+@pytest.fixture
+def stored_provider(db):
+    provider = Provider.objects.create(
+        name="team",
+        base_url="https://llm.example.com/v1",
+        api_key=STORED_KEY,
+        extra_headers={"api-key": HEADER_SECRET, "X-Title": "Chat"},
+    )
+    ChatModel.objects.create(provider=provider, name="m1")
+    return provider
+
+
+def test_no_admin_page_renders_a_provider_key_to_anyone(client, staff, stored_provider):
+    viewer = as_staff("chat.view_provider", "chat.view_chatmodel")
+    client.force_login(staff)
+    # A change through the admin writes a history entry: it must not quote the new key either.
+    form = {
+        "name": "team",
+        "base_url": stored_provider.base_url,
+        "api_key": "sk-new-key-13579",
+        "api_key_env": "",
+        "extra_headers": json.dumps({"X-Title": "Chat"}),
+        "enabled": "on",
+        "models-TOTAL_FORMS": "1",
+        "models-INITIAL_FORMS": "1",
+        "models-0-id": str(stored_provider.models.get().pk),
+        "models-0-provider": str(stored_provider.pk),
+        "models-0-name": "m1",
+        "models-0-api_style": "chat",
+        "models-0-stream": "on",
+        "models-0-enabled": "on",
+    }
+    change = reverse("admin:chat_provider_change", args=[stored_provider.pk])
+    assert client.post(change, form).status_code == 302
+    pages = [
+        change,
+        reverse("admin:chat_provider_changelist"),
+        reverse("admin:chat_provider_history", args=[stored_provider.pk]),
+        reverse("admin:chat_chatmodel_change", args=[stored_provider.models.get().pk]),
+        reverse("admin:chat_chatmodel_changelist"),
+    ]
+    for who in (viewer, client):
+        for url in pages:
+            page = who.get(url)
+            assert page.status_code == 200, url
+            html = page.content.decode()
+            assert "sk-new-key-13579" not in html and STORED_KEY not in html, url
+    html = viewer.get(change).content.decode()
+    assert "A key is stored" in html  # whether one is set, never what it is
+    assert client.get(reverse("admin:index")).status_code == 200
+
+
+def test_view_only_staff_never_see_secret_provider_headers(stored_provider):
+    viewer = as_staff("chat.view_provider")
+    html = viewer.get(reverse("admin:chat_provider_change", args=[stored_provider.pk])).content.decode()
+    assert HEADER_SECRET not in html
+    assert "X-Title" in html and "api-key" in html  # the names are shown, the secret value is not
+    # Staff who may change providers get the header write-only, like the key.
+    changer = as_staff("chat.view_provider", "chat.change_provider", username="erin")
+    change = reverse("admin:chat_provider_change", args=[stored_provider.pk])
+    html = changer.get(change).content.decode()
+    assert HEADER_SECRET not in html and "(stored, unchanged)" in html
+    form = {
+        "name": "team",
+        "base_url": stored_provider.base_url,
+        "api_key": "",
+        "api_key_env": "",
+        "extra_headers": json.dumps({"api-key": "(stored, unchanged)", "X-Title": "Renamed"}),
+        "enabled": "on",
+        "models-TOTAL_FORMS": "0",
+        "models-INITIAL_FORMS": "0",
+    }
+    assert changer.post(change, form).status_code == 302
+    stored_provider.refresh_from_db()
+    assert stored_provider.extra_headers == {"api-key": HEADER_SECRET, "X-Title": "Renamed"}
+    # Nor does a secret header follow the provider to another server.
+    moved = changer.post(change, {**form, "base_url": "https://elsewhere.example/v1", "clear_api_key": "on"})
+    assert (
+        moved.status_code == 200 and "type the values of credential headers again" in moved.content.decode()
+    )
+
+
+@pytest.mark.parametrize(
+    "url_name,lookup",
+    [
+        ("admin:chat_provider_changelist", "api_key__startswith"),
+        ("admin:chat_provider_changelist", "extra_headers__icontains"),
+        ("admin:chat_chatmodel_changelist", "provider__api_key__startswith"),
+        ("admin:chat_invite_changelist", "token__startswith"),
+        ("admin:chat_message_changelist", "content__icontains"),
+        ("admin:chat_message_changelist", "reasoning__icontains"),
+        ("admin:chat_conversation_changelist", "system_prompt__icontains"),
+        ("admin:chat_conversation_changelist", "messages__content__icontains"),
+    ],
+)
+def test_no_list_filters_on_a_secret_or_on_message_text(staff_client, conversation, url_name, lookup):
+    """A filter that shows whether a row matches reads the field one guess at a time."""
+    response = staff_client.get(reverse(url_name), {lookup: "s"})
+    assert response.status_code == 400
+
+
+def test_staff_who_may_only_view_providers_cannot_fetch_models(db, upstream):
+    provider = Provider.objects.create(name="team", base_url=upstream.base_url, api_key=STORED_KEY)
+    viewer = as_staff("chat.view_provider")
+    viewer.post(
+        reverse("admin:chat_provider_changelist"),
+        {"action": "fetch_models", "_selected_action": [provider.pk]},
+    )
+    assert upstream.requests == [] and not provider.models.exists()
+
+
+def test_changing_a_providers_server_needs_its_key_again(upstream, staff):
+    """The stored key is never sent to a server it was not typed in for (issue #12)."""
+    from tests.upstream_server import Reply, UpstreamServer
+
+    client = Client()
+    client.force_login(staff_with("chat.view_provider", "chat.change_provider"))
+    provider = Provider.objects.create(name="team", base_url=upstream.base_url, api_key=STORED_KEY)
+    listing = Reply(
+        headers={"content-type": "application/json"},
+        body=[json.dumps({"data": [{"id": "stolen-model"}]}).encode()],
+    )
+    change = reverse("admin:chat_provider_change", args=[provider.pk])
+    form = {
+        "name": "team",
+        "api_key": "",
+        "api_key_env": "",
+        "extra_headers": "{}",
+        "enabled": "on",
+        "models-TOTAL_FORMS": "0",
+        "models-INITIAL_FORMS": "0",
+    }
+
+    def fetch_models():
+        return client.post(
+            reverse("admin:chat_provider_changelist"),
+            {"action": "fetch_models", "_selected_action": [provider.pk]},
+            follow=True,
+        )
+
+    with UpstreamServer(default=listing) as theirs:
+        # Same scheme, host and port, another path: still the same server, the key stays.
+        response = client.post(change, {**form, "base_url": upstream.base_url + "/"})
+        assert response.status_code == 302
+        provider.refresh_from_db()
+        assert provider.api_key == STORED_KEY
+        # Another port is another server: refused while the key is blank and kept...
+        response = client.post(change, {**form, "base_url": theirs.base_url})
+        assert response.status_code == 200
+        assert "enter the key again" in response.content.decode()
+        provider.refresh_from_db()
+        assert provider.base_url == upstream.base_url + "/" and provider.api_key == STORED_KEY
+        # ... accepted when the stored key is removed in the same save ...
+        response = client.post(change, {**form, "base_url": theirs.base_url, "clear_api_key": "on"})
+        assert response.status_code == 302
+        fetch_models()
+        # ... or a key for the new server is typed.
+        provider.refresh_from_db()
+        assert provider.api_key == ""
+        response = client.post(change, {**form, "base_url": theirs.base_url, "api_key": "sk-theirs-1"})
+        assert response.status_code == 302
+        fetch_models()
+        seen = [request["headers"].get("authorization", "") for request in theirs.requests]
+    assert seen == ["", "Bearer sk-theirs-1"]
+    assert STORED_KEY not in json.dumps([r["headers"] for r in theirs.requests])
+
+
+def test_a_key_is_read_only_from_variables_named_for_provider_keys(upstream, staff, monkeypatch):
+    """Staff cannot have DJANGO_SECRET_KEY or DATABASE_URL sent to a server of their choosing."""
+    from tests.upstream_server import Reply
+
+    monkeypatch.setenv("DATABASE_URL", "postgres://app:db-password@db/app")
+    monkeypatch.setenv("CHAT_PROVIDER_KEY_TEAM", "sk-team-from-env")
+    client = Client()
+    client.force_login(staff_with("chat.view_provider", "chat.add_provider", "chat.change_provider"))
+    form = {
+        "name": "mine",
+        "base_url": upstream.base_url,
+        "api_key": "",
+        "extra_headers": "{}",
+        "enabled": "on",
+        "models-TOTAL_FORMS": "0",
+        "models-INITIAL_FORMS": "0",
+    }
+    response = client.post(reverse("admin:chat_provider_add"), {**form, "api_key_env": "DATABASE_URL"})
+    assert response.status_code == 200 and "CHAT_PROVIDER_KEY_" in response.content.decode()
+    assert not Provider.objects.exists()
+    # A row saved before the rule (or by other code) does not read the variable either.
+    old = Provider.objects.create(name="old", base_url=upstream.base_url, api_key_env="DATABASE_URL")
+    assert old.key() == ""
+    response = client.post(
+        reverse("admin:chat_provider_add"), {**form, "api_key_env": "CHAT_PROVIDER_KEY_TEAM"}
+    )
+    assert response.status_code == 302
+    upstream.queue(Reply(headers={"content-type": "application/json"}, body=[b'{"data": []}']))
+    client.post(
+        reverse("admin:chat_provider_changelist"),
+        {"action": "fetch_models", "_selected_action": [Provider.objects.get(name="mine").pk]},
+    )
+    assert upstream.requests[0]["headers"]["authorization"] == "Bearer sk-team-from-env"
+
+
+# --- message text is read only where the read is logged ------------------------------------------
+
+
+def test_the_message_page_sends_staff_to_the_logged_transcript(conversation):
+    reader = as_staff("chat.view_message", "chat.view_conversation")
+    message = conversation.messages.last()
+    response = reader.get(reverse("admin:chat_message_change", args=[message.pk]))
+    transcript = reverse("admin:chat_conversation_transcript", args=[conversation.pk])
+    assert response.status_code == 302 and response["Location"] == f"{transcript}#message-{message.pk}"
+    assert "bold" not in response.content.decode()
+    for suffix in ("?_popup=1", "?_to_field=id&_popup=1"):
+        page = reader.get(reverse("admin:chat_message_change", args=[message.pk]) + suffix)
+        assert page.status_code == 302 and "bold" not in page.content.decode()
+    assert not TranscriptAccess.objects.exists()  # the redirect is not the read; the transcript is
+    reader.get(response["Location"])
+    assert TranscriptAccess.objects.get().kind == "view"
+
+
+def test_message_search_is_logged_for_each_conversation_it_shows(conversation):
+    reader = as_staff("chat.view_message")
+    other = Conversation.objects.create(user=conversation.user, title="unrelated")
+    Message.objects.create(conversation=other, role="user", content="nothing here")
+    response = reader.get(reverse("admin:chat_message_changelist"), {"q": "bold"})
+    assert response.status_code == 200
+    access = TranscriptAccess.objects.get()
+    assert (access.kind, access.query, access.conversation) == ("search", "bold", conversation)
+    assert access.staff.username == "dana"
+    reader.get(reverse("admin:chat_message_changelist"))  # browsing without a search reads no text
+    assert TranscriptAccess.objects.count() == 1
+
+
+def test_message_text_shows_on_no_unlogged_admin_page(staff_client, conversation):
+    """Names of messages (history, delete confirmations, related lists) never quote their text."""
+    message = conversation.messages.last()
+    pages = [
+        reverse("admin:chat_message_changelist"),
+        reverse("admin:chat_message_history", args=[message.pk]),
+        reverse("admin:chat_message_delete", args=[message.pk]),
+        reverse("admin:chat_conversation_delete", args=[conversation.pk]),
+        reverse("admin:auth_user_delete", args=[conversation.user.pk]),
+        reverse("admin:chat_conversation_history", args=[conversation.pk]),
+    ]
+    for url in pages:
+        response = staff_client.get(url)
+        assert response.status_code == 200, url
+        html = response.content.decode()
+        assert "Question" not in html and "bold" not in html and "alert" not in html, url
+    autocomplete = staff_client.get(
+        "/admin/autocomplete/",
+        {"app_label": "chat", "model_name": "message", "field_name": "reply_to", "term": "bold"},
+    )
+    assert autocomplete.status_code in (403, 404) and "bold" not in autocomplete.content.decode()
+    assert not TranscriptAccess.objects.exists()
+
+
+# --- usage and invites --------------------------------------------------------------------------
+
+
+def test_the_usage_report_needs_permission_to_view_messages(conversation):
+    nobody = as_staff()
+    assert "have permission to view or edit anything" in nobody.get(reverse("admin:index")).content.decode()
+    for params in ({}, {"format": "csv"}):
+        response = nobody.get(reverse("admin:chat_message_usage"), params)
+        assert response.status_code == 403 and "alice" not in response.content.decode()
+    reader = as_staff("chat.view_message", username="erin")
+    assert "alice" in reader.get(reverse("admin:chat_message_usage"), {"format": "csv"}).content.decode()
+
+
+def test_only_staff_who_may_make_invites_see_invite_links(staff):
+    invite = Invite.objects.create(email="erin@example.com", created_by=staff)
+    content_type = ContentType.objects.get_for_model(Invite)
+    viewer = as_staff("chat.view_invite")
+    nobody = Client()
+    nobody.force_login(staff_with(username="eve"))
+    change = reverse("admin:chat_invite_change", args=[invite.pk])
+    for url in (
+        change,
+        reverse("admin:chat_invite_changelist"),
+        reverse("admin:chat_invite_history", args=[invite.pk]),
+    ):
+        page = viewer.get(url)
+        assert page.status_code == 200 and invite.token not in page.content.decode(), url
+    assert "erin@example.com" in viewer.get(change).content.decode()
+    # The admin's "view on site" redirect must not hand the link to any staff member.
+    for who in (viewer, nobody):
+        response = who.get(reverse("admin:view_on_site", args=[content_type.pk, invite.pk]))
+        assert invite.token not in response.get("Location", "") + response.content.decode()
+    maker = Client()
+    maker.force_login(staff_with("chat.view_invite", "chat.change_invite", username="frank"))
+    assert invite.token in maker.get(change).content.decode()

@@ -52,9 +52,9 @@ async def test_a_conversation_uses_the_admin_default_model_and_its_provider_key(
 
 
 async def test_a_key_can_come_from_a_named_environment_variable(upstream, alice, monkeypatch):
-    monkeypatch.setenv("TEAM_LLM_KEY", "sk-from-the-environment-1234")
+    monkeypatch.setenv("CHAT_PROVIDER_KEY_TEAM", "sk-from-the-environment-1234")
     source = await Provider.objects.acreate(
-        name="env key", base_url=upstream.base_url, api_key_env="TEAM_LLM_KEY"
+        name="env key", base_url=upstream.base_url, api_key_env="CHAT_PROVIDER_KEY_TEAM"
     )
     await ChatModel.objects.acreate(provider=source, name="m", is_default=True)
     conversation = await Conversation.objects.acreate(user=alice)
