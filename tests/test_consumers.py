@@ -274,6 +274,9 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
         ('{"type": "send", "content": "   "}', "empty_content"),
         (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
         (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
+        # Nested deeper than the JSON parser's stack (RecursionError, not ValueError).
+        ("[" * 100_000, "bad_json"),
+        ('{"type": "send", "content": ' + '{"a":' * 40_000, "bad_json"),
     ],
 )
 async def test_bad_frames_get_a_specific_error_and_change_nothing(
@@ -287,6 +290,36 @@ async def test_bad_frames_get_a_specific_error_and_change_nothing(
     assert await receive_frame(socket) == {"type": "pong"}  # still usable
     assert await Message.objects.acount() == 0
     assert use_upstream.requests == []
+    await socket.disconnect()
+
+
+# A browser (or a script) can put NUL and lone UTF-16 surrogates in JSON as escapes.
+HOSTILE_JSON = '"Hi \\ud83d\\ude00, half \\ud83d, low \\udc00, nul \\u0000 end"'
+HOSTILE_STORED = "Hi \U0001f600, half \ufffd, low \ufffd, nul \ufffd end"
+
+
+@pytest.mark.parametrize("kind", ["send", "edit"])
+async def test_nul_and_lone_surrogates_in_a_message_are_stored_as_replacement_characters(
+    use_upstream, conversation, alice, kind
+):
+    use_upstream.queue(*(Reply(body=sse(*chat_chunks(["Fine"]))) for _ in range(2)))
+    _, socket = await open_socket(conversation.id, alice)
+    if kind == "edit":
+        await socket.send_json_to({"type": "send", "content": "first"})
+        await frames_until(socket, "done")
+    await socket.send_to(text_data=f'{{"type": "{kind}", "content": {HOSTILE_JSON}}}')
+    frames = await frames_until(socket, "done")
+    # What the tab is shown is what is saved, sent upstream and used as the title.
+    assert frames[0]["user_message"]["content"] == HOSTILE_STORED
+    assert frames[-1]["status"] == "finished" and text_of(frames) == "Fine"
+    user_message = (await messages_of(conversation))[-2]
+    assert (user_message.content, user_message.superseded) == (HOSTILE_STORED, False)
+    assert use_upstream.requests[-1]["json"]["messages"][-1]["content"] == HOSTILE_STORED
+    if kind == "send":
+        await conversation.arefresh_from_db()
+        assert conversation.title == HOSTILE_STORED
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # the socket is still open
     await socket.disconnect()
 
 
