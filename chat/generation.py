@@ -18,10 +18,11 @@ from collections import defaultdict
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from chat import fanout, replies, upstream
 from chat.budgets import BudgetExceeded
-from chat.models import Message
+from chat.models import Conversation, Message
 from chat.rendering import complete_blocks, render_markdown
 from chat.upstream import ChatStream, Retry, UpstreamError
 
@@ -604,6 +605,10 @@ def end_frames(message_id: int, *, error: tuple[str, str] | None, ttft_ms, durat
 
 
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
+DELETED = "This conversation was deleted (in another tab?). Nothing was saved."
+DATABASE_ERROR = (
+    "The server could not save your message just now (its database is busy). Nothing was saved; try again."
+)
 
 
 async def send(socket, conversation, content: str) -> None:
@@ -631,6 +636,16 @@ async def _begin(socket, conversation, begin, *args) -> None:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
+    except Conversation.DoesNotExist:  # replies._fresh: deleted in another tab since this socket opened
+        await socket.send_error("conversation_deleted", DELETED)
+    except DatabaseError:
+        # The turn's savepoint (or the whole batch's transaction) was rolled back: nothing
+        # of it is saved. Locked for longer than the busy timeout, or the database away.
+        log.exception("Could not save a turn in conversation %s", conversation.id)
+        await socket.send_error("database_error", DATABASE_ERROR)
+    except Exception:  # a frame answered, never a socket closed with 1011
+        log.exception("Could not begin a reply in conversation %s", conversation.id)
+        await socket.send_error("internal_error", "Something went wrong on the server. Try again.")
 
 
 class Batched:

@@ -3,11 +3,13 @@
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.db import connection
 
 from chat import generation, tokens
 from chat.models import Conversation, Message
@@ -357,6 +359,57 @@ async def test_a_second_send_while_streaming_is_busy_and_harmless(use_upstream, 
     assert text_of(frames) == " two" and frames[-1]["status"] == "finished"
     assert [m.content for m in await messages_of(conversation)] == ["first", "One two"]
     assert len(use_upstream.requests) == 1
+    await socket.disconnect()
+
+
+async def test_a_send_to_a_conversation_deleted_in_another_tab_is_refused_plainly(
+    use_upstream, conversation, alice
+):
+    _, socket = await open_socket(conversation.id, alice)
+    await conversation.adelete()  # the other tab's delete
+    for command in ({"type": "send", "content": "Anyone there?"}, {"type": "regenerate"}):
+        await socket.send_json_to(command)
+        error = await receive_frame(socket, timeout=5)
+        assert (error["type"], error["code"], error["message_id"]) == ("error", "conversation_deleted", None)
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # not closed with 1011
+    assert await Message.objects.acount() == 0 and use_upstream.requests == []
+    await socket.disconnect()
+
+
+@contextlib.contextmanager
+def write_lock_held_elsewhere():
+    """Another connection to the test database holding its write lock, as a long write,
+    a backup or another process would: this process's writes fail with OperationalError."""
+    other = sqlite3.connect(connection.settings_dict["NAME"], uri=True, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute(f"UPDATE {Conversation._meta.db_table} SET title = title")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="holds SQLite's write lock")
+async def test_a_send_while_the_database_is_locked_is_refused_and_nothing_is_half_written(
+    use_upstream, conversation, alice, caplog
+):
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["Now it works"]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # connected, done reading the database
+    with write_lock_held_elsewhere():
+        await socket.send_json_to({"type": "send", "content": "Hello?"})
+        error = await receive_frame(socket, timeout=5)
+    assert (error["type"], error["code"], error["message_id"]) == ("error", "database_error", None)
+    assert "OperationalError" in caplog.text  # the log has the cause; the tab, plain words
+    assert await Message.objects.acount() == 0
+    await conversation.arefresh_from_db()
+    assert conversation.title == ""
+    await socket.send_json_to({"type": "send", "content": "Hello?"})  # the socket still works
+    frames = await frames_until(socket, "done")
+    assert text_of(frames) == "Now it works" and len(use_upstream.requests) == 1
     await socket.disconnect()
 
 
