@@ -780,8 +780,8 @@ def _ensure_checkpointer() -> None:
 
 
 async def _checkpoint_loop() -> None:
-    """Every CHAT_CHECKPOINT_INTERVAL: save new text of every reply and renew their leases,
-    in one transaction for the whole process (never one write per delta)."""
+    """Every CHAT_CHECKPOINT_INTERVAL: renew the leases of every reply and save their new
+    text, in one trip to the database for the whole process (never one write per delta)."""
     while True:
         await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
         states, leases = [], []
@@ -802,6 +802,9 @@ async def _checkpoint_loop() -> None:
         if not states and not leases:
             continue
         try:
-            await database_sync_to_async(replies.checkpoint)(states, leases)
+            failed = await database_sync_to_async(replies.checkpoint)(states, leases)
         except Exception:
             log.exception("Could not checkpoint %d streaming replies", len(states) + len(leases))
+            continue
+        for reply_id, exc in failed:
+            log.error("Could not checkpoint reply %s", reply_id, exc_info=exc)
