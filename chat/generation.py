@@ -310,8 +310,10 @@ class Generation:
             try:
                 for text in finals:
                     await socket.send_frame(text)
-            except Exception:  # a socket that went away must not keep the end from the others
+            except OSError:  # a socket that went away must not keep the end from the others
                 log.debug("Could not send a reply's end to a socket", exc_info=True)
+            except Exception:  # nor one that could not take a frame; that is a bug to see
+                log.exception("Could not send reply %s's end to a socket", self.reply_id)
         if self.announcing is not None:
             await self.announcing  # a reply that ends fast must find its listener to close
         await self._close_remote(finals)
@@ -482,9 +484,14 @@ async def send_local(
                 await socket.send_frame(text)
             else:
                 await socket.send_delta(text, delta_of)
-        except Exception:  # a socket that went away must not hurt the reply
-            log.debug("Dropped a socket that failed to take a frame", exc_info=True)
+        except OSError:  # the connection is gone: stop feeding it (it must not hurt the reply)
+            log.debug("Dropped a socket whose connection failed", exc_info=True)
             _watchers[conversation_id].discard(socket)
+        except Exception:
+            # Not the connection: this frame could not be sent (a bug, or text that should
+            # have been made storable). Dropping the socket would leave an open tab that
+            # never hears of a reply again, so it stays a watcher (issue #12).
+            log.exception("Could not send a frame to a socket on conversation %s", conversation_id)
 
 
 async def watch(socket, conversation_id: int) -> None:
@@ -568,8 +575,10 @@ async def _show_ended(reply_ids: list[int]) -> None:
         for socket in list(_watchers.get(reply.conversation_id, ())):
             try:
                 await socket.show_ended(reply.id, finals)
-            except Exception:  # a socket that went away must not stop the others
+            except OSError:  # a socket that went away must not stop the others
                 log.debug("Could not show an ended reply to a socket", exc_info=True)
+            except Exception:  # nor one that could not take a frame; that is a bug to see
+                log.exception("Could not show ended reply %s to a socket", reply.id)
 
 
 def final_frames(reply: Message) -> list[str]:

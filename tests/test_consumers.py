@@ -13,7 +13,8 @@ from django.db import connection
 
 from chat import generation, tokens
 from chat.models import Conversation, Message
-from tests.chat_sockets import frames_until, open_socket, receive_frame, text_of
+from chatsite.asgi import application
+from tests.chat_sockets import encoding_text, frames_until, open_socket, receive_frame, text_of
 from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
@@ -410,6 +411,25 @@ async def test_a_send_while_the_database_is_locked_is_refused_and_nothing_is_hal
     await socket.send_json_to({"type": "send", "content": "Hello?"})  # the socket still works
     frames = await frames_until(socket, "done")
     assert text_of(frames) == "Now it works" and len(use_upstream.requests) == 1
+    await socket.disconnect()
+
+
+async def test_a_frame_a_tab_cannot_take_does_not_silence_that_tab(use_upstream, conversation, alice, caplog):
+    reply, release = held_reply(["Before"], [" after"])
+    use_upstream.queue(reply, Reply(body=sse(*chat_chunks(["Next reply"]))))
+    _, socket = await open_socket(conversation.id, alice, app=encoding_text(application))
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    await frames_until(socket, "delta")
+    # A frame no server can encode (a lone surrogate), as a bug or text that got past
+    # chat.text would make: the send fails, but not because the connection did.
+    await generation.send_local(conversation.id, generation.text_delta("\ud83d"))
+    release.set()
+    frames = await frames_until(socket, "done")  # the tab still follows the reply ...
+    assert text_of(frames) == " after" and frames[-1]["status"] == "finished"
+    await socket.send_json_to({"type": "send", "content": "Again"})
+    frames = await frames_until(socket, "done")  # ... and the next one
+    assert text_of(frames) == "Next reply"
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)  # seen, with its traceback
     await socket.disconnect()
 
 
