@@ -10,6 +10,9 @@ bounded batch at a time (chat.consumers.ChatConsumer.catch_up), so memory stays
 near the limit and the reader still ends up with the exact text. Under other
 ASGI servers `pending_bytes` is None and nothing is held back.
 
+`close_oversized_messages` makes daphne close a socket that sends a message over its
+size limit with code 1009 instead of dropping the connection without a word.
+
 Sending through the raw `send` also skips channels' session wrapper, which
 otherwise inspects every outgoing frame. `DirectText` goes one step further
 for the small frames of a stream: it writes the websocket frame to the socket
@@ -19,19 +22,56 @@ framing and Twisted's add-writer / write / remove-writer round per frame.
 
 import asyncio
 import functools
+import logging
 import struct
 
 TEXT_FRAME = 0x81  # FIN + text opcode; a server's frames are not masked (RFC 6455, 5.1)
 DIRECT_MAX_BYTES = 0xFFFF  # the most a 2-byte length holds; larger frames take daphne's path
+
+log = logging.getLogger(__name__)
+_checked = False  # close_oversized_messages looked at daphne's protocol once
 
 
 def keep_raw_send(app):
     """ASGI middleware (outermost): remember the server's own `send` in the scope."""
 
     async def middleware(scope, receive, send):
+        if scope["type"] == "websocket":
+            close_oversized_messages(send)
         return await app(dict(scope, raw_send=send), receive, send)
 
     return middleware
+
+
+def close_oversized_messages(send) -> None:
+    """Make daphne answer a client message over its size limit (1 MiB by default) with a
+    close frame, code 1009 "message too big", instead of dropping the TCP connection.
+
+    autobahn fails such a connection by dropping it while `failByDrop` is set, and servers
+    have it set by default: the client saw a network error with no reason and (a browser
+    tab) reconnected to send the same message again. The option is set on daphne's factory
+    through autobahn's public `setProtocolOptions`, for the connections it builds from now
+    on; this connection copied it when it was made, before the app ran, so it is set here
+    too. Runs before the handshake is accepted, so before the client can send anything.
+    """
+    global _checked
+    protocol = protocol_of(send)
+    if protocol is None:
+        return  # another ASGI server: its limits are its own
+    factory = getattr(protocol, "factory", None)
+    if not _checked:
+        _checked = True
+        if not (hasattr(factory, "setProtocolOptions") and hasattr(protocol, "failByDrop")):
+            log.warning(
+                "daphne/autobahn without failByDrop: a message over the size limit will drop "
+                "the connection instead of closing it with 1009 (tested with autobahn 26.10)"
+            )
+    if not hasattr(factory, "setProtocolOptions"):
+        return
+    if getattr(factory, "failByDrop", False):
+        factory.setProtocolOptions(failByDrop=False)
+    if getattr(protocol, "failByDrop", False):
+        protocol.failByDrop = False
 
 
 def protocol_of(send):

@@ -18,10 +18,11 @@ from collections import defaultdict
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import DatabaseError
 
 from chat import fanout, replies, upstream
 from chat.budgets import BudgetExceeded
-from chat.models import Message
+from chat.models import Conversation, Message
 from chat.rendering import complete_blocks, render_markdown
 from chat.upstream import ChatStream, Retry, UpstreamError
 
@@ -309,8 +310,10 @@ class Generation:
             try:
                 for text in finals:
                     await socket.send_frame(text)
-            except Exception:  # a socket that went away must not keep the end from the others
+            except OSError:  # a socket that went away must not keep the end from the others
                 log.debug("Could not send a reply's end to a socket", exc_info=True)
+            except Exception:  # nor one that could not take a frame; that is a bug to see
+                log.exception("Could not send reply %s's end to a socket", self.reply_id)
         if self.announcing is not None:
             await self.announcing  # a reply that ends fast must find its listener to close
         await self._close_remote(finals)
@@ -481,9 +484,14 @@ async def send_local(
                 await socket.send_frame(text)
             else:
                 await socket.send_delta(text, delta_of)
-        except Exception:  # a socket that went away must not hurt the reply
-            log.debug("Dropped a socket that failed to take a frame", exc_info=True)
+        except OSError:  # the connection is gone: stop feeding it (it must not hurt the reply)
+            log.debug("Dropped a socket whose connection failed", exc_info=True)
             _watchers[conversation_id].discard(socket)
+        except Exception:
+            # Not the connection: this frame could not be sent (a bug, or text that should
+            # have been made storable). Dropping the socket would leave an open tab that
+            # never hears of a reply again, so it stays a watcher (issue #12).
+            log.exception("Could not send a frame to a socket on conversation %s", conversation_id)
 
 
 async def watch(socket, conversation_id: int) -> None:
@@ -567,8 +575,10 @@ async def _show_ended(reply_ids: list[int]) -> None:
         for socket in list(_watchers.get(reply.conversation_id, ())):
             try:
                 await socket.show_ended(reply.id, finals)
-            except Exception:  # a socket that went away must not stop the others
+            except OSError:  # a socket that went away must not stop the others
                 log.debug("Could not show an ended reply to a socket", exc_info=True)
+            except Exception:  # nor one that could not take a frame; that is a bug to see
+                log.exception("Could not show ended reply %s to a socket", reply.id)
 
 
 def final_frames(reply: Message) -> list[str]:
@@ -604,6 +614,10 @@ def end_frames(message_id: int, *, error: tuple[str, str] | None, ttft_ms, durat
 
 
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
+DELETED = "This conversation was deleted (in another tab?). Nothing was saved."
+DATABASE_ERROR = (
+    "The server could not save your message just now (its database is busy). Nothing was saved; try again."
+)
 
 
 async def send(socket, conversation, content: str) -> None:
@@ -631,6 +645,16 @@ async def _begin(socket, conversation, begin, *args) -> None:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
+    except Conversation.DoesNotExist:  # replies._fresh: deleted in another tab since this socket opened
+        await socket.send_error("conversation_deleted", DELETED)
+    except DatabaseError:
+        # The turn's savepoint (or the whole batch's transaction) was rolled back: nothing
+        # of it is saved. Locked for longer than the busy timeout, or the database away.
+        log.exception("Could not save a turn in conversation %s", conversation.id)
+        await socket.send_error("database_error", DATABASE_ERROR)
+    except Exception:  # a frame answered, never a socket closed with 1011
+        log.exception("Could not begin a reply in conversation %s", conversation.id)
+        await socket.send_error("internal_error", "Something went wrong on the server. Try again.")
 
 
 class Batched:
@@ -765,8 +789,8 @@ def _ensure_checkpointer() -> None:
 
 
 async def _checkpoint_loop() -> None:
-    """Every CHAT_CHECKPOINT_INTERVAL: save new text of every reply and renew their leases,
-    in one transaction for the whole process (never one write per delta)."""
+    """Every CHAT_CHECKPOINT_INTERVAL: renew the leases of every reply and save their new
+    text, in one trip to the database for the whole process (never one write per delta)."""
     while True:
         await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
         states, leases = [], []
@@ -787,6 +811,9 @@ async def _checkpoint_loop() -> None:
         if not states and not leases:
             continue
         try:
-            await database_sync_to_async(replies.checkpoint)(states, leases)
+            failed = await database_sync_to_async(replies.checkpoint)(states, leases)
         except Exception:
             log.exception("Could not checkpoint %d streaming replies", len(states) + len(leases))
+            continue
+        for reply_id, exc in failed:
+            log.error("Could not checkpoint reply %s", reply_id, exc_info=exc)

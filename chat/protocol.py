@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from chat.text import storable
+
 COMMANDS = {"send", "edit", "stop", "regenerate", "ping"}
 
 
@@ -36,7 +38,7 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame("frame_too_large", f"That frame is larger than {limit:,} bytes.")
     try:
         obj = json.loads(text_data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         raise BadFrame("bad_json", "That frame is not valid JSON.") from None
     if not isinstance(obj, dict):
         raise BadFrame("bad_frame", 'A frame must be a JSON object with a "type".')
@@ -52,6 +54,8 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
+    # JSON escapes can carry NUL and lone surrogates, which no database or socket takes.
+    content = storable(content)
     if not content.strip():
         raise BadFrame("empty_content", "The message is empty.")
     maximum = settings.CHAT_MAX_MESSAGE_CHARS

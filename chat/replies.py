@@ -293,29 +293,48 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
     return results
 
 
-def checkpoint(states: list[dict], lease_ids: list[int]) -> None:
-    """Persist streaming replies' text so far and renew every lease this process holds, in one go.
+def checkpoint(states: list[dict], lease_ids: list[int]) -> list[tuple[int, Exception]]:
+    """Renew every lease this process holds, then persist streaming replies' text so far;
+    returns the replies whose text could not be saved, each with why.
 
-    One executemany rather than an ORM update per reply: with hundreds of streams the
-    ORM's Python work held the GIL long enough to delay the relay's deltas every second.
+    The leases go first, in a statement of their own: a text that cannot be stored must
+    not let another reply's lease lapse (with several processes, that reply would be
+    marked interrupted while it streams). The texts go in one executemany rather than an
+    ORM update per reply: with hundreds of streams the ORM's Python work held the GIL long
+    enough to delay the relay's deltas every second. If that batch fails, each text is
+    written alone, so one bad row loses only its own checkpoint (issue #12).
     """
-    lease_until = lease_deadline()
-    with transaction.atomic():
-        if states:
-            until = connection.ops.adapt_datetimefield_value(lease_until)
-            with connection.cursor() as cursor:
-                cursor.executemany(
-                    f"UPDATE {Message._meta.db_table} SET content = %s, reasoning = %s, refusal = %s, "
-                    "seq = %s, lease_until = %s WHERE id = %s AND status = %s",
-                    [
-                        (s["content"], s["reasoning"], s["refusal"], s["seq"], until, s["id"], "streaming")
-                        for s in states
-                    ],
-                )
-        if lease_ids:
-            Message.objects.filter(pk__in=lease_ids, status=Message.Status.STREAMING).update(
-                lease_until=lease_until
-            )
+    ids = [state["id"] for state in states] + list(lease_ids)
+    if ids:
+        Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
+            lease_until=lease_deadline()
+        )
+    if not states:
+        return []
+    try:
+        with transaction.atomic():
+            _write_states(states)
+        return []
+    except Exception as exc:
+        if len(states) == 1:
+            return [(states[0]["id"], exc)]
+    failed = []
+    for state in states:
+        try:
+            with transaction.atomic():
+                _write_states([state])
+        except Exception as exc:
+            failed.append((state["id"], exc))
+    return failed
+
+
+def _write_states(states: list[dict]) -> None:
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"UPDATE {Message._meta.db_table} SET content = %s, reasoning = %s, refusal = %s, seq = %s "
+            "WHERE id = %s AND status = %s",
+            [(s["content"], s["reasoning"], s["refusal"], s["seq"], s["id"], "streaming") for s in states],
+        )
 
 
 def finish_many(finishes: list[tuple[int, dict]]) -> list[dict | Exception]:

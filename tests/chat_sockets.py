@@ -17,12 +17,28 @@ def session_cookie(user) -> str:
     return client.cookies["sessionid"].value
 
 
-async def open_socket(conversation_id: int, user=None, origin: str = "http://localhost"):
-    """Connect as `user` (None: anonymous); returns (connected, communicator)."""
+def encoding_text(app):
+    """`app` whose text frames are encoded as UTF-8 as it sends them, as a real server does
+    (daphne: autobahn, or chat.backpressure.DirectText); the test communicator passes the
+    str through. A frame no server could send then fails in the app's send, as under daphne."""
+
+    async def wrapped(scope, receive, send):
+        async def encoding_send(message):
+            if message.get("text") is not None:
+                message["text"].encode()
+            await send(message)
+
+        return await app(scope, receive, encoding_send)
+
+    return wrapped
+
+
+async def open_socket(conversation_id: int, user=None, origin: str = "http://localhost", app=application):
+    """Connect as `user` (None: anonymous) to `app`; returns (connected, communicator)."""
     headers = [(b"host", b"localhost"), (b"origin", origin.encode())]
     if user is not None:
         headers.append((b"cookie", f"sessionid={await session_cookie(user)}".encode()))
-    socket = WebsocketCommunicator(application, f"/ws/chat/{conversation_id}/", headers=headers)
+    socket = WebsocketCommunicator(app, f"/ws/chat/{conversation_id}/", headers=headers)
     connected, _ = await socket.connect(timeout=5)
     return connected, socket
 

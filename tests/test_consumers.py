@@ -3,15 +3,18 @@
 import asyncio
 import contextlib
 import json
+import sqlite3
 import threading
 
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.db import connection
 
 from chat import generation, tokens
 from chat.models import Conversation, Message
-from tests.chat_sockets import frames_until, open_socket, receive_frame, text_of
+from chatsite.asgi import application
+from tests.chat_sockets import encoding_text, frames_until, open_socket, receive_frame, text_of
 from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
@@ -274,6 +277,9 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
         ('{"type": "send", "content": "   "}', "empty_content"),
         (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
         (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
+        # Nested deeper than the JSON parser's stack (RecursionError, not ValueError).
+        ("[" * 100_000, "bad_json"),
+        ('{"type": "send", "content": ' + '{"a":' * 40_000, "bad_json"),
     ],
 )
 async def test_bad_frames_get_a_specific_error_and_change_nothing(
@@ -287,6 +293,36 @@ async def test_bad_frames_get_a_specific_error_and_change_nothing(
     assert await receive_frame(socket) == {"type": "pong"}  # still usable
     assert await Message.objects.acount() == 0
     assert use_upstream.requests == []
+    await socket.disconnect()
+
+
+# A browser (or a script) can put NUL and lone UTF-16 surrogates in JSON as escapes.
+HOSTILE_JSON = '"Hi \\ud83d\\ude00, half \\ud83d, low \\udc00, nul \\u0000 end"'
+HOSTILE_STORED = "Hi \U0001f600, half \ufffd, low \ufffd, nul \ufffd end"
+
+
+@pytest.mark.parametrize("kind", ["send", "edit"])
+async def test_nul_and_lone_surrogates_in_a_message_are_stored_as_replacement_characters(
+    use_upstream, conversation, alice, kind
+):
+    use_upstream.queue(*(Reply(body=sse(*chat_chunks(["Fine"]))) for _ in range(2)))
+    _, socket = await open_socket(conversation.id, alice)
+    if kind == "edit":
+        await socket.send_json_to({"type": "send", "content": "first"})
+        await frames_until(socket, "done")
+    await socket.send_to(text_data=f'{{"type": "{kind}", "content": {HOSTILE_JSON}}}')
+    frames = await frames_until(socket, "done")
+    # What the tab is shown is what is saved, sent upstream and used as the title.
+    assert frames[0]["user_message"]["content"] == HOSTILE_STORED
+    assert frames[-1]["status"] == "finished" and text_of(frames) == "Fine"
+    user_message = (await messages_of(conversation))[-2]
+    assert (user_message.content, user_message.superseded) == (HOSTILE_STORED, False)
+    assert use_upstream.requests[-1]["json"]["messages"][-1]["content"] == HOSTILE_STORED
+    if kind == "send":
+        await conversation.arefresh_from_db()
+        assert conversation.title == HOSTILE_STORED
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # the socket is still open
     await socket.disconnect()
 
 
@@ -324,6 +360,76 @@ async def test_a_second_send_while_streaming_is_busy_and_harmless(use_upstream, 
     assert text_of(frames) == " two" and frames[-1]["status"] == "finished"
     assert [m.content for m in await messages_of(conversation)] == ["first", "One two"]
     assert len(use_upstream.requests) == 1
+    await socket.disconnect()
+
+
+async def test_a_send_to_a_conversation_deleted_in_another_tab_is_refused_plainly(
+    use_upstream, conversation, alice
+):
+    _, socket = await open_socket(conversation.id, alice)
+    await conversation.adelete()  # the other tab's delete
+    for command in ({"type": "send", "content": "Anyone there?"}, {"type": "regenerate"}):
+        await socket.send_json_to(command)
+        error = await receive_frame(socket, timeout=5)
+        assert (error["type"], error["code"], error["message_id"]) == ("error", "conversation_deleted", None)
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # not closed with 1011
+    assert await Message.objects.acount() == 0 and use_upstream.requests == []
+    await socket.disconnect()
+
+
+@contextlib.contextmanager
+def write_lock_held_elsewhere():
+    """Another connection to the test database holding its write lock, as a long write,
+    a backup or another process would: this process's writes fail with OperationalError."""
+    other = sqlite3.connect(connection.settings_dict["NAME"], uri=True, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")
+        other.execute(f"UPDATE {Conversation._meta.db_table} SET title = title")
+        yield
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="holds SQLite's write lock")
+async def test_a_send_while_the_database_is_locked_is_refused_and_nothing_is_half_written(
+    use_upstream, conversation, alice, caplog
+):
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["Now it works"]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "ping"})
+    assert await receive_frame(socket) == {"type": "pong"}  # connected, done reading the database
+    with write_lock_held_elsewhere():
+        await socket.send_json_to({"type": "send", "content": "Hello?"})
+        error = await receive_frame(socket, timeout=5)
+    assert (error["type"], error["code"], error["message_id"]) == ("error", "database_error", None)
+    assert "OperationalError" in caplog.text  # the log has the cause; the tab, plain words
+    assert await Message.objects.acount() == 0
+    await conversation.arefresh_from_db()
+    assert conversation.title == ""
+    await socket.send_json_to({"type": "send", "content": "Hello?"})  # the socket still works
+    frames = await frames_until(socket, "done")
+    assert text_of(frames) == "Now it works" and len(use_upstream.requests) == 1
+    await socket.disconnect()
+
+
+async def test_a_frame_a_tab_cannot_take_does_not_silence_that_tab(use_upstream, conversation, alice, caplog):
+    reply, release = held_reply(["Before"], [" after"])
+    use_upstream.queue(reply, Reply(body=sse(*chat_chunks(["Next reply"]))))
+    _, socket = await open_socket(conversation.id, alice, app=encoding_text(application))
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    await frames_until(socket, "delta")
+    # A frame no server can encode (a lone surrogate), as a bug or text that got past
+    # chat.text would make: the send fails, but not because the connection did.
+    await generation.send_local(conversation.id, generation.text_delta("\ud83d"))
+    release.set()
+    frames = await frames_until(socket, "done")  # the tab still follows the reply ...
+    assert text_of(frames) == " after" and frames[-1]["status"] == "finished"
+    await socket.send_json_to({"type": "send", "content": "Again"})
+    frames = await frames_until(socket, "done")  # ... and the next one
+    assert text_of(frames) == "Next reply"
+    assert any(r.levelname == "ERROR" and r.exc_info for r in caplog.records)  # seen, with its traceback
     await socket.disconnect()
 
 

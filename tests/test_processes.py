@@ -262,3 +262,22 @@ async def test_a_reader_that_stops_reading_is_caught_up_instead_of_buffered(site
     seqs = [f["seq"] for f in deltas(frames)]
     assert len(seqs) < len(pieces) / 2  # held back while it lagged, then sent in batches
     assert seqs == sorted(set(seqs))  # in order, none twice
+
+
+# -- messages over daphne's size limit -----------------------------------------------------------------
+async def test_a_message_over_the_size_limit_is_closed_with_1009_not_dropped(site, upstream):
+    """daphne refuses messages over 1 MiB; the client must be told why (close code 1009,
+    "message too big"), not see the connection vanish, on the first socket and later ones."""
+    server = site.server()
+    cookie = server.login("alice", PASSWORD)
+    for _ in range(2):
+        async with server.socket(site.conversation_id, cookie) as ws:
+            await ws.send({"type": "send", "content": "x" * (1536 * 1024)})
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+        assert closed.value.rcvd is not None, "the server dropped the connection without a close frame"
+        assert closed.value.rcvd.code == 1009
+    assert site.messages(site.conversation_id) == [] and upstream.requests == []
+    async with server.socket(site.conversation_id, cookie) as ws:  # the server goes on as before
+        await ws.send({"type": "ping"})
+        assert await ws.recv() == {"type": "pong"}

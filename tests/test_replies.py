@@ -1,7 +1,11 @@
 """Beginning replies: one streaming reply per conversation, and replies left by dead processes."""
 
+from datetime import timedelta
+
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
+from django.utils import timezone
 
 from chat import replies, tokens
 from chat.models import Conversation, Message
@@ -194,3 +198,36 @@ def test_prompt_counts_stay_exact_after_a_message_is_deleted_or_on_rows_without_
     conversation.messages.update(tokens_before=None, messages_before=None)  # rows from an older version
     turn = replies.begin_turn(conversation, "Five?", live_ids=[])
     assert_counted(conversation, turn, conversation.messages.filter(pk__gte=turn.user_message["id"]))
+
+
+# -- checkpoints --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("unstorable", ["\ud83d", "\x00"], ids=["lone-surrogate", "nul-fails-on-postgresql"])
+def test_a_reply_whose_text_cannot_be_stored_fails_no_other_replys_checkpoint_or_lease(
+    conversation, unstorable
+):
+    lapsing = timezone.now() - timedelta(seconds=1)
+    healthy, bad, quiet = (
+        Message.objects.create(
+            conversation=Conversation.objects.create(user=conversation.user),
+            role="assistant",
+            status="streaming",
+            lease_until=lapsing,
+        )
+        for _ in range(3)
+    )
+    failed = replies.checkpoint(
+        [
+            {"id": bad.pk, "seq": 2, "content": "Bad " + unstorable, "reasoning": "", "refusal": ""},
+            {"id": healthy.pk, "seq": 3, "content": "Saved so far", "reasoning": "Hm", "refusal": ""},
+        ],
+        [quiet.pk],  # nothing new to save: only its lease is renewed
+    )
+    healthy.refresh_from_db()
+    assert (healthy.content, healthy.reasoning, healthy.seq) == ("Saved so far", "Hm", 3)
+    for reply in (healthy, bad, quiet):
+        reply.refresh_from_db()
+        assert reply.lease_until > timezone.now()  # every live reply keeps its lease
+    sqlite_takes_it = unstorable == "\x00" and connection.vendor == "sqlite"
+    assert [reply_id for reply_id, _ in failed] == ([] if sqlite_takes_it else [bad.pk])

@@ -597,3 +597,21 @@ def test_stats_say_when_tokens_could_not_be_counted():
         format_stats(reply)
         == "tokens not counted (no tokenizer vocabulary) · first token 50 ms · 900 ms total"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "field", "view"),
+    [("title", "title", "chat:rename"), ("system_prompt", "system_prompt", "chat:settings")],
+)
+def test_text_fields_never_store_unencodable_text(alice_client, alice, name, field, view):
+    """Issue #12: a surrogate half sent as raw bytes is decoded as U+FFFD; a NUL is refused."""
+    chat = Conversation.objects.create(user=alice, title="old")
+    url = reverse(view, args=[chat.pk])
+    form = "application/x-www-form-urlencoded"
+    response = alice_client.post(url, f"{name}=a%ED%A0%BDb", content_type=form)
+    assert response.status_code == 302
+    chat.refresh_from_db()
+    assert getattr(chat, field) == "a\ufffd\ufffd\ufffdb"
+    alice_client.post(url, f"{name}=x%00y", content_type=form)
+    chat.refresh_from_db()
+    assert "\x00" not in getattr(chat, field)
