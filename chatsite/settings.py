@@ -194,6 +194,9 @@ CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, m
 # Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
 CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1)
+CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 32000, minimum=1)
+# Replies one user may have streaming at once, over every conversation and worker (0: no cap).
+CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 5, minimum=0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
 CHAT_FRAMES_PER_SECOND = env_float("CHAT_FRAMES_PER_SECOND", 10.0, minimum=0.1)
 CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 30, minimum=1)
@@ -206,6 +209,11 @@ CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
 # /accounts/signup/ to anyone who can reach the site.
 CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
 
+if len(CHAT_SYSTEM_PROMPT) > CHAT_MAX_SYSTEM_PROMPT_CHARS:
+    raise ImproperlyConfigured(
+        f"CHAT_SYSTEM_PROMPT is {len(CHAT_SYSTEM_PROMPT)} characters; "
+        f"CHAT_MAX_SYSTEM_PROMPT_CHARS allows {CHAT_MAX_SYSTEM_PROMPT_CHARS}"
+    )
 if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
     raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
 
