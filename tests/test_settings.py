@@ -71,3 +71,10 @@ def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):
     assert result.returncode != 0
     assert name in result.stderr.splitlines()[-1]
     assert "Traceback" in result.stderr  # it is a start-up failure, not a warning
+
+
+def test_a_default_system_prompt_longer_than_the_limit_stops_start_up(tmp_path):
+    result = start(tmp_path, CHAT_SYSTEM_PROMPT="x" * 101, CHAT_MAX_SYSTEM_PROMPT_CHARS="100")
+    assert result.returncode != 0
+    assert "CHAT_SYSTEM_PROMPT is 101 characters; CHAT_MAX_SYSTEM_PROMPT_CHARS allows 100" in result.stderr
+    assert start(tmp_path, CHAT_SYSTEM_PROMPT="x" * 100, CHAT_MAX_SYSTEM_PROMPT_CHARS="100").returncode == 0

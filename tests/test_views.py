@@ -597,3 +597,27 @@ def test_stats_say_when_tokens_could_not_be_counted():
         format_stats(reply)
         == "tokens not counted (no tokenizer vocabulary) · first token 50 ms · 900 ms total"
     )
+
+
+def test_it_refuses_a_system_prompt_longer_than_the_limit(alice_client, alice, settings):
+    settings.CHAT_MAX_SYSTEM_PROMPT_CHARS = 1000
+    chat = Conversation.objects.create(user=alice, system_prompt="keep")
+    url = reverse("chat:settings", args=[chat.pk])
+    response = alice_client.post(url, {"model": "", "system_prompt": "x" * 1001})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "The system prompt can be at most 1,000 characters; this one has 1,001." in body
+    assert 'data-testid="settings-error"' in body
+    response = alice_client.post(
+        url, {"model": "", "system_prompt": "x" * 2_400_000}, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"]["system_prompt"][0]["code"] == "max_length"
+    chat.refresh_from_db()
+    assert chat.system_prompt == "keep"
+    alice_client.post(url, {"model": "", "system_prompt": "y" * 1000})  # the limit itself is fine
+    chat.refresh_from_db()
+    assert chat.system_prompt == "y" * 1000
+    page = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    textarea = re.search(r'<textarea[^>]*data-testid="settings-system-prompt"[^>]*>', page).group(0)
+    assert 'maxlength="1000"' in textarea  # the browser stops typing there too
