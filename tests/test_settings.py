@@ -1,5 +1,6 @@
 """Start-up settings: defaults that just work, and bad values that stop start-up by name."""
 
+import functools
 import os
 import subprocess
 import sys
@@ -78,3 +79,16 @@ def test_a_default_system_prompt_longer_than_the_limit_stops_start_up(tmp_path):
     assert result.returncode != 0
     assert "CHAT_SYSTEM_PROMPT is 101 characters; CHAT_MAX_SYSTEM_PROMPT_CHARS allows 100" in result.stderr
     assert start(tmp_path, CHAT_SYSTEM_PROMPT="x" * 100, CHAT_MAX_SYSTEM_PROMPT_CHARS="100").returncode == 0
+
+
+def test_hsts_seconds_come_from_the_environment(tmp_path):
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; print(s.SECURE_HSTS_SECONDS)"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "DJANGO_", "OPENAI_"))}
+    environ.update(CHAT_DATA_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="chatsite.settings")
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert run(env=environ).stdout.strip() == "0"  # off unless asked: it cannot be taken back
+    assert run(env={**environ, "DJANGO_HSTS_SECONDS": "31536000"}).stdout.strip() == "31536000"
