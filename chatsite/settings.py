@@ -15,7 +15,10 @@ from chatsite.env import env_bool, env_float, env_int, env_list, env_str, env_ur
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("CHAT_DATA_DIR", str(BASE_DIR / "data")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Private (0700) when we create it: it holds the database (sessions, password hashes,
+# provider keys) and the secret key. One that exists is left as the operator made it (it
+# may be a volume shared on purpose); the secrets inside are 0600 either way.
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_key() -> str:
@@ -90,6 +93,21 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and tighten one made earlier. SQLite gives its -wal and -shm files the
+    database file's mode, so they are private too."""
+    if str(path) in ("", ":memory:") or path.name.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+    except OSError:  # not ours, or a read-only place: SQLite reports what matters on connect
+        pass
+
+
 def _database() -> dict:
     url = env_url(
         "DATABASE_URL",
@@ -101,6 +119,7 @@ def _database() -> dict:
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if db["ENGINE"] == "django.db.backends.sqlite3":
+        _private_sqlite(Path(db["NAME"]))
         # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
         # BEGIN, so two writers queue on the busy timeout instead of one failing
         # with "database is locked" when it upgrades a read transaction.
