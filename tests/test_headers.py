@@ -100,3 +100,18 @@ def test_hsts_is_off_unless_the_operator_sets_it(settings):
     response = client.get(reverse("login"), headers=secure)
     assert response["Strict-Transport-Security"] == "max-age=31536000"
     assert "Strict-Transport-Security" not in client.get(reverse("login"))  # never over plain HTTP
+
+
+def test_pages_style_themselves_from_files_the_policy_allows(client, alice, chat):
+    """style-src 'self' refuses <style> elements: a page that had one lost its layout."""
+    client.force_login(alice)
+    for url in (
+        reverse("chat:conversation", args=[chat.pk]),
+        reverse("admin:chat_conversation_transcript", args=[chat.pk]),
+        reverse("admin:chat_message_usage"),
+        "/admin/",
+    ):
+        body = client.get(url).content.decode()
+        assert "<style" not in body, url
+    transcript = client.get(reverse("admin:chat_conversation_transcript", args=[chat.pk])).content.decode()
+    assert "chat/transcript.css" in transcript
