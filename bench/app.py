@@ -159,6 +159,8 @@ class AppServer:
             "CHAT_FRAMES_PER_SECOND": "100000",
             "CHAT_FRAME_BURST": "100000",
             "CHAT_UPSTREAM_RETRIES": "0",
+            # One user runs every stream: a cap it never reaches, so each send still pays its query.
+            "CHAT_MAX_REPLIES_PER_USER": "1000000",
             "DJANGO_DEBUG": "false",
             "DJANGO_LOG_LEVEL": "WARNING",
             "DJANGO_SECRET_KEY": "bench-" + os.urandom(16).hex(),

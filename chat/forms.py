@@ -1,4 +1,5 @@
 from django import forms
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import UserCreationForm
 
@@ -53,6 +54,20 @@ class ConversationSettingsForm(forms.ModelForm):
             # Shown so the dialog does not silently claim another model; saving asks for a choice.
             choices.insert(1, (current, f"{current} (no longer offered)"))
         self.fields["model"].choices = choices
+        self.fields["system_prompt"].widget.attrs["maxlength"] = settings.CHAT_MAX_SYSTEM_PROMPT_CHARS
+
+    def clean_system_prompt(self) -> str:
+        """As long as a message may be (CHAT_MAX_SYSTEM_PROMPT_CHARS): it is sent, and counted,
+        with every message of the conversation."""
+        prompt = self.cleaned_data["system_prompt"]
+        limit = settings.CHAT_MAX_SYSTEM_PROMPT_CHARS
+        if len(prompt) > limit:
+            raise forms.ValidationError(
+                "The system prompt can be at most %(limit)s characters; this one has %(length)s.",
+                params={"limit": f"{limit:,}", "length": f"{len(prompt):,}"},
+                code="max_length",
+            )
+        return prompt
 
     def clean_model(self) -> str:
         name = self.cleaned_data["model"]

@@ -9,6 +9,7 @@ replies.
 """
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import fanout, replies, upstream
+from chat import fanout, replies, tokens, upstream
 from chat.budgets import BudgetExceeded
 from chat.models import Conversation, Message
 from chat.rendering import complete_blocks, render_markdown
@@ -284,6 +285,11 @@ class Generation:
         if stream.response_model:
             fields["model"] = stream.response_model
         try:
+            # Counted here, not by finish_many on the database thread every socket shares.
+            target = self.turn.target
+            fields["token_count"] = await _encode(
+                len(fields["content"]), tokens.count_tokens, fields["content"], target.model, target.encoding
+            )
             saved = await _finishes((self.reply_id, fields))
         except Exception:
             # Leave it streaming: the lease runs out and recovery marks it interrupted
@@ -632,15 +638,44 @@ async def edit(socket, conversation, content: str) -> None:
     await _begin(socket, conversation, replies.begin_edit, content)
 
 
+SMALL_TEXT = 256  # characters: encoded on the event loop (~10 µs) rather than paying a thread hop
+
+
 async def _begin(socket, conversation, begin, *args) -> None:
-    """Save the turn (replies.begin_*), then start streaming; refusals become error frames."""
+    """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
+    refusals become error frames.
+
+    Counting happens here, not in begin_* on the database thread every socket shares
+    (issue #12: long system prompts counted there held up other users' sends for
+    seconds). The model and system prompt are the socket's last knowledge of them; if
+    they changed, begin_* says so (Uncounted) before writing, and we count again."""
     if conversation.id in _running or conversation.id in _queued:
         await socket.send_error("busy", BUSY)
         return
+    content = args[0] if args else None
+    model, encoding, system = getattr(socket, "counting", None) or (
+        conversation.model or settings.CHAT_MODEL,
+        "",
+        conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT,
+    )
     try:
-        await _save_turn(begin, conversation, *args)
+        for attempt in (1, 2, 3):
+            # A third attempt (the settings changed twice while we counted) counts where it runs.
+            counted = await _count_ahead(model, encoding, content, system) if attempt < 3 else None
+            try:
+                await _save_turn(functools.partial(begin, counted=counted), conversation, *args)
+                return
+            except replies.Uncounted as exc:
+                model, encoding, system = exc.model, exc.encoding, exc.system
+                socket.counting = (model, encoding, system)
     except replies.Busy:
         await socket.send_error("busy", BUSY)
+    except replies.TooManyReplies:
+        await socket.send_error(
+            "too_many_replies",
+            f"You have {settings.CHAT_MAX_REPLIES_PER_USER} replies being written already. "
+            "Wait for one to finish or stop one, then try again.",
+        )
     except replies.NothingToRegenerate:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
     except BudgetExceeded as exc:
@@ -655,6 +690,23 @@ async def _begin(socket, conversation, begin, *args) -> None:
     except Exception:  # a frame answered, never a socket closed with 1011
         log.exception("Could not begin a reply in conversation %s", conversation.id)
         await socket.send_error("internal_error", "Something went wrong on the server. Try again.")
+
+
+async def _count_ahead(model: str, encoding: str, content: str | None, system: str) -> replies.Counted:
+    """replies.count_ahead, off the database thread."""
+    size = len(content or "")
+    if system and tokens.system_prompts.get(system, model, encoding) is None:
+        size += len(system)
+    return await _encode(size, replies.count_ahead, model, encoding, content, system)
+
+
+async def _encode(size: int, count, *args):
+    """Run a token count of `size` characters: in a worker thread, or on the event loop when
+    it is short enough that the thread hop would cost more (tiktoken: ~20 µs per 1,000
+    characters of prose, ~10 times that for text without spaces)."""
+    if size <= SMALL_TEXT:
+        return count(*args)
+    return await asyncio.to_thread(count, *args)
 
 
 class Batched:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
@@ -28,6 +29,75 @@ class Busy(Exception):
 
 class NothingToRegenerate(Exception):
     """The conversation has no user message to answer again."""
+
+
+class TooManyReplies(Exception):
+    """The user already has CHAT_MAX_REPLIES_PER_USER replies streaming (any conversation,
+    any worker process): each one holds a connection to the provider."""
+
+
+@dataclass(frozen=True)
+class Counted:
+    """Token counts of a send's texts, made before its database call and off the database
+    thread (chat.generation counts them on the event loop or in a worker thread): that one
+    thread is shared by every socket of the process, and encoding a long text there held
+    up every other user's send. Valid for one model and encoding override (Target's)."""
+
+    model: str
+    encoding: str
+    texts: dict[str, int | None]
+
+
+class Uncounted(Exception):
+    """A text this send needs counted was not in its Counted (the conversation's model or
+    system prompt changed since the socket last counted): count these and begin again.
+    Raised before anything is written."""
+
+    def __init__(self, model: str, encoding: str, content: str | None, system: str) -> None:
+        super().__init__("token counts are needed first")
+        self.model, self.encoding, self.content, self.system = model, encoding, content, system
+
+
+def count_ahead(model: str, encoding: str, content: str | None, system: str) -> Counted:
+    """Count a send's content and system prompt for begin_* (the system prompt through the
+    cache: it is the same text send after send)."""
+    texts = {}
+    if content is not None:
+        texts[content] = tokens.count_tokens(content, model, encoding)
+    if system:
+        texts[system] = tokens.system_prompts.count(system, model, encoding)
+    return Counted(model, encoding, texts)
+
+
+def _system_prompt(conversation: Conversation) -> str:
+    return conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
+
+
+def _counts(target: Target, counted: Counted | None, content: str | None, system: str):
+    """The token counts of the content and the system prompt, without encoding anything
+    here unless `counted` is None (a caller on its own thread: tests, scripts). A count
+    neither in `counted` nor in the system prompt cache raises Uncounted, unless the
+    vocabulary is unavailable (then counts are None and cost nothing)."""
+    model, encoding = target.model, target.encoding
+    if counted is None:
+        return (
+            None if content is None else tokens.count_tokens(content, model, encoding),
+            tokens.system_prompts.count(system, model, encoding) if system else None,
+        )
+    usable = counted.texts if (counted.model, counted.encoding) == (model, encoding) else {}
+    content_tokens = system_tokens = None
+    missing = False
+    if content is not None:
+        missing = content not in usable
+        content_tokens = usable.get(content)
+    if system:
+        system_tokens = usable.get(system)
+        if system_tokens is None:
+            system_tokens = tokens.system_prompts.get(system, model, encoding)
+            missing = missing or system_tokens is None
+    if missing and tokens.get_encoding(tokens.encoding_name(model, encoding)) is not None:
+        raise Uncounted(model, encoding, content, system)
+    return content_tokens, system_tokens
 
 
 @dataclass
@@ -59,17 +129,22 @@ def lease_deadline():
 Row = tuple[str, str, int | None, int | None, int | None]
 
 
-def _prompt(conversation: Conversation, history: list[Row], target: Target, tally: int | None):
+def _prompt(
+    conversation: Conversation,
+    history: list[Row],
+    target: Target,
+    tally: int | None,
+    system_count: int | None,
+):
     """The messages sent upstream, their token count as the provider will bill it, and how
     many of the oldest were left out to fit the model's context window. `tally` is the
-    history's tokens (_tally), which the caller has already for the reply's running total."""
+    history's tokens (_tally), which the caller has already for the reply's running total;
+    `system_count` the system prompt's content tokens (_counts)."""
     model, encoding = target.model, target.encoding
-    system = conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
+    system = _system_prompt(conversation)
     counted = None if tally is None else tokens.REPLY_PRIMING + tally
     if system and counted is not None:
-        system_tokens = tokens.count_messages(
-            ("system",), (tokens.count_tokens(system, model, encoding),), model, encoding
-        )
+        system_tokens = tokens.count_messages(("system",), (system_count,), model, encoding)
         counted = None if system_tokens is None else counted + system_tokens
     trimmed = 0
     if target.context_window and counted is not None:
@@ -125,8 +200,9 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[Row]:
         return cursor.fetchall()
 
 
-def _claim(conversation_id: int, live_ids, write):
-    """Run `write` (which creates a streaming reply) in a transaction; Busy if one streams.
+def _claim(conversation: Conversation, live_ids, write):
+    """Run `write` (which creates a streaming reply) in a transaction; Busy if one streams,
+    TooManyReplies if the user has CHAT_MAX_REPLIES_PER_USER streaming already.
 
     The partial unique index makes "one streaming reply per conversation" hold across
     processes. Only when it trips do we look for a reply left streaming by a dead
@@ -135,10 +211,43 @@ def _claim(conversation_id: int, live_ids, write):
     for attempt in (1, 2):
         try:
             with transaction.atomic():
+                _check_reply_cap(conversation.user_id)
                 return write()
         except IntegrityError:
-            if attempt == 2 or not recover_stale(conversation_id, live_ids):
+            if attempt == 2 or not recover_stale(conversation.id, live_ids):
                 raise Busy from None
+
+
+def _check_reply_cap(user_id: int) -> None:
+    """Refuse a reply beyond CHAT_MAX_REPLIES_PER_USER streaming ones (0: no cap).
+
+    Counted in the database, in the transaction that creates the reply, so it holds across
+    worker processes: on SQLite that transaction holds the write lock from its start
+    (IMMEDIATE), on PostgreSQL begin_many has locked the user's row. One indexed query
+    (message_lease: streaming replies whose lease runs; a dead process's stop counting
+    when their lease lapses, rather than blocking the user until someone recovers them).
+    """
+    cap = settings.CHAT_MAX_REPLIES_PER_USER
+    if not cap:
+        return
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(_sql("streaming_of_user"), [user_id, Message.Status.STREAMING, now])
+        (streaming,) = cursor.fetchone()
+    if streaming >= cap:
+        raise TooManyReplies
+
+
+def _lock_users(user_ids) -> None:
+    """Where transactions do not take the write lock at their start (PostgreSQL), lock the
+    users' rows, in id order so two batches cannot deadlock: two workers' sends of one user
+    then count each other's replies (_check_reply_cap) instead of both passing."""
+    if not settings.CHAT_MAX_REPLIES_PER_USER or connection.vendor == "sqlite":
+        return
+    if not connection.features.has_select_for_update:
+        return
+    users = get_user_model().objects.filter(pk__in=set(user_ids)).order_by("pk").select_for_update()
+    list(users.values_list("pk", flat=True))
 
 
 def _fresh(conversation: Conversation) -> Conversation:
@@ -168,17 +277,25 @@ def _placeholder(
     }
 
 
-def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: bool = False) -> Turn:
+def begin_turn(
+    conversation: Conversation,
+    content: str,
+    live_ids=(),
+    *,
+    edit: bool = False,
+    counted: Counted | None = None,
+) -> Turn:
     """Save the user's message and a streaming reply placeholder, atomically.
 
     With `edit`, the last user message and the replies after it first become earlier
-    versions (kept, never deleted). Raises Busy if a reply streams, BudgetExceeded if the
-    user may not send now; either way nothing is written and no model is called.
+    versions (kept, never deleted). Raises Busy if a reply streams, TooManyReplies if the
+    user has too many streaming, BudgetExceeded if the user may not send now, Uncounted
+    if `counted` lacks a count; in each case nothing is written and no model is called.
     """
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    content_tokens = tokens.count_tokens(content, target.model, target.encoding)
+    content_tokens, system_count = _counts(target, counted, content, _system_prompt(conversation))
     now = timezone.now()
 
     def write():
@@ -200,7 +317,9 @@ def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: b
             "created_at": now,
         }
         reply_total = _total(history, target)  # before _prompt trims the history
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target, reply_total["tokens_before"])
+        prompt, prompt_tokens, trimmed = _prompt(
+            conversation, history, target, reply_total["tokens_before"], system_count
+        )
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total)
         user_id, reply_id = _insert(Message, [user, reply])
         with connection.cursor() as cursor:
@@ -208,7 +327,7 @@ def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: b
             cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
         return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
 
-    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation.id, live_ids, write)
+    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -222,16 +341,19 @@ def begin_turn(conversation: Conversation, content: str, live_ids=(), *, edit: b
     )
 
 
-def begin_edit(conversation: Conversation, content: str, live_ids=()) -> Turn:
+def begin_edit(
+    conversation: Conversation, content: str, live_ids=(), *, counted: Counted | None = None
+) -> Turn:
     """The last user message, edited and sent again (see begin_turn)."""
-    return begin_turn(conversation, content, live_ids, edit=True)
+    return begin_turn(conversation, content, live_ids, edit=True, counted=counted)
 
 
-def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
+def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counted | None = None) -> Turn:
     """A new reply to the last user message; earlier replies to it become earlier versions."""
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
+    _, system_count = _counts(target, counted, None, _system_prompt(conversation))
 
     def write():
         last_user = (
@@ -250,12 +372,14 @@ def begin_regenerate(conversation: Conversation, live_ids=()) -> Turn:
         Message.objects.filter(id__in=previous).update(superseded=True)
         history = _history(conversation.id, last_user.id)
         reply_total = _total(history, target)  # before _prompt trims the history
-        prompt, prompt_tokens, trimmed = _prompt(conversation, history, target, reply_total["tokens_before"])
+        prompt, prompt_tokens, trimmed = _prompt(
+            conversation, history, target, reply_total["tokens_before"], system_count
+        )
         reply = _placeholder(conversation, target, prompt_tokens, timezone.now(), reply_total)
         (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, previous, reply_id
 
-    prompt, prompt_tokens, trimmed, previous, reply_id = _claim(conversation.id, live_ids, write)
+    prompt, prompt_tokens, trimmed, previous, reply_id = _claim(conversation, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -282,6 +406,7 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
     live = list(live_ids)
     results = []
     with transaction.atomic():
+        _lock_users(conversation.user_id for _, conversation, *_ in calls)
         for begin, *args in calls:
             try:
                 turn = begin(*args, live)
@@ -349,9 +474,9 @@ def finish_many(finishes: list[tuple[int, dict]]) -> list[dict | Exception]:
     rows = []
     for reply_id, fields in finishes:
         target = fields.pop("target")
-        fields["completion_tokens"] = fields["token_count"] = tokens.count_tokens(
-            fields["content"], target.model, target.encoding
-        )
+        if "token_count" not in fields:  # else counted by the caller, off the database thread
+            fields["token_count"] = tokens.count_tokens(fields["content"], target.model, target.encoding)
+        fields["completion_tokens"] = fields["token_count"]
         fields["lease_until"] = None
         rows.append((reply_id, fields))
     try:
@@ -480,6 +605,14 @@ def _statements(vendor: str) -> dict[str, str]:
             f"WHERE {c('id')} = %s"
         ),
         "history": f"{history} ORDER BY {m('id')}",
+        # Read through the message_lease index (status, lease_until): the replies streaming
+        # now, site-wide, then their conversations by primary key.
+        "streaming_of_user": (
+            f"SELECT COUNT(*) FROM {message} INNER JOIN {conversation} "
+            f"ON {message}.{m('conversation')} = {conversation}.{c('id')} "
+            f"WHERE {conversation}.{c('user')} = %s AND {message}.{m('status')} = %s "
+            f"AND {message}.{m('lease_until')} > %s"
+        ),
         "history_up_to": f"{history} AND {m('id')} <= %s ORDER BY {m('id')}",
         "touch_conversation": (
             f"UPDATE {conversation} SET {c('updated_at')} = %s, "

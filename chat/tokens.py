@@ -16,7 +16,7 @@ import os
 import tempfile
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -119,6 +119,56 @@ def count_tokens(text: str, model: str, encoding_override: str = "") -> int | No
     if encoding is None:
         return None
     return len(encoding.encode(text, disallowed_special=()))
+
+
+class CountCache:
+    """Token counts of texts sent again and again (system prompts), least recently used
+    dropped first. Keyed by a digest of the text, the model and its encoding, so a
+    32,000-character prompt is not kept twice and not encoded again on every send.
+    Counts that are unavailable (no vocabulary) are not kept: they come back later."""
+
+    def __init__(self, size: int = 128) -> None:
+        self.size = size
+        self._counts: OrderedDict[tuple, int] = OrderedDict()
+        self._lock = threading.Lock()  # the event loop, worker threads and the database thread share it
+        self.encoded = 0  # texts encoded (misses), for tests and the curious
+
+    @staticmethod
+    def key(text: str, model: str, encoding_override: str) -> tuple:
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        return digest, model, encoding_name(model, encoding_override)
+
+    def get(self, text: str, model: str, encoding_override: str = "") -> int | None:
+        """The remembered count, or None if this text was not counted (or not kept)."""
+        key = self.key(text, model, encoding_override)
+        with self._lock:
+            count = self._counts.get(key)
+            if count is not None:
+                self._counts.move_to_end(key)
+            return count
+
+    def count(self, text: str, model: str, encoding_override: str = "") -> int | None:
+        """count_tokens, remembered."""
+        count = self.get(text, model, encoding_override)
+        if count is not None:
+            return count
+        count = count_tokens(text, model, encoding_override)
+        if count is None:
+            return None
+        with self._lock:
+            self.encoded += 1
+            self._counts[self.key(text, model, encoding_override)] = count
+            while len(self._counts) > self.size:
+                self._counts.popitem(last=False)
+        return count
+
+    def clear(self) -> None:
+        with self._lock:
+            self._counts.clear()
+            self.encoded = 0
+
+
+system_prompts = CountCache()
 
 
 _role_tokens: dict[tuple[str, str], int] = {}

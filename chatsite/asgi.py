@@ -9,9 +9,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.backpressure import keep_raw_send  # noqa: E402
+from chat.origin import SameOriginWebsockets  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.tokens import warm_up_in_background  # noqa: E402
 
@@ -19,7 +19,7 @@ application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
         "websocket": keep_raw_send(
-            AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
+            SameOriginWebsockets(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))
         ),
     }
 )

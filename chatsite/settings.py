@@ -15,7 +15,10 @@ from chatsite.env import env_bool, env_float, env_int, env_list, env_str, env_ur
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("CHAT_DATA_DIR", str(BASE_DIR / "data")))
-DATA_DIR.mkdir(parents=True, exist_ok=True)
+# Private (0700) when we create it: it holds the database (sessions, password hashes,
+# provider keys) and the secret key. One that exists is left as the operator made it (it
+# may be a volume shared on purpose); the secrets inside are 0600 either way.
+DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _secret_key() -> str:
@@ -42,6 +45,9 @@ SECURE_PROXY_SSL_HEADER = (
     ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_HTTPS_PROXY", False) else None
 )
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+# Browsers remember to use only HTTPS for this long (seconds); sent on HTTPS responses only.
+# 0 (off) by default: once sent it cannot be taken back before it runs out (docs/deploy.md).
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0, minimum=0)
 
 INSTALLED_APPS = [
     "daphne",
@@ -65,6 +71,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.headers.SecurityHeaders",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -86,6 +93,21 @@ TEMPLATES = [
 ]
 
 
+def _private_sqlite(path: Path) -> None:
+    """Create the SQLite file 0600 before SQLite does (it would use 0644 under the usual
+    umask), and tighten one made earlier. SQLite gives its -wal and -shm files the
+    database file's mode, so they are private too."""
+    if str(path) in ("", ":memory:") or path.name.startswith("file:"):
+        return
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if file.exists() and file.stat().st_mode & 0o077:
+                file.chmod(0o600)
+    except OSError:  # not ours, or a read-only place: SQLite reports what matters on connect
+        pass
+
+
 def _database() -> dict:
     url = env_url(
         "DATABASE_URL",
@@ -97,6 +119,7 @@ def _database() -> dict:
     except ValueError as exc:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if db["ENGINE"] == "django.db.backends.sqlite3":
+        _private_sqlite(Path(db["NAME"]))
         # WAL lets readers run beside the writer; IMMEDIATE takes the write lock at
         # BEGIN, so two writers queue on the busy timeout instead of one failing
         # with "database is locked" when it upgrades a read transaction.
@@ -194,6 +217,9 @@ CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, m
 # Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
 CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1)
+CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 32000, minimum=1)
+# Replies one user may have streaming at once, over every conversation and worker (0: no cap).
+CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 5, minimum=0)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
 CHAT_FRAMES_PER_SECOND = env_float("CHAT_FRAMES_PER_SECOND", 10.0, minimum=0.1)
 CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 30, minimum=1)
@@ -206,6 +232,11 @@ CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
 # /accounts/signup/ to anyone who can reach the site.
 CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
 
+if len(CHAT_SYSTEM_PROMPT) > CHAT_MAX_SYSTEM_PROMPT_CHARS:
+    raise ImproperlyConfigured(
+        f"CHAT_SYSTEM_PROMPT is {len(CHAT_SYSTEM_PROMPT)} characters; "
+        f"CHAT_MAX_SYSTEM_PROMPT_CHARS allows {CHAT_MAX_SYSTEM_PROMPT_CHARS}"
+    )
 if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
     raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
 

@@ -521,8 +521,10 @@ def test_the_phone_layout_can_send_and_open_the_chat_list(open_page, llm):
     page.get_by_role("button", name="Show chats").tap()
     expect(page.locator("#sidebar")).to_be_in_viewport()
     # Fully slid in (a 0.2 s transition), over the page rather than beside it.
+    # A function, not an expression string: Playwright evals a string in the page, which the
+    # page's Content-Security-Policy (no 'unsafe-eval') rightly refuses.
     page.wait_for_function(
-        "document.getElementById('sidebar').getBoundingClientRect().left === 0", timeout=WAIT_MS
+        "() => document.getElementById('sidebar').getBoundingClientRect().left === 0", timeout=WAIT_MS
     )
     expect(page.get_by_test_id("conversation-item")).to_have_text(["Hi from my phone"])
     shot(page, "phone-sidebar")

@@ -276,3 +276,27 @@ async def test_each_reply_ends_once_on_the_other_process(site, upstream, servers
         if f["type"] == "done":
             ends[f["message_id"]] = f
     assert len(ends) == count
+
+
+@pytest.mark.parametrize("servers", [{"CHAT_MAX_REPLIES_PER_USER": "1"}], indirect=True)
+async def test_the_reply_cap_holds_across_processes(site, upstream, servers, cookie):
+    """Each process sees only its own replies in memory; the cap is counted in the database."""
+    a, b = servers
+    first, second = site.create_conversation("alice"), site.create_conversation("alice")
+    held, release = held_reply(["Still "], ["writing."])
+    upstream.queue(held)
+    try:
+        async with a.socket(first, cookie) as on_a, b.socket(second, cookie) as on_b:
+            await on_a.send({"type": "send", "content": "Long one"})
+            await on_a.until_text("Still ")
+            await on_b.send({"type": "send", "content": "And another"})
+            error = await on_b.recv()
+            assert (error["type"], error["code"], error["message_id"]) == ("error", "too_many_replies", None)
+            assert site.messages(second) == []
+            release.set()
+            await on_a.frames_until("done")
+            upstream.queue(Reply(body=sse(*chat_chunks(["Now."]))))
+            await on_b.send({"type": "send", "content": "And another"})
+            assert (await on_b.frames_until("done"))[-1]["status"] == "finished"
+    finally:
+        release.set()

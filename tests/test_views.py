@@ -615,3 +615,27 @@ def test_text_fields_never_store_unencodable_text(alice_client, alice, name, fie
     alice_client.post(url, f"{name}=x%00y", content_type=form)
     chat.refresh_from_db()
     assert "\x00" not in getattr(chat, field)
+
+
+def test_it_refuses_a_system_prompt_longer_than_the_limit(alice_client, alice, settings):
+    settings.CHAT_MAX_SYSTEM_PROMPT_CHARS = 1000
+    chat = Conversation.objects.create(user=alice, system_prompt="keep")
+    url = reverse("chat:settings", args=[chat.pk])
+    response = alice_client.post(url, {"model": "", "system_prompt": "x" * 1001})
+    assert response.status_code == 400
+    body = response.content.decode()
+    assert "The system prompt can be at most 1,000 characters; this one has 1,001." in body
+    assert 'data-testid="settings-error"' in body
+    response = alice_client.post(
+        url, {"model": "", "system_prompt": "x" * 2_400_000}, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"]["system_prompt"][0]["code"] == "max_length"
+    chat.refresh_from_db()
+    assert chat.system_prompt == "keep"
+    alice_client.post(url, {"model": "", "system_prompt": "y" * 1000})  # the limit itself is fine
+    chat.refresh_from_db()
+    assert chat.system_prompt == "y" * 1000
+    page = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    textarea = re.search(r'<textarea[^>]*data-testid="settings-system-prompt"[^>]*>', page).group(0)
+    assert 'maxlength="1000"' in textarea  # the browser stops typing there too
