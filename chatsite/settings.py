@@ -205,6 +205,9 @@ CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
 # Invite-only by default: staff add users or invites in the admin. True opens
 # /accounts/signup/ to anyone who can reach the site.
 CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
+# Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
+# socket re-reads its session before a send/edit/regenerate/stop at most this often.
+CHAT_SESSION_RECHECK_SECONDS = env_float("CHAT_SESSION_RECHECK_SECONDS", 5.0, minimum=0)
 
 if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
     raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
