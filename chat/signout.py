@@ -61,28 +61,32 @@ class SessionGuard:
     """One socket's session: what it was at the handshake, and when it was last confirmed."""
 
     def __init__(self, scope: dict) -> None:
-        session = scope["session"]
+        # No session: a host site whose own websocket middleware sets scope["user"]
+        # (docs/reusable-app.md). Then only deactivation applies; there is nothing to re-read.
+        session = scope.get("session")
         self.user_id = scope["user"].pk
-        self.session_key: str = session.session_key
-        self.digest = session_digest(self.session_key)
-        self.auth_hash: str = session.get(HASH_SESSION_KEY) or ""
+        self.session_key: str | None = getattr(session, "session_key", None)
+        self.digest = session_digest(self.session_key) if self.session_key else None
+        self.auth_hash: str | None = session.get(HASH_SESSION_KEY) if self.session_key else None
         self.checked = time.monotonic()  # the handshake just checked it (channels' AuthMiddleware)
         self.ended = False
 
     def ended_by(self, event: dict) -> bool:
         """Whether a `chat.session_check` message signs this socket out."""
-        if event.get("session") is not None and constant_time_compare(event["session"], self.digest):
-            return True
         if event.get("active") is False:
             return True
+        if self.digest is not None and constant_time_compare(event.get("session") or "", self.digest):
+            return True
         auth_hash = event.get("auth_hash")
-        return auth_hash is not None and not constant_time_compare(auth_hash, self.auth_hash)
+        if auth_hash is None or self.auth_hash is None:
+            return False
+        return not constant_time_compare(auth_hash, self.auth_hash)
 
     async def allows(self, frame_type: str) -> bool:
         """Whether to act on a frame: never once signed out; writes only on a live session."""
         if self.ended:
             return False
-        if frame_type == "ping":
+        if frame_type == "ping" or self.session_key is None:
             return True
         now = time.monotonic()
         if now - self.checked < settings.CHAT_SESSION_RECHECK_SECONDS:
