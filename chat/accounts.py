@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from chat.forms import SignUpForm
 from chat.models import Invite
+from chat.throttle import over_limit, refusal
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 
@@ -34,6 +35,9 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
         return render(request, "registration/invite_closed.html", {"invite": invitation}, status=410)
     if request.user.is_authenticated:
         return render(request, "registration/invite_signed_in.html", {"invite": invitation})
+    rate = settings.CHAT_SIGNUP_RATE
+    if request.method == "POST" and over_limit(request, "invite", rate, [lambda group, request: token]):
+        return refusal(request, "Sign-ups with one invite", rate)
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         try:
@@ -62,6 +66,9 @@ def signup(request: HttpRequest) -> HttpResponse:
         raise Http404("Sign-up is by invite only.")
     if request.user.is_authenticated:
         return redirect("chat:home")
+    rate = settings.CHAT_SIGNUP_RATE
+    if request.method == "POST" and over_limit(request, "signup", rate, ["ip"]):
+        return refusal(request, "Sign-ups", rate)
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         user = form.save()

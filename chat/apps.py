@@ -10,6 +10,10 @@ class ChatConfig(AppConfig):
 
         install_defaults()  # CHAT_* defaults for host sites that set none (docs/reusable-app.md)
 
+        from chat.signout import connect_signals
+
+        connect_signals()  # signing out closes the user's chat sockets
+
         from django.db.models.signals import post_delete, post_save
 
         from chat.budgets import forget_budgets

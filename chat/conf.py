@@ -29,6 +29,9 @@ DEFAULTS: dict[str, object] = {
     "CHAT_LEASE_SECONDS": 10.0,
     "CHAT_DEMO_DELAY": 0.03,
     "CHAT_OPEN_SIGNUP": False,
+    "CHAT_SESSION_RECHECK_SECONDS": 5.0,
+    "CHAT_SIGNUP_RATE": "10/h",
+    "CHAT_PASSWORD_RESET_RATE": "5/h",
 }
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"

@@ -9,7 +9,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import generation
+from chat import generation, signout
 from chat.backpressure import DirectText, Lag
 from chat.models import Conversation
 from chat.protocol import BadFrame, FrameLimiter, parse
@@ -51,6 +51,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.limiter = FrameLimiter()
         self.remote_watchdog: asyncio.Task | None = None
         self.settled_reply: int | None = None  # a remote reply whose end the watchdog showed
+        self.session_guard = signout.SessionGuard(self.scope)
+        await signout.join(self)
         await self.accept()
         await generation.watch(self, self.conversation.id)
 
@@ -61,6 +63,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.remote_watchdog.cancel()
         if self.catching_up is not None:
             self.catching_up.cancel()
+        await signout.leave(self)
         await generation.unwatch(self, self.conversation.id)
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
@@ -73,6 +76,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             command = parse(text_data, bytes_data)
         except BadFrame as exc:
             await self.send_error(exc.code, exc.detail)
+            return
+        if not await self.session_guard.allows(command.type):
+            await self.sign_out()
             return
         if command.type == "send":
             await generation.send(self, self.conversation, command.content)
@@ -130,6 +136,20 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
         await self.send_frame(generation.frame(type="error", code=code, detail=detail, message_id=message_id))
+
+    # -- the session ending (chat.signout) ------------------------------------------------
+    async def chat_session_check(self, event) -> None:
+        if self.session_guard.ended_by(event):
+            await self.sign_out()
+
+    async def sign_out(self) -> None:
+        """Say why, stop relaying to this socket (even the rest of a reply), and close it."""
+        if self.session_guard.ended:
+            return
+        self.session_guard.ended = True
+        await self.send_error("signed_out", signout.SIGNED_OUT_DETAIL)
+        await generation.unwatch(self, self.conversation.id)
+        await self.close(signout.SIGNED_OUT)
 
     # -- replies streaming in another worker process (Redis channel layer) -------------
     async def chat_started(self, event) -> None:

@@ -5,6 +5,7 @@ start-up instead of surfacing later as a confusing runtime error.
 """
 
 import os
+import re
 from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
@@ -64,4 +65,17 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     if parsed.scheme not in schemes or not (parsed.netloc or parsed.path):
         allowed = ", ".join(f"{s}://" for s in schemes)
         raise ImproperlyConfigured(f"{name} must be a URL starting with {allowed}, not {value!r}")
+    return value
+
+
+RATE = re.compile(r"^[1-9][0-9]*/[1-9]?[0-9]*[smhd]$")
+
+
+def env_rate(name: str, default: str) -> str:
+    """A django-ratelimit rate: a count per period, e.g. `10/h`, `5/15m`."""
+    value = env_str(name, default)
+    if not RATE.match(value):
+        raise ImproperlyConfigured(
+            f"{name} must be a count per period such as 10/h, 5/15m or 100/d, not {value!r}"
+        )
     return value

@@ -6,12 +6,13 @@ value stops start-up with a message naming the variable (see chatsite/env.py).
 
 import os
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chatsite.env import env_bool, env_float, env_int, env_list, env_str, env_url
+from chatsite.env import env_bool, env_float, env_int, env_list, env_rate, env_str, env_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("CHAT_DATA_DIR", str(BASE_DIR / "data")))
@@ -59,6 +60,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "axes",
+    "django_ratelimit",
     "chat",
 ]
 
@@ -72,6 +75,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "chat.headers.SecurityHeaders",
+    # Last, as axes asks: it turns a locked-out sign-in into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -153,12 +158,43 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# The cache holds django-ratelimit's counters (sign-up, password reset). They must be
+# shared by every worker: Redis when there is one (several workers need it anyway); else
+# one process serves the site and its own memory is the whole truth.
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    # Django's own Redis cache has the atomic incr django-ratelimit needs; it only
+    # lists django-redis's by name.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.W001"]
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    # "Not a shared cache": true, and without REDIS_URL there is one process to share with.
+    SILENCED_SYSTEM_CHECKS = ["django_ratelimit.E003", "django_ratelimit.W001"]
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Sign-in throttling (django-axes): after CHAT_LOGIN_FAILURE_LIMIT wrong passwords for
+# one username from one address, that pair is locked out for CHAT_LOGIN_COOLOFF_MINUTES,
+# on the site's sign-in page and the admin's. Counting username and address together
+# means nobody can lock a colleague out from elsewhere. Behind a proxy the address must
+# be the client's (docs/deploy.md).
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+CHAT_LOGIN_FAILURE_LIMIT = env_int("CHAT_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+CHAT_LOGIN_COOLOFF_MINUTES = env_float("CHAT_LOGIN_COOLOFF_MINUTES", 15.0, minimum=0.1)
+AXES_FAILURE_LIMIT = CHAT_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = timedelta(minutes=CHAT_LOGIN_COOLOFF_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True  # a right password clears that pair's earlier failures
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_VERBOSE = False  # axes prints a banner at start-up otherwise
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -191,6 +227,7 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         "daphne": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},  # failures and lockouts, not a line per check
     },
 }
 
@@ -231,6 +268,13 @@ CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
 # Invite-only by default: staff add users or invites in the admin. True opens
 # /accounts/signup/ to anyone who can reach the site.
 CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
+# Accounts made (open sign-up and invites) and password-reset requests, per client address
+# (and, for resets, per e-mail address too): django-ratelimit rates, count/period.
+CHAT_SIGNUP_RATE = env_rate("CHAT_SIGNUP_RATE", "10/h")
+CHAT_PASSWORD_RESET_RATE = env_rate("CHAT_PASSWORD_RESET_RATE", "5/h")
+# Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
+# socket re-reads its session before a send/edit/regenerate/stop at most this often.
+CHAT_SESSION_RECHECK_SECONDS = env_float("CHAT_SESSION_RECHECK_SECONDS", 5.0, minimum=0)
 
 if len(CHAT_SYSTEM_PROMPT) > CHAT_MAX_SYSTEM_PROMPT_CHARS:
     raise ImproperlyConfigured(

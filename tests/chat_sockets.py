@@ -33,11 +33,20 @@ def encoding_text(app):
     return wrapped
 
 
-async def open_socket(conversation_id: int, user=None, origin: str = "http://localhost", app=application):
-    """Connect as `user` (None: anonymous) to `app`; returns (connected, communicator)."""
+async def open_socket(
+    conversation_id: int,
+    user=None,
+    origin: str = "http://localhost",
+    cookie: str | None = None,
+    app=application,
+):
+    """Connect to `app` as `user` with a new session, or with the session `cookie` (neither:
+    anonymous); returns (connected, communicator)."""
     headers = [(b"host", b"localhost"), (b"origin", origin.encode())]
-    if user is not None:
-        headers.append((b"cookie", f"sessionid={await session_cookie(user)}".encode()))
+    if user is not None and cookie is None:
+        cookie = await session_cookie(user)
+    if cookie is not None:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
     socket = WebsocketCommunicator(app, f"/ws/chat/{conversation_id}/", headers=headers)
     connected, _ = await socket.connect(timeout=5)
     return connected, socket

@@ -38,6 +38,16 @@ def use_upstream(upstream, settings):
 # --- end of loopback upstream server block -------------------------------------------------------
 
 
+# --- rate-limit counters (django-ratelimit, in the process's cache) ---------------------------------
+@pytest.fixture(autouse=True)
+def forget_rate_limits():
+    """Each test starts with no sign-ups or reset requests counted (axes' are in the database)."""
+    yield
+    from django.core.cache import cache
+
+    cache.clear()
+
+
 # --- replies left running by a test ---------------------------------------------------------------
 @pytest.fixture(autouse=True)
 def forget_running_replies():

@@ -174,7 +174,9 @@ class Site:
             f"user = User.objects.get(username={username!r})\n"
             "session = SessionStore()\n"
             "session[SESSION_KEY] = str(user.pk)\n"
-            "session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]\n"
+            # The backend that signs users in: the model backend, not a throttle listed before it (axes).
+            "session[BACKEND_SESSION_KEY] = next(b for b in settings.AUTHENTICATION_BACKENDS"
+            " if not b.startswith('axes.'))\n"
             "session[HASH_SESSION_KEY] = user.get_session_auth_hash()\n"
             "session.save()\n"
             "result = session.session_key"

@@ -109,7 +109,8 @@ for name in USERS:
     user = User.objects.create_user(name, password=PASSWORD)
     session = SessionStore()
     session[SESSION_KEY] = str(user.pk)
-    session[BACKEND_SESSION_KEY] = settings.AUTHENTICATION_BACKENDS[0]
+    # The backend that signs users in: the model backend, not the throttle listed before it (axes).
+    session[BACKEND_SESSION_KEY] = next(b for b in settings.AUTHENTICATION_BACKENDS if not b.startswith("axes."))
     session[HASH_SESSION_KEY] = user.get_session_auth_hash()
     session.save()
     result[name] = session.session_key
@@ -749,3 +750,27 @@ def test_a_ten_thousand_token_reply_arrives_whole_and_rendered(open_page, llm):
     text = body(last_reply(page)).inner_text()
     assert text.count("w5000 ") == 1 and "w9999" in text and "w0 " in text  # nothing lost, nothing doubled
     expect(body(last_reply(page)).locator("p")).to_have_count(50)
+
+
+def test_signing_out_in_one_tab_sends_the_other_tab_to_the_sign_in_page(browser, server, site, llm, gates):
+    conversation_id = site.create_conversation("alice")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    try:
+        # A session of its own: the module's shared sessions stay signed in for other tests.
+        context.add_cookies(
+            [{"name": "sessionid", "value": server.login("alice", PASSWORD), "url": server.origin}]
+        )
+        chatting = context.new_page()
+        chatting.goto(server.url(f"/c/{conversation_id}/"))  # a conversation: its socket is open
+        llm.queue(reply(["Hello."]))
+        send(chatting, "Hi")  # a reply streamed: the socket is open
+        wait_finished(chatting)
+        other = context.new_page()
+        other.goto(server.url("/"))
+        other.get_by_role("button", name="Sign out").click()
+        expect(other).to_have_url(re.compile(r"/accounts/login/"))
+        # The first tab's socket was closed with signed_out (4401), and the page reloaded.
+        expect(chatting).to_have_url(re.compile(r"/accounts/login/"))
+    finally:
+        context.close()

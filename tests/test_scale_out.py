@@ -300,3 +300,45 @@ async def test_the_reply_cap_holds_across_processes(site, upstream, servers, coo
             assert (await on_b.frames_until("done"))[-1]["status"] == "finished"
     finally:
         release.set()
+
+
+def sign_out_over_http(server, cookie: str) -> None:
+    """Sign out through the real form (CSRF token and all), as a browser on `server` would."""
+    import re
+
+    import httpx
+
+    with httpx.Client(base_url=server.origin, timeout=10, trust_env=False) as client:
+        client.cookies.set("sessionid", cookie)
+        page = client.get("/", follow_redirects=True)  # to the latest conversation
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        assert token, (page.status_code, page.headers, page.text[:300])
+        answer = client.post(
+            "/accounts/logout/",
+            data={"csrfmiddlewaretoken": token[1]},
+            headers={"Origin": server.origin, "Referer": server.url("/")},
+        )
+        assert answer.status_code == 302, answer.text
+
+
+async def test_signing_out_on_one_process_closes_the_sessions_socket_on_the_other(
+    site, servers, conversation_id, cookie
+):
+    from websockets.exceptions import ConnectionClosed
+
+    from chat.signout import SIGNED_OUT
+
+    a, b = servers
+    other_session = a.login("alice", PASSWORD)
+    async with (
+        a.socket(conversation_id, cookie) as signed_out,
+        a.socket(conversation_id, other_session) as kept,
+    ):
+        sign_out_over_http(b, cookie)
+        error = await signed_out.recv(timeout=5)
+        assert (error["type"], error["code"]) == ("error", "signed_out")
+        with pytest.raises(ConnectionClosed) as closed:
+            await signed_out.recv(timeout=5)
+        assert closed.value.rcvd.code == SIGNED_OUT
+        await kept.send({"type": "ping"})
+        assert await kept.recv(timeout=5) == {"type": "pong"}

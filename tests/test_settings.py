@@ -65,6 +65,8 @@ def test_an_api_key_switches_to_openai_and_gpt_4o_mini(tmp_path):
         ("DATABASE_URL", "mysql-ish://nowhere"),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
         ("REDIS_URL", "localhost:6379"),
+        ("CHAT_SIGNUP_RATE", "lots"),
+        ("CHAT_LOGIN_FAILURE_LIMIT", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(tmp_path, name, value):

@@ -248,6 +248,13 @@ const handlers = {
   },
 
   error(f) {
+    if (f.code === "signed_out") {
+      // The session ended (close code 4401 follows): reloading signs this tab in again with
+      // a renewed cookie (a password changed here), or leads to the sign-in page.
+      socket?.close();
+      location.reload();
+      return;
+    }
     const words = f.detail || FRAME_ERRORS[f.code] || "Something went wrong.";
     if (f.message_id != null) {
       const el = M.findMessage(f.message_id);
