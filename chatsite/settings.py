@@ -243,6 +243,8 @@ CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "")
 CHAT_TOKEN_ENCODING = env_str("CHAT_TOKEN_ENCODING", "o200k_base")
 CHAT_UPSTREAM_CONNECT_TIMEOUT = env_float("CHAT_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
 CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0, minimum=0.1)
+# Seconds a whole reply may last (keep-alive comments cannot hold it open past this); 0: no limit.
+CHAT_UPSTREAM_REPLY_DEADLINE = env_float("CHAT_UPSTREAM_REPLY_DEADLINE", 1800.0, minimum=0)
 CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2, minimum=0)
 CHAT_UPSTREAM_MAX_RETRY_WAIT = env_float("CHAT_UPSTREAM_MAX_RETRY_WAIT", 20.0, minimum=0)
 CHAT_UPSTREAM_HTTP = env_str("CHAT_UPSTREAM_HTTP", "auto")

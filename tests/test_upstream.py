@@ -1235,3 +1235,381 @@ def test_auto_picks_httpx_when_a_proxy_is_configured(settings, monkeypatch):
     assert http_backend() == "aiohttp"
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert http_backend() == "httpx"
+
+
+# -- Provider output that must not break the app (issue #12) -------------------------------------------
+
+EMOJI = "\U0001f600"
+REPLACEMENT = "\ufffd"
+
+
+def storable_text(text: str) -> bool:
+    """Text every database and socket takes: valid UTF-8, and no NUL (PostgreSQL)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
+
+
+async def ask_pieces(provider) -> tuple[Outcome, list]:
+    """As `ask`, keeping each piece: what is streamed must be storable, piece by piece."""
+    outcome, pieces = Outcome(), []
+    try:
+        async for piece, stream in stream_chat(provider, "test-model", HELLO):
+            pieces.append(piece)
+            outcome.text += piece.content
+            outcome.reasoning += piece.reasoning
+            outcome.refusal += piece.refusal
+            outcome.finish_reason, outcome.usage = stream.finish_reason, stream.usage
+    except UpstreamError as exc:
+        outcome.error = exc
+    return outcome, pieces
+
+
+# The escapes as a provider writes them: each half of the emoji in its own event, and a NUL.
+SPLIT_EMOJI = events(
+    'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"content":"Hi \\ud83d"}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"content":"\\ude00 th\\u0000ere"}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think \\ud83d"}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"reasoning_content":"\\ude00"}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"refusal":"no\\u0000 \\udc00"}}]}',
+    "",
+    'data: {"choices":[{"index":0,"delta":{"content":"!"},"finish_reason":"stop"}]}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+
+@pytest.mark.parametrize("reads", ["whole", "an event a read", "a byte a read"])
+async def test_it_rejoins_an_emoji_split_across_events_and_replaces_nul(upstream, provider, reads):
+    if reads == "whole":
+        body = [SPLIT_EMOJI]
+    elif reads == "an event a read":
+        body = [event + b"\n\n" for event in SPLIT_EMOJI.split(b"\n\n")[:-1]]
+    else:
+        body = [SPLIT_EMOJI[i : i + 1] for i in range(len(SPLIT_EMOJI))]
+    upstream.queue(Reply(body=body))
+
+    outcome, pieces = await ask_pieces(provider)
+
+    assert outcome.error is None
+    assert outcome.text == f"Hi {EMOJI} th{REPLACEMENT}ere!"
+    assert outcome.reasoning == f"think {EMOJI}"
+    assert outcome.refusal == f"no{REPLACEMENT} {REPLACEMENT}"
+    for piece in pieces:
+        assert all(map(storable_text, (piece.content, piece.reasoning, piece.refusal))), piece
+
+
+async def test_it_rejoins_the_halves_at_every_split_of_the_stream(upstream, provider):
+    transcript = SPLIT_EMOJI
+    upstream.queue(*(Reply(body=[transcript[:i], transcript[i:]]) for i in range(1, len(transcript))))
+
+    for offset in range(1, len(transcript)):
+        outcome, pieces = await ask_pieces(provider)
+        assert (outcome.text, outcome.reasoning) == (f"Hi {EMOJI} th{REPLACEMENT}ere!", f"think {EMOJI}"), (
+            offset
+        )
+        assert all(storable_text(p.content + p.reasoning + p.refusal) for p in pieces), offset
+
+
+async def test_a_half_held_back_when_the_stream_is_cut_is_kept_as_a_replacement(upstream, provider):
+    body = events(
+        'data: {"choices":[{"index":0,"delta":{"content":"Cut after \\ud83d"}}]}',
+        "",
+    )
+    upstream.queue(Reply(body=[body], cut=True))
+
+    outcome, pieces = await ask_pieces(provider)
+
+    assert outcome.error.code == "upstream_interrupted"
+    assert outcome.text == f"Cut after {REPLACEMENT}"  # the partial reply the user keeps
+    assert all(storable_text(p.content) for p in pieces)
+
+
+async def test_a_whole_json_reply_is_made_storable_too(upstream, provider):
+    body = b'{"choices":[{"index":0,"message":{"content":"a\\u0000b \\ud83d\\ude00 \\ud83d"},"finish_reason":"stop"}]}'
+    upstream.queue(Reply(headers=JSON, body=[body]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text) == (None, f"a{REPLACEMENT}b {EMOJI} {REPLACEMENT}")
+
+
+async def test_what_the_provider_names_is_made_fit_to_save(upstream, provider):
+    """The model name and finish reason are saved with the reply: a NUL or a lone half would
+    fail the save on PostgreSQL, and so would a value longer than its column."""
+    body = events(
+        'data: {"model":"evil\\u0000model\\ud83d' + "x" * 300 + '","choices":[{"index":0,"delta":'
+        '{"content":"ok"},"finish_reason":"stop\\u0000' + "y" * 100 + '"}]}',
+        "",
+        "data: [DONE]",
+        "",
+    )
+    upstream.queue(Reply(body=[body]))
+    stream = ChatStream(provider, "test-model", HELLO)
+
+    assert [piece.content async for piece in stream] == ["ok"]
+
+    assert storable_text(stream.response_model) and len(stream.response_model) <= 200
+    assert stream.response_model.startswith(f"evil{REPLACEMENT}model{REPLACEMENT}x")
+    assert storable_text(stream.finish_reason) and len(stream.finish_reason) <= 32
+    assert stream.finish_reason.startswith(f"stop{REPLACEMENT}y")
+
+
+async def test_it_keeps_a_provider_error_message_storable(upstream, provider):
+    upstream.queue(
+        Reply(
+            body=sse(*chat_chunks(["x"], None), {"error": {"message": "bad \u0000 thing \ud83d"}}, done=False)
+        )
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_error"
+    assert storable_text(outcome.error.detail) and "bad \ufffd thing \ufffd" in outcome.error.detail
+
+
+_MG = '"id":"b7f1","object":"chat.completion.chunk","created":1759000000,"model":"magistral-medium-2509"'
+MAGISTRAL = events(
+    f'data: {{{_MG},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}]}}',
+    "",
+    f'data: {{{_MG},"choices":[{{"index":0,"delta":{{"content":[{{"type":"thinking","thinking":'
+    '[{"type":"text","text":"Okay, the user"}]}]},"finish_reason":null}]}',
+    "",
+    f'data: {{{_MG},"choices":[{{"index":0,"delta":{{"content":[{{"type":"thinking","thinking":'
+    '[{"type":"text","text":" says hello."}]}]},"finish_reason":null}]}',
+    "",
+    f'data: {{{_MG},"choices":[{{"index":0,"delta":{{"content":[{{"type":"text","text":"Hello"}}]}},'
+    '"finish_reason":null}]}',
+    "",
+    f'data: {{{_MG},"choices":[{{"index":0,"delta":{{"content":"!"}},"finish_reason":"stop"}}],'
+    '"usage":{"prompt_tokens":11,"total_tokens":31,"completion_tokens":20}}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+
+async def test_it_keeps_magistral_thinking_parts_as_reasoning(upstream, provider):
+    upstream.queue(Reply(body=[MAGISTRAL]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert (outcome.reasoning, outcome.text) == ("Okay, the user says hello.", "Hello!")
+    assert outcome.usage["completion_tokens"] == 20
+
+
+_MS = '"id":"chatcmpl-6a1","object":"chat.completion.chunk","created":1732000000,"model":"moonshot-v1-8k"'
+MOONSHOT = events(
+    f'data: {{{_MS},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"finish_reason":null}}]}}',
+    "",
+    f'data: {{{_MS},"choices":[{{"index":0,"delta":{{"content":"Hello from Kimi."}},"finish_reason":null}}]}}',
+    "",
+    f'data: {{{_MS},"choices":[{{"index":0,"delta":{{}},"finish_reason":"stop","usage":'
+    '{"prompt_tokens":8,"completion_tokens":5,"total_tokens":13,"cached_tokens":0}}]}',
+    "",
+    "data: [DONE]",
+    "",
+)
+
+
+async def test_it_reads_moonshot_usage_inside_the_choice(upstream, provider):
+    upstream.queue(Reply(body=[MOONSHOT]))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text) == (None, "Hello from Kimi.")
+    assert outcome.usage == {
+        "prompt_tokens": 8,
+        "completion_tokens": 5,
+        "total_tokens": 13,
+        "cached_tokens": 0,
+    }
+
+
+async def test_it_keeps_only_integer_token_counts_in_usage(upstream, provider):
+    usage = {
+        "prompt_tokens": "12",
+        "completion_tokens": 12.0,
+        "total_tokens": True,
+        "cached": None,
+        "negative": -3,
+        "huge": 2**40,
+        "reasoning_tokens": 7,
+        "prompt_tokens_details": {"cached_tokens": 2, "audio_tokens": "0"},
+        "completion_tokens_details": {"note": "n/a"},
+        "nested": {"deeper": {"tokens": 1}},
+        "queue_time": 0.01,
+    }
+    upstream.queue(Reply(body=sse(*chat_chunks(["Hi"], usage=usage))))
+
+    outcome = await ask(provider)
+
+    assert outcome.error is None
+    assert outcome.usage == {"reasoning_tokens": 7, "prompt_tokens_details": {"cached_tokens": 2}}
+
+
+async def test_a_usage_with_no_counts_does_not_replace_an_earlier_one(upstream, provider):
+    good = {"prompt_tokens": 4, "completion_tokens": 1}
+    upstream.queue(
+        Reply(body=sse(*chat_chunks(["Hi"], usage=good), {"choices": [], "usage": {"prompt_tokens": "x"}}))
+    )
+
+    outcome = await ask(provider)
+
+    assert outcome.usage == good
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/xhtml+xml"])
+async def test_a_web_page_instead_of_a_stream_is_a_bad_response(upstream, provider, content_type):
+    portal = b"<!doctype html><html><head><title>Guest Wi-Fi - Sign in</title></head><body>...</body></html>"
+    upstream.queue(Reply(headers={"content-type": content_type}, body=[portal]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_bad_response"
+    assert "web page" in outcome.error.detail and "Guest Wi-Fi - Sign in" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_a_stream_without_the_event_stream_type_is_still_read(upstream, provider):
+    """Some servers label their stream text/plain, or not at all: read it as one."""
+    upstream.queue(
+        Reply(headers={"content-type": "text/plain; charset=utf-8"}, body=[OPENAI]),
+        Reply(headers={}, body=[OPENAI]),
+    )
+
+    for _ in range(2):
+        outcome = await ask(provider)
+        assert (outcome.error, outcome.text, outcome.finish_reason) == (None, OPENAI_TEXT, "stop")
+
+
+async def test_a_body_that_is_no_stream_at_all_is_a_bad_response_not_an_interruption(upstream, provider):
+    upstream.queue(Reply(headers={"content-type": "text/plain"}, body=[b"Service moved. Ask your admin.\n"]))
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_bad_response"
+    assert "text/plain" in outcome.error.detail and "not an event stream" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_keep_alive_comments_cannot_hold_a_reply_open_past_its_deadline(upstream, provider, settings):
+    # The idle timeout is shorter than the deadline, so both the reads far from the deadline
+    # (bounded by the idle timeout) and the reads near it (bounded by the deadline) are used.
+    settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.3
+    settings.CHAT_UPSTREAM_REPLY_DEADLINE = 1.0
+    first = b"".join(sse(*chat_chunks(["Before the comments"], None), done=False))
+    upstream.queue(Reply(body=[first], repeat=b": keep-alive\n\n", delay=0.02))
+    started = time.monotonic()
+
+    async with asyncio.timeout(10):  # without a deadline this reply would never end
+        outcome = await ask(provider)
+
+    elapsed = time.monotonic() - started
+    assert outcome.error.code == "upstream_deadline"
+    assert outcome.text == "Before the comments"  # the partial reply is kept
+    assert "1 seconds" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+    assert 0.9 <= elapsed < 2.5
+    assert await asyncio.to_thread(upstream.requests[0]["disconnected"].wait, 5)  # hung up on the provider
+
+
+async def test_the_deadline_also_ends_comments_before_the_first_text(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_REPLY_DEADLINE = 0.5  # far under the 5 s idle timeout: every read is timed
+    upstream.queue(Reply(body=[b": queued\n\n"], repeat=b": still queued\n\n"))
+
+    async with asyncio.timeout(10):
+        outcome = await ask(provider)
+
+    assert (outcome.error.code, outcome.text) == ("upstream_deadline", "")
+
+
+async def test_a_zero_deadline_means_none(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_REPLY_DEADLINE = 0
+    upstream.queue(Reply(body=sse(*chat_chunks(["No", " limit"])), delay=0.01))
+
+    outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text) == (None, "No limit")
+
+
+GROQ_KEY = "gsk_Q9xVt2LmNcR4bY7sK1wPzE3hJ6uA8dFg0iOqTnXy"
+AZURE_HEADER_SECRET = "3f9c2a7b8d1e4f60a5b2c9d8e7f6a1b0"
+
+
+@pytest.fixture
+def secretive_provider(upstream):
+    """A provider whose secrets are a Groq-style key and an Azure `api-key` header."""
+    from chat.upstream import Provider
+
+    return Provider(
+        base_url=upstream.base_url,
+        api_key=GROQ_KEY,
+        headers=(("api-key", AZURE_HEADER_SECRET), ("x-gateway-auth", "Basic dXNlcjpwYXNzd29yZA==")),
+    )
+
+
+def quoting_secrets(where: str) -> str:
+    return (
+        f"{where}: key {GROQ_KEY} / other key gsk_AbCdEfGhIjKlMnOpQrStUv is wrong; "
+        f"header api-key={AZURE_HEADER_SECRET}; auth dXNlcjpwYXNzd29yZA==; masked {AZURE_HEADER_SECRET[:4]}****"
+    )
+
+
+SECRET_FRAGMENTS = (
+    GROQ_KEY,
+    "gsk_AbCdEf",
+    AZURE_HEADER_SECRET,
+    "dXNlcjpwYXNzd29yZA",
+    AZURE_HEADER_SECRET[:4] + "*",
+)
+
+
+async def test_no_secret_of_the_provider_reaches_the_error_or_the_log(upstream, secretive_provider, caplog):
+    upstream.queue(
+        Reply(status=401, headers=JSON, body=error_body(quoting_secrets("rejected"), "auth", None)),
+        Reply(body=sse(*chat_chunks(["x"], None), {"error": {"message": quoting_secrets("mid-stream")}})),
+        Reply(
+            status=502,
+            headers={"content-type": "text/html"},
+            body=[f"<title>{quoting_secrets('page')}</title>".encode()],
+        ),
+        Reply(
+            headers={"content-type": "text/html"},
+            body=[f"<title>{quoting_secrets('portal')}</title>".encode()],
+        ),
+    )
+
+    with caplog.at_level("DEBUG"):
+        outcomes = [await ask(secretive_provider) for _ in range(4)]
+
+    for outcome in outcomes:
+        assert outcome.error is not None
+        for secret in SECRET_FRAGMENTS:
+            assert secret not in outcome.error.detail, (secret, outcome.error.detail)
+        assert "[redacted]" in outcome.error.detail
+    for secret in SECRET_FRAGMENTS:
+        assert secret not in caplog.text
+    assert upstream.requests[0]["headers"]["api-key"] == AZURE_HEADER_SECRET  # still sent, only not shown
+
+
+async def test_the_model_list_error_never_shows_a_provider_secret(upstream, secretive_provider):
+    from chat.upstream import list_models
+
+    upstream.queue(Reply(status=403, headers=JSON, body=error_body(quoting_secrets("models"), "auth", None)))
+
+    with pytest.raises(UpstreamError) as raised:
+        await list_models(secretive_provider)
+
+    for secret in SECRET_FRAGMENTS:
+        assert secret not in raised.value.detail

@@ -40,6 +40,9 @@ class Reply:
     stall: float = 0.0  # after the pieces, stay open silently this long (then end normally unless cut)
     cut: bool = False  # after the pieces (and stall), drop the socket without the terminating 0-chunk
     wait_for: threading.Event | None = None  # block before every piece after the first until set
+    # After the pieces, write this again and again (every `delay`, at least 10 ms) until the
+    # client hangs up: e.g. keep-alive comments that never end.
+    repeat: bytes = b""
 
 
 def _error_reply(message: str) -> Reply:
@@ -218,6 +221,10 @@ class UpstreamServer:
             if not piece:
                 continue  # a zero-length chunk would end the body
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            await writer.drain()
+        while reply.repeat:
+            await asyncio.sleep(max(reply.delay, 0.01))
+            writer.write(b"%x\r\n%s\r\n" % (len(reply.repeat), reply.repeat) if chunked else reply.repeat)
             await writer.drain()
         if reply.stall:
             await asyncio.sleep(reply.stall)

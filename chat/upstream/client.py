@@ -9,6 +9,7 @@ only before any text exists, and every failure mapped to UpstreamError.
 import asyncio
 import json
 import logging
+import math
 import random
 import re
 import urllib.parse
@@ -19,8 +20,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from chat.text import StorableStream, storable
 from chat.upstream.chunks import parse_chunk
-from chat.upstream.errors import UpstreamError, redact
+from chat.upstream.errors import UpstreamError, redact, secrets_of
 from chat.upstream.http import AiohttpClient, HttpxClient, Response, TransportError
 from chat.upstream.sse import SSEDecoder
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 MAX_ERROR_BODY = 64 * 1024
 FINISH_GRACE = 2.0  # seconds to wait for usage/[DONE] once the finish chunk has come
+MAX_MODEL_NAME = 200  # Message.model is a CharField(max_length=200)
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,11 @@ class Provider:
         if settings.CHAT_DEMO:
             return cls(base_url="http://demo.invalid/v1", demo=True)
         return cls(base_url=settings.OPENAI_BASE_URL.rstrip("/"), api_key=settings.OPENAI_API_KEY)
+
+    def redact(self, text: str) -> str:
+        """`text` from this provider (an error body, a mid-stream error) without any secret
+        this provider's requests carry: its API key and its extra headers' values."""
+        return redact(text, *secrets_of(self.api_key, self.headers))
 
 
 @dataclass(slots=True)
@@ -158,8 +166,20 @@ class ChatStream:
         self.on_retry = on_retry
         self.finish_reason = ""
         self.usage: dict | None = None
-        self.response_model = ""
         self.done = False
+        self._model = ""  # as the provider wrote it; see response_model
+        # One per kind of text: a surrogate pair split across two events is joined again,
+        # a lone half or a NUL becomes U+FFFD (chat.text), before anyone sees the text.
+        self._content = StorableStream()
+        self._reasoning = StorableStream()
+        self._refusal = StorableStream()
+        self._deadline = math.inf  # loop time by which the reply must have ended
+        self._idle = 0.0
+
+    @property
+    def response_model(self) -> str:
+        """The model the provider says answered, storable and short enough to save."""
+        return storable(self._model)[:MAX_MODEL_NAME] if self._model else ""
 
     # -- request ---------------------------------------------------------------
     def _body(self) -> dict:
@@ -241,8 +261,10 @@ class ChatStream:
             and "stream_options" in message
             and self.provider.base_url not in _rejects_usage_option
         ):
-            return UpstreamError("upstream_usage_option_rejected", message, status=status)
-        message = redact(message, self.provider.api_key)
+            return UpstreamError(
+                "upstream_usage_option_rejected", self.provider.redact(message), status=status
+            )
+        message = self.provider.redact(message)
         code, what = _STATUS_WORDS.get(
             status, ("upstream_http_error", "The model provider returned an error")
         )
@@ -261,68 +283,113 @@ class ChatStream:
 
     # -- response --------------------------------------------------------------
     async def __aiter__(self) -> AsyncIterator[Piece]:
+        loop = asyncio.get_running_loop()
+        self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
+        if settings.CHAT_UPSTREAM_REPLY_DEADLINE:
+            self._deadline = loop.time() + settings.CHAT_UPSTREAM_REPLY_DEADLINE
         response = await self._open()
         try:
-            content_type = response.headers.get("content-type", "")
+            content_type = response.headers.get("content-type", "").lower()
+            if "html" in content_type:
+                raise await self._web_page(response)
             if "json" in content_type and "event-stream" not in content_type:
                 piece = await self._whole_reply(response)
                 if piece:
                     yield piece
                 return
-            decoder = SSEDecoder()
+            shown = False
             try:
+                decoder = SSEDecoder()
                 while True:
-                    try:
-                        data = await self._next_read(response)
-                    except TimeoutError:
-                        # Finished, then silent: the usage chunk or [DONE] never came. Don't make
-                        # the user wait the whole idle timeout for a reply that is complete.
-                        log.info("No usage or [DONE] within %gs of finish_reason", FINISH_GRACE)
-                        return
+                    data = await self._next_read(response)
+                    if data is None:  # finished, then silent: see _next_read
+                        break
                     if not data:
+                        piece, error = self._read(decoder.close())
+                        if piece:
+                            yield piece
+                        if error is not None:
+                            raise error
                         break
                     piece, error = self._read(decoder.feed(data))
                     if piece:
+                        shown = True
                         yield piece
                     if error is not None:
                         raise error
                     if self.done:
                         await _finish_body(response)
-                        return
-                piece, error = self._read(decoder.close())
-                if piece:
-                    yield piece
-                if error is not None:
-                    raise error
-            except TransportError as exc:
-                if self.finish_reason:
-                    # The reply itself is whole; only the usage chunk or [DONE] was lost.
-                    log.info("Stream ended without [DONE] after finish_reason (%s)", exc.reason)
-                    return
-                if not exc.timed_out:
+                        break
+                if not self.done and not self.finish_reason:
+                    if not shown and "event-stream" not in content_type:
+                        raise _not_a_stream(content_type)
                     raise UpstreamError(
                         "upstream_interrupted",
-                        "The connection to the model provider was cut before the reply finished; "
+                        "The model provider ended the stream before the reply finished; "
                         "the reply so far was kept.",
-                    ) from None
-                raise UpstreamError(
-                    "upstream_timeout",
-                    f"The model provider went silent for {settings.CHAT_UPSTREAM_IDLE_TIMEOUT:g} seconds; "
-                    "the reply so far was kept.",
-                ) from None
-            if not self.done and not self.finish_reason:
-                raise UpstreamError(
-                    "upstream_interrupted",
-                    "The model provider ended the stream before the reply finished; the reply so far was kept.",
-                )
+                    )
+            except UpstreamError:
+                # A high surrogate held back for its pair never got it: the partial reply keeps it as U+FFFD.
+                tail = self._flush()
+                if tail:
+                    yield tail
+                raise
+            tail = self._flush()
+            if tail:
+                yield tail
         finally:
             await response.close()
 
-    async def _next_read(self, response: Response) -> bytes:
-        if not self.finish_reason:
-            return await response.chunk()
-        async with asyncio.timeout(FINISH_GRACE):
-            return await response.chunk()
+    async def _next_read(self, response: Response) -> bytes | None:
+        """The next bytes of the stream: b"" at its end, None when a finished reply went quiet.
+
+        The reply deadline bounds the whole reply, which keep-alive comments could otherwise
+        hold open forever (each one counts as activity for the idle timeout). A read that
+        starts more than the idle timeout before the deadline cannot outlive it (the idle
+        timeout ends it first), so only the reads near the deadline pay for a timer.
+        """
+        try:
+            if self.finish_reason:
+                # Finished, then silent: the usage chunk or [DONE] never came. Don't make the
+                # user wait the whole idle timeout for a reply that is complete.
+                try:
+                    async with asyncio.timeout(FINISH_GRACE):
+                        return await response.chunk()
+                except TimeoutError:
+                    log.info("No usage or [DONE] within %gs of finish_reason", FINISH_GRACE)
+                    return None
+            now = asyncio.get_running_loop().time()
+            if now < self._deadline - self._idle:
+                return await response.chunk()
+            if now >= self._deadline:
+                raise self._past_deadline()
+            try:
+                async with asyncio.timeout_at(self._deadline):
+                    return await response.chunk()
+            except TimeoutError:
+                raise self._past_deadline() from None
+        except TransportError as exc:
+            if self.finish_reason:
+                # The reply itself is whole; only the usage chunk or [DONE] was lost.
+                log.info("Stream ended without [DONE] after finish_reason (%s)", exc.reason)
+                return None
+            if not exc.timed_out:
+                raise UpstreamError(
+                    "upstream_interrupted",
+                    "The connection to the model provider was cut before the reply finished; "
+                    "the reply so far was kept.",
+                ) from None
+            raise UpstreamError(
+                "upstream_timeout",
+                f"The model provider went silent for {self._idle:g} seconds; the reply so far was kept.",
+            ) from None
+
+    def _past_deadline(self) -> UpstreamError:
+        return UpstreamError(
+            "upstream_deadline",
+            f"The reply took longer than the {settings.CHAT_UPSTREAM_REPLY_DEADLINE:g} seconds a reply "
+            "may last; the reply so far was kept.",
+        )
 
     def _read(self, events) -> tuple[Piece, UpstreamError | None]:
         """Fold the events of one read into a Piece; an error object ends the stream."""
@@ -349,22 +416,51 @@ class ChatStream:
             if chunk.usage is not None:
                 self.usage = chunk.usage
             if isinstance(obj, dict) and isinstance(obj.get("model"), str):
-                self.response_model = obj["model"]
+                self._model = obj["model"]
             if chunk.error is not None:
                 error = chunk.error
                 break
             if chunk.finish_reason:
                 self.finish_reason = chunk.finish_reason
+        # Text is made storable once per read, not per event: this is the per-delta path.
+        if piece.content:
+            piece.content = self._content.feed(piece.content)
+        if piece.reasoning:
+            piece.reasoning = self._reasoning.feed(piece.reasoning)
+        if piece.refusal:
+            piece.refusal = self._refusal.feed(piece.refusal)
         if error is None:
             return piece, None
         self.done = True
         return piece, self._reported_error(error, " mid-reply")
 
+    def _flush(self) -> Piece:
+        """The end of the text: what each StorableStream still held (a U+FFFD at most)."""
+        return Piece(self._content.flush(), self._reasoning.flush(), self._refusal.flush())
+
     def _reported_error(self, error: dict, when: str = "") -> UpstreamError:
         code = f" (code {error['code']})" if error.get("code") else ""
         detail = f"The model provider reported an error{when}{code}: {error['message']}"
+        return UpstreamError("upstream_error", self.provider.redact(detail), provider_code=error.get("code"))
+
+    async def _web_page(self, response: Response) -> UpstreamError:
+        """A 200 with an HTML page: a captive portal, a proxy's login or a misconfigured base
+        URL answered instead of the provider. It is no reply, and not an interruption."""
+        try:
+            body = await response.read(MAX_ERROR_BODY)
+        except TransportError:
+            body = b""
+        title = _TITLE.search(body)
+        named = ""
+        if title:
+            named = " ".join(title.group(1).decode("utf-8", "replace").split())[:200]
+            named = f' ("{self.provider.redact(named)}")' if named else ""
         return UpstreamError(
-            "upstream_error", redact(detail, self.provider.api_key), provider_code=error.get("code")
+            "upstream_bad_response",
+            f"The model provider's address answered with a web page{named}, not a stream of the reply "
+            f"(HTTP {response.status}). Check the provider's base URL, and any proxy or captive "
+            "portal between this server and the provider.",
+            status=response.status,
         )
 
     async def _whole_reply(self, response: Response) -> Piece:
@@ -373,7 +469,16 @@ class ChatStream:
         The reply is read as one chunk whose delta is the message, so content parts,
         reasoning, refusals, usage and error objects are understood as in a stream.
         """
-        body = await response.read()
+        try:
+            async with asyncio.timeout_at(self._deadline if self._deadline != math.inf else None):
+                body = await response.read()
+        except TimeoutError:
+            raise self._past_deadline() from None
+        except TransportError as exc:
+            raise UpstreamError(
+                "upstream_interrupted",
+                f"The connection to the model provider broke while it sent the reply ({exc.reason}).",
+            ) from None
         try:
             obj = json.loads(body)
         except ValueError:
@@ -392,11 +497,20 @@ class ChatStream:
                 "upstream_bad_response", "The model provider sent a reply this app cannot read."
             )
         if isinstance(obj.get("model"), str):
-            self.response_model = obj["model"]
+            self._model = obj["model"]
         self.finish_reason = chunk.finish_reason or "stop"
         self.usage = chunk.usage
         self.done = True
-        return Piece(content=chunk.content, reasoning=chunk.reasoning, refusal=chunk.refusal)
+        # Whole, so a pair cannot be split across pieces: storable() alone is enough.
+        return Piece(storable(chunk.content), storable(chunk.reasoning), storable(chunk.refusal))
+
+
+def _not_a_stream(content_type: str) -> UpstreamError:
+    what = f"with {content_type.split(';')[0].strip()}" if content_type else "without a content type"
+    return UpstreamError(
+        "upstream_bad_response",
+        f"The model provider answered {what}, not an event stream, and nothing in it could be read.",
+    )
 
 
 def completion_prompt(messages: list[dict]) -> str:
@@ -538,7 +652,7 @@ async def list_models(provider: Provider) -> list[str]:
         message, _ = _error_message(body, response.headers.get("content-type", ""))
         raise UpstreamError(
             "upstream_http_error",
-            redact(f"The provider answered HTTP {response.status}: {message}", provider.api_key),
+            provider.redact(f"The provider answered HTTP {response.status}: {message}"),
             status=response.status,
         )
     try:
