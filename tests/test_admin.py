@@ -134,6 +134,27 @@ def test_usage_by_user_model_and_day_flags_provider_mismatches(staff_client, con
     assert staff_client.get(reverse("admin:chat_message_usage")).status_code == 200
 
 
+def test_usage_saved_before_the_fix_is_cleaned_so_the_report_keeps_working(staff_client, conversation):
+    """Issue #12: a string or float token count stored by an older version made the report's
+    integer cast fail on PostgreSQL on every load; the migration keeps only the counts."""
+    import importlib
+
+    from django.apps import apps
+
+    reply = conversation.messages.get(role="assistant")
+    reply.usage = {"prompt_tokens": "10", "completion_tokens": 31.0, "total_tokens": 41, "queue_time": 0.2}
+    reply.save(update_fields=["usage"])
+    migration = importlib.import_module("chat.migrations.0007_token_counts_only_in_usage")
+
+    migration.keep_token_counts_only(apps, None)
+
+    reply.refresh_from_db()
+    assert reply.usage == {"total_tokens": 41}
+    response = staff_client.get(reverse("admin:chat_message_usage"), {"format": "csv"})
+    (row,) = csv.DictReader(io.StringIO(response.content.decode()))
+    assert (row["upstream_prompt_tokens"], row["upstream_completion_tokens"]) == ("", "")
+
+
 def test_non_staff_cannot_open_transcripts_or_exports(client, conversation):
     client.force_login(conversation.user)
     for name in ("admin:chat_conversation_transcript", "admin:chat_conversation_export_json"):

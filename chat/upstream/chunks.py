@@ -61,7 +61,7 @@ def _count(value) -> bool:
     return type(value) is int and 0 <= value <= _MAX_COUNT
 
 
-def _usage(value) -> dict | None:
+def token_usage(value) -> dict | None:
     """Usage with only token counts kept: non-negative integers that fit PostgreSQL's
     integer, top level or one level down (prompt_tokens_details ...). Strings, floats
     (Groq's timings), booleans and deeper structures are dropped: stored as they came,
@@ -98,7 +98,7 @@ def parse_chunk(obj) -> Chunk:
         x_groq = obj.get("x_groq")
         usage = x_groq.get("usage") if isinstance(x_groq, dict) else None  # Groq
     if usage is not None:
-        chunk.usage = _usage(usage)  # cumulative forms (vLLM continuous_usage_stats): last one wins
+        chunk.usage = token_usage(usage)  # cumulative forms (vLLM continuous_usage_stats): last one wins
     choices = obj.get("choices")
     if not isinstance(choices, list):
         return chunk
@@ -115,7 +115,7 @@ def parse_chunk(obj) -> Chunk:
             chunk.refusal += _text(delta.get("refusal"))
         chunk.content += _text(choice.get("text"))  # legacy /completions
         if chunk.usage is None and "usage" in choice:
-            chunk.usage = _usage(choice["usage"])  # Moonshot: usage only inside the choice
+            chunk.usage = token_usage(choice["usage"])  # Moonshot: usage only inside the choice
         reason = choice.get("finish_reason")
         if isinstance(reason, str) and reason:
             chunk.finish_reason = storable(reason)[:MAX_FINISH_REASON]
