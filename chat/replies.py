@@ -419,46 +419,55 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
 
 
 def checkpoint(states: list[dict], lease_ids: list[int]) -> list[tuple[int, Exception]]:
-    """Renew every lease this process holds, then persist streaming replies' text so far;
+    """Persist streaming replies' text so far and renew every lease this process holds;
     returns the replies whose text could not be saved, each with why.
 
-    The leases go first, in a statement of their own: a text that cannot be stored must
-    not let another reply's lease lapse (with several processes, that reply would be
-    marked interrupted while it streams). The texts go in one executemany rather than an
-    ORM update per reply: with hundreds of streams the ORM's Python work held the GIL long
-    enough to delay the relay's deltas every second. If that batch fails, each text is
-    written alone, so one bad row loses only its own checkpoint (issue #12).
+    The texts go in one executemany that renews their leases too (one write per reply a
+    second), rather than an ORM update per reply: with hundreds of streams the ORM's Python
+    work held the GIL long enough to delay the relay's deltas every second. Replies with
+    no new text only have their leases renewed, in a statement of their own. If the batch
+    of texts fails, each is written alone, and a reply whose text cannot be stored still
+    has its lease renewed: one bad row must not lose another reply's checkpoint, nor let
+    any reply's lease lapse (with several processes, that reply would be marked
+    interrupted while it streams; issue #12).
     """
-    ids = [state["id"] for state in states] + list(lease_ids)
-    if ids:
-        Message.objects.filter(pk__in=ids, status=Message.Status.STREAMING).update(
-            lease_until=lease_deadline()
-        )
+    lease_until = lease_deadline()
+    if lease_ids:
+        _renew(lease_ids, lease_until)
     if not states:
         return []
     try:
         with transaction.atomic():
-            _write_states(states)
+            _write_states(states, lease_until)
         return []
     except Exception as exc:
-        if len(states) == 1:
-            return [(states[0]["id"], exc)]
-    failed = []
-    for state in states:
-        try:
-            with transaction.atomic():
-                _write_states([state])
-        except Exception as exc:
-            failed.append((state["id"], exc))
+        failed = [(states[0]["id"], exc)] if len(states) == 1 else []
+    if not failed:
+        for state in states:
+            try:
+                with transaction.atomic():
+                    _write_states([state], lease_until)
+            except Exception as exc:
+                failed.append((state["id"], exc))
+    if failed:
+        _renew([reply_id for reply_id, _ in failed], lease_until)
     return failed
 
 
-def _write_states(states: list[dict]) -> None:
+def _renew(reply_ids: list[int], lease_until) -> None:
+    Message.objects.filter(pk__in=reply_ids, status=Message.Status.STREAMING).update(lease_until=lease_until)
+
+
+def _write_states(states: list[dict], lease_until) -> None:
+    until = connection.ops.adapt_datetimefield_value(lease_until)
     with connection.cursor() as cursor:
         cursor.executemany(
-            f"UPDATE {Message._meta.db_table} SET content = %s, reasoning = %s, refusal = %s, seq = %s "
-            "WHERE id = %s AND status = %s",
-            [(s["content"], s["reasoning"], s["refusal"], s["seq"], s["id"], "streaming") for s in states],
+            f"UPDATE {Message._meta.db_table} SET content = %s, reasoning = %s, refusal = %s, "
+            "seq = %s, lease_until = %s WHERE id = %s AND status = %s",
+            [
+                (s["content"], s["reasoning"], s["refusal"], s["seq"], until, s["id"], "streaming")
+                for s in states
+            ],
         )
 
 
