@@ -232,7 +232,7 @@ def _check_reply_cap(user_id: int) -> None:
         return
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
-        cursor.execute(_sql("streaming_of_user"), [user_id, Message.Status.STREAMING, now])
+        cursor.execute(_sql("streaming_of_user"), [Message.Status.STREAMING, now, user_id])
         (streaming,) = cursor.fetchone()
     if streaming >= cap:
         raise TooManyReplies
@@ -614,13 +614,14 @@ def _statements(vendor: str) -> dict[str, str]:
             f"WHERE {c('id')} = %s"
         ),
         "history": f"{history} ORDER BY {m('id')}",
-        # Read through the message_lease index (status, lease_until): the replies streaming
-        # now, site-wide, then their conversations by primary key.
+        # The replies streaming now, site-wide, through the message_lease index (status,
+        # lease_until), each one's owner looked up by primary key. Written as a correlated
+        # subquery so no planner can start from the user's conversations instead: with a
+        # join, PostgreSQL did (stale statistics) and walked all of them on every send.
         "streaming_of_user": (
-            f"SELECT COUNT(*) FROM {message} INNER JOIN {conversation} "
-            f"ON {message}.{m('conversation')} = {conversation}.{c('id')} "
-            f"WHERE {conversation}.{c('user')} = %s AND {message}.{m('status')} = %s "
-            f"AND {message}.{m('lease_until')} > %s"
+            f"SELECT COUNT(*) FROM {message} WHERE {m('status')} = %s AND {m('lease_until')} > %s "
+            f"AND (SELECT {c('user')} FROM {conversation} WHERE {conversation}.{c('id')} = "
+            f"{message}.{m('conversation')}) = %s"
         ),
         "history_up_to": f"{history} AND {m('id')} <= %s ORDER BY {m('id')}",
         "touch_conversation": (
