@@ -701,12 +701,11 @@ async def _count_ahead(model: str, encoding: str, content: str | None, system: s
 
 
 async def _encode(size: int, count, *args):
-    """Run a token count of `size` characters: in a worker thread, or on the event loop when
-    it is short enough that the thread hop would cost more (tiktoken: ~20 µs per 1,000
-    characters of prose, ~10 times that for text without spaces)."""
+    """Run a token count of `size` characters: on the event loop when it is short enough
+    that a thread hop would cost more, else on the one counting thread (tokens.counting)."""
     if size <= SMALL_TEXT:
         return count(*args)
-    return await asyncio.to_thread(count, *args)
+    return await tokens.counting(count, *args)
 
 
 class Batched:

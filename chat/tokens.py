@@ -10,6 +10,8 @@ one is missing, counts are None ("unavailable"), never a guess and never a
 download in the middle of a chat: `manage.py fetch_vocabularies` fetches them.
 """
 
+import asyncio
+import concurrent.futures
 import hashlib
 import logging
 import os
@@ -169,6 +171,19 @@ class CountCache:
 
 
 system_prompts = CountCache()
+
+
+# One thread for counts made from async code (chat.generation), not the database thread
+# every socket shares (issue #12), and not asyncio's default pool either: the encoder holds
+# the GIL, and with up to six pool threads counting at once (hundreds of replies ending
+# together) the event loop waited its turn behind each, which tripled the relay's p99
+# latency (docs/benchmark.md).
+_counter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-count")
+
+
+async def counting(count, *args):
+    """`count(*args)` on the counting thread."""
+    return await asyncio.get_running_loop().run_in_executor(_counter, count, *args)
 
 
 _role_tokens: dict[tuple[str, str], int] = {}
