@@ -247,11 +247,6 @@ CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0, minim
 CHAT_UPSTREAM_REPLY_DEADLINE = env_float("CHAT_UPSTREAM_REPLY_DEADLINE", 1800.0, minimum=0)
 CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2, minimum=0)
 CHAT_UPSTREAM_MAX_RETRY_WAIT = env_float("CHAT_UPSTREAM_MAX_RETRY_WAIT", 20.0, minimum=0)
-CHAT_UPSTREAM_HTTP = env_str("CHAT_UPSTREAM_HTTP", "auto")
-if CHAT_UPSTREAM_HTTP not in ("auto", "aiohttp", "httpx"):
-    raise ImproperlyConfigured(
-        f"CHAT_UPSTREAM_HTTP must be auto, aiohttp or httpx, not {CHAT_UPSTREAM_HTTP!r}"
-    )
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 # Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
 CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)

@@ -7,14 +7,17 @@ shape (ids and numbers shortened).
 """
 
 import asyncio
+import contextlib
 import json
+import socket
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 import pytest
 
-from chat.upstream import ChatStream, Retry, UpstreamError, stream_chat
+from chat.upstream import ChatStream, Retry, UpstreamError
 from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, sse
 
@@ -37,17 +40,17 @@ class Outcome:
 
 
 async def ask(provider, messages=HELLO, model="test-model") -> Outcome:
-    outcome, stream = Outcome(), None
+    outcome = Outcome()
+    stream = ChatStream(provider, model, messages, on_retry=outcome.retries.append)
     try:
-        async for piece, current in stream_chat(provider, model, messages, on_retry=outcome.retries.append):
-            stream = current
+        async for piece in stream:
             outcome.pieces += 1
             outcome.text += piece.content
             outcome.reasoning += piece.reasoning
             outcome.refusal += piece.refusal
     except UpstreamError as exc:
         outcome.error = exc
-    if stream is not None:  # the same ChatStream comes with every piece; read it once the reply ended
+    if outcome.pieces:  # how the reply ended, once it has
         outcome.finish_reason, outcome.usage = stream.finish_reason, stream.usage
     return outcome
 
@@ -383,7 +386,7 @@ async def test_it_shows_text_as_it_arrives(upstream, provider):
     upstream.queue(Reply(body=[b"".join(body[:2])] + body[2:], wait_for=held))
 
     async def first_piece():
-        async for piece, _stream in stream_chat(provider, "test-model", HELLO):
+        async for piece in ChatStream(provider, "test-model", HELLO):
             return piece.content
 
     assert await asyncio.wait_for(first_piece(), 5) == "Hel"  # while the rest is held back
@@ -771,9 +774,9 @@ async def test_closing_the_stream_early_hangs_up_on_the_provider(upstream, provi
     held = threading.Event()
     events = sse(*chat_chunks(["First", " never sent"]))
     upstream.queue(Reply(body=[events[0] + events[1], *events[2:]], wait_for=held))
-    replies = stream_chat(provider, "test-model", HELLO)
+    replies = aiter(ChatStream(provider, "test-model", HELLO))
 
-    piece, _stream = await anext(replies)
+    piece = await anext(replies)
     await replies.aclose()
 
     assert piece.content == "First"
@@ -1185,14 +1188,10 @@ async def test_a_finished_reply_does_not_wait_the_idle_timeout_for_a_missing_don
     assert (outcome.text, outcome.finish_reason, outcome.error) == ("All done", "stop", None)
 
 
-@pytest.fixture(params=["aiohttp", "httpx"])
-def http_backend(request, settings):
-    """Both HTTP backends behave the same to the user (auto picks httpx behind a proxy)."""
-    settings.CHAT_UPSTREAM_HTTP = request.param
-    return request.param
+# -- 13. The HTTP client: one error map, its pool, proxies and the demo --------------------------------
 
 
-async def test_both_backends_stream_and_report_usage(http_backend, upstream, provider):
+async def test_it_reads_a_stream_that_arrives_seven_bytes_at_a_time(upstream, provider):
     usage = {"prompt_tokens": 5, "completion_tokens": 2}
     body = b"".join(sse(*chat_chunks(["Hel", "lo"], usage=usage)))
     upstream.queue(Reply(body=[body[i : i + 7] for i in range(0, len(body), 7)]))  # 7-byte reads
@@ -1205,20 +1204,21 @@ async def test_both_backends_stream_and_report_usage(http_backend, upstream, pro
     )
 
 
-async def test_both_backends_report_a_cut_stream_as_interrupted(http_backend, upstream, provider):
+async def test_a_stream_cut_without_a_finish_is_interrupted(upstream, provider):
     upstream.queue(Reply(body=sse(*chat_chunks(["Half"], finish_reason=None), done=False), cut=True))
     outcome = await ask(provider)
     assert outcome.text == "Half" and outcome.error.code == "upstream_interrupted"
 
 
-async def test_both_backends_end_a_silent_stream_with_a_timeout(http_backend, upstream, provider, settings):
+async def test_a_stream_silent_without_a_finish_ends_with_a_timeout(upstream, provider, settings):
     settings.CHAT_UPSTREAM_IDLE_TIMEOUT = 0.5
     upstream.queue(Reply(body=sse(*chat_chunks(["Slow"], finish_reason=None), done=False), stall=3))
     outcome = await ask(provider)
     assert outcome.text == "Slow" and outcome.error.code == "upstream_timeout"
 
 
-async def test_both_backends_say_when_nothing_listens(http_backend, upstream, provider):
+async def test_a_refused_connection_is_called_refused_not_a_timeout(upstream, provider):
+    """httpx-aiohttp raises httpx.ConnectTimeout for a refused connection; the user is told the truth."""
     from chat.upstream import Provider
 
     upstream.close()
@@ -1226,15 +1226,185 @@ async def test_both_backends_say_when_nothing_listens(http_backend, upstream, pr
     assert outcome.error.code == "upstream_connect" and "connection refused" in outcome.error.detail
 
 
-def test_auto_picks_httpx_when_a_proxy_is_configured(settings, monkeypatch):
-    from chat.upstream.client import http_backend
+@contextlib.asynccontextmanager
+async def raw_server(handle):
+    """A loopback TCP server in the test's loop, answering with whatever `handle` writes."""
 
-    settings.CHAT_UPSTREAM_HTTP = "auto"
-    for name in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+    async def serve(reader, writer):
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            await handle(reader, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"
+    finally:
+        server.close()
+
+
+async def test_a_server_that_hangs_up_before_answering_is_retried_then_reported(settings):
+    from chat.upstream import Provider
+
+    settings.CHAT_UPSTREAM_RETRIES = 1
+    settings.CHAT_UPSTREAM_MAX_RETRY_WAIT = 0.05
+
+    async def hang_up(reader, writer):
+        pass
+
+    async with raw_server(hang_up) as base_url:
+        outcome = await ask(Provider(base_url=base_url))
+
+    assert outcome.error.code == "upstream_connect"
+    assert "the connection was closed" in outcome.error.detail
+    assert len(outcome.retries) == 1
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_a_server_that_does_not_speak_http_is_an_error_in_plain_words():
+    """httpx-aiohttp lets this one through as aiohttp's own exception: it is mapped all the same."""
+    from chat.upstream import Provider
+
+    async def babble(reader, writer):
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+
+    async with raw_server(babble) as base_url:
+        outcome = await ask(Provider(base_url=base_url))
+
+    assert outcome.error.code == "upstream_connect"
+    assert "did not answer in HTTP" in outcome.error.detail
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_a_full_connection_pool_waits_no_longer_than_the_connect_timeout(upstream, provider, settings):
+    """CHAT_UPSTREAM_MAX_CONNECTIONS bounds the pool; a request waiting for a connection gives up
+    after the connect timeout, while the reply holding the connection streams on."""
+    settings.CHAT_UPSTREAM_MAX_CONNECTIONS = 1
+    settings.CHAT_UPSTREAM_CONNECT_TIMEOUT = 0.3
+    held = threading.Event()
+    events = sse(*chat_chunks(["First", " and last"]))
+    upstream.queue(Reply(body=[events[0] + events[1], *events[2:]], wait_for=held))
+    first = aiter(ChatStream(provider, "test-model", HELLO))
+    assert (await anext(first)).content == "First"
+    started = time.monotonic()
+
+    second = await ask(provider)
+
+    assert second.error.code == "upstream_timeout"
+    assert time.monotonic() - started < 2
+    held.set()
+    rest = "".join([piece.content async for piece in first])
+    assert rest == " and last"
+    assert len(upstream.requests) == 1
+
+
+class ForwardProxy:
+    """A plain-HTTP forward proxy on loopback (no CONNECT, so http:// targets only): it notes
+    each request line and relays the bytes both ways, as squid does for http:// URLs."""
+
+    def __init__(self) -> None:
+        self.request_lines: list[str] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def __aenter__(self) -> "ForwardProxy":
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+
+    async def _handle(self, reader, writer) -> None:
+        self._tasks.add(asyncio.current_task())
+        head = await reader.readuntil(b"\r\n\r\n")
+        line, _, rest = head.partition(b"\r\n")
+        method, target, version = line.decode("latin-1").split(" ")
+        self.request_lines.append(f"{method} {target}")
+        url = urllib.parse.urlsplit(target)
+        to_reader, to_writer = await asyncio.open_connection(url.hostname, url.port)
+        to_writer.write(f"{method} {url.path} {version}\r\n".encode() + rest)
+        await asyncio.gather(self._pipe(reader, to_writer), self._pipe(to_reader, writer))
+
+    @staticmethod
+    async def _pipe(source, sink) -> None:
+        try:
+            while data := await source.read(65536):
+                sink.write(data)
+                await sink.drain()
+        except ConnectionError:
+            pass
+        finally:
+            sink.close()
+
+
+@pytest.fixture
+def proxy_env(monkeypatch):
+    """No proxy variable from the machine running the tests; set the ones a test names."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
-    assert http_backend() == "aiohttp"
-    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
-    assert http_backend() == "httpx"
+        monkeypatch.delenv(name.lower(), raising=False)
+    return monkeypatch
+
+
+async def test_http_proxy_carries_the_request_to_the_provider(upstream, provider, proxy_env):
+    upstream.queue(Reply(body=[OPENAI]))
+    async with ForwardProxy() as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)
+
+        outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text) == (None, OPENAI_TEXT)
+    assert proxy.request_lines == [f"POST {upstream.base_url}/chat/completions"]
+    assert upstream.requests[0]["path"] == "/v1/chat/completions"
+    assert upstream.requests[0]["headers"]["authorization"] == f"Bearer {TEST_API_KEY}"
+
+
+async def test_no_proxy_sends_a_matching_host_past_the_proxy(upstream, provider, proxy_env):
+    upstream.queue(Reply(body=[OPENAI]))
+    async with ForwardProxy() as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)
+        proxy_env.setenv("NO_PROXY", "localhost,127.0.0.1")
+
+        outcome = await ask(provider)
+
+    assert (outcome.error, outcome.text) == (None, OPENAI_TEXT)
+    assert proxy.request_lines == []
+    assert len(upstream.requests) == 1
+
+
+async def test_a_proxy_that_cannot_be_reached_is_named_in_the_error(upstream, provider, proxy_env):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = probe.getsockname()[1]
+    proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{dead}")
+
+    outcome = await ask(provider)
+
+    assert outcome.error.code == "upstream_connect"
+    assert "proxy" in outcome.error.detail
+    assert upstream.requests == []
+    assert_plain_words(outcome.error.detail)
+
+
+async def test_the_demo_model_answers_through_the_client_even_behind_a_proxy(settings, proxy_env):
+    """The demo is mounted on the same client for its own address, which no proxy sees."""
+    from chat.upstream import Provider
+
+    settings.CHAT_DEMO, settings.CHAT_DEMO_DELAY = True, 0
+    async with ForwardProxy() as proxy:
+        proxy_env.setenv("HTTP_PROXY", proxy.url)
+        proxy_env.setenv("ALL_PROXY", proxy.url)
+
+        outcome = await ask(Provider.from_settings(), [{"role": "user", "content": "count to 5"}])
+
+    assert (outcome.error, outcome.text, outcome.finish_reason) == (None, "1, 2, 3, 4, 5.", "stop")
+    assert proxy.request_lines == []
 
 
 # -- Provider output that must not break the app (issue #12) -------------------------------------------
@@ -1255,8 +1425,9 @@ def storable_text(text: str) -> bool:
 async def ask_pieces(provider) -> tuple[Outcome, list]:
     """As `ask`, keeping each piece: what is streamed must be storable, piece by piece."""
     outcome, pieces = Outcome(), []
+    stream = ChatStream(provider, "test-model", HELLO)
     try:
-        async for piece, stream in stream_chat(provider, "test-model", HELLO):
+        async for piece in stream:
             pieces.append(piece)
             outcome.text += piece.content
             outcome.reasoning += piece.reasoning

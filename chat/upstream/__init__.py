@@ -1,6 +1,6 @@
 """Everything that talks to a model provider over the network lives in this package."""
 
-from chat.upstream.client import ChatStream, Piece, Provider, Retry, list_models, stream_chat, warm_up
+from chat.upstream.client import ChatStream, Piece, Provider, Retry, list_models, warm_up
 from chat.upstream.errors import UpstreamError, redact
 
 __all__ = [
@@ -11,6 +11,5 @@ __all__ = [
     "UpstreamError",
     "list_models",
     "redact",
-    "stream_chat",
     "warm_up",
 ]

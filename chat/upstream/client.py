@@ -1,9 +1,10 @@
 """The OpenAI-compatible streaming client: the only code in the app that talks to a model.
 
-One shared HTTP client per process and event loop (chat.upstream.http: aiohttp, or
-httpx behind a proxy), explicit timeouts (the idle timeout applies between bytes, so
-keep-alive comments keep a queued request alive while a silent stream ends), retries
-only before any text exists, and every failure mapped to UpstreamError.
+One shared HTTP client per process and event loop (chat.upstream.http: httpx over
+aiohttp's transport, the demo model mounted on it), explicit timeouts (the idle
+timeout applies between bytes, so keep-alive comments keep a queued request alive
+while a silent stream ends), retries only before any text exists, and every failure
+mapped to UpstreamError.
 """
 
 import asyncio
@@ -13,7 +14,6 @@ import math
 import random
 import re
 import urllib.parse
-import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -22,8 +22,9 @@ from django.conf import settings
 
 from chat.text import StorableStream, storable
 from chat.upstream.chunks import parse_chunk
+from chat.upstream.demo import DEMO_ORIGIN
 from chat.upstream.errors import UpstreamError, redact, secrets_of
-from chat.upstream.http import AiohttpClient, HttpxClient, Response, TransportError
+from chat.upstream.http import Client, Response, TransportError
 from chat.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Provider:
     @classmethod
     def from_settings(cls) -> "Provider":
         if settings.CHAT_DEMO:
-            return cls(base_url="http://demo.invalid/v1", demo=True)
+            return cls(base_url=f"{DEMO_ORIGIN}/v1", demo=True)
         return cls(base_url=settings.OPENAI_BASE_URL.rstrip("/"), api_key=settings.OPENAI_API_KEY)
 
     def redact(self, text: str) -> str:
@@ -74,67 +75,49 @@ class Retry:
 
 # Base URLs that answered 400 to stream_options; asked without it from then on.
 _rejects_usage_option: set[str] = set()
-_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, AiohttpClient | HttpxClient]] = (
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple, Client]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def get_client(demo: bool = False) -> AiohttpClient | HttpxClient:
+def get_client() -> Client:
     """The process's shared client for the running event loop (connections belong to a loop).
 
     Keyed by the loop object, weakly: an id() is reused once a loop is collected, and
     a client whose pool belongs to a dead loop fails; loops running side by side (an
     async_to_sync call beside the server's loop) each keep their own client. The
-    timeout settings are part of the key so a changed value takes effect.
+    timeout settings are part of the key so a changed value takes effect. The demo
+    model is mounted on every client, so one client serves both.
     """
     loop = asyncio.get_running_loop()
     key = (
-        demo,
         settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
         settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
         settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
-        settings.CHAT_UPSTREAM_HTTP,
     )
     per_loop = _clients.setdefault(loop, {})
     client = per_loop.get(key)
     if client is None or client.is_closed:
-        client = per_loop[key] = new_client(demo)
+        client = per_loop[key] = new_client()
     return client
 
 
-def new_client(demo: bool = False) -> AiohttpClient | HttpxClient:
-    """A client as the settings say. The backend is chosen here, once, not per request:
-    looking for proxy variables reads the whole environment (~0.1 ms)."""
-    options = dict(
+def new_client() -> Client:
+    """A client as the settings say. Proxy variables are read here, once, not per request."""
+    return Client(
         connect_timeout=settings.CHAT_UPSTREAM_CONNECT_TIMEOUT,
         idle_timeout=settings.CHAT_UPSTREAM_IDLE_TIMEOUT,
         max_connections=settings.CHAT_UPSTREAM_MAX_CONNECTIONS,
     )
-    if demo:
-        from chat.upstream.demo import DemoTransport
-
-        return HttpxClient(**options, transport=DemoTransport())
-    if http_backend() == "aiohttp":
-        return AiohttpClient(**options)
-    return HttpxClient(**options)
 
 
 def warm_up() -> None:
-    """Make this loop's client for the site's default provider now: its TLS context takes
-    tens of milliseconds, which would otherwise land on the first reply's first token."""
+    """Make this loop's client now: its TLS context takes tens of milliseconds, which
+    would otherwise land on the first reply's first token."""
     try:
-        get_client(settings.CHAT_DEMO)
+        get_client()
     except Exception:  # the first reply will make it again, and report what is wrong
         log.exception("Could not make the upstream client ahead of the first reply")
-
-
-def http_backend() -> str:
-    """CHAT_UPSTREAM_HTTP: `auto` is aiohttp, unless proxy variables (HTTPS_PROXY …) are set,
-    which only httpx honours."""
-    choice = settings.CHAT_UPSTREAM_HTTP
-    if choice == "auto":
-        return "httpx" if urllib.request.getproxies() else "aiohttp"
-    return choice
 
 
 class ChatStream:
@@ -205,7 +188,7 @@ class ChatStream:
 
     async def _open(self) -> Response:
         """Send the request; retry transient failures, which is safe as nothing was shown yet."""
-        client = get_client(self.provider.demo)
+        client = get_client()
         url = self._url()
         attempt = 0
         while True:
@@ -534,27 +517,6 @@ async def _finish_body(response: Response) -> None:
         pass
 
 
-async def stream_chat(
-    provider: Provider,
-    model: str,
-    messages: list[dict],
-    *,
-    on_retry: Callable[[Retry], object] | None = None,
-) -> AsyncIterator[tuple[Piece, ChatStream]]:
-    """Yield (piece, stream) per network read with text; raises UpstreamError on failure.
-
-    Closing this generator early (the user pressed stop) closes the provider
-    connection at once, so the provider stops generating and billing.
-    """
-    stream = ChatStream(provider, model, messages, on_retry=on_retry)
-    pieces = aiter(stream)
-    try:
-        async for piece in pieces:
-            yield piece, stream
-    finally:
-        await pieces.aclose()
-
-
 _STATUS_WORDS = {
     400: ("upstream_bad_request", "The model provider rejected the request"),
     401: ("upstream_auth", "The model provider rejected the API key"),
@@ -637,7 +599,7 @@ async def list_models(provider: Provider) -> list[str]:
     event loop of its own that ends with the call."""
     headers = {"authorization": f"Bearer {provider.api_key}"} if provider.api_key else {}
     headers.update(dict(provider.headers))
-    client = new_client(provider.demo)
+    client = new_client()
     try:
         response = await client.get(f"{provider.base_url}/models", headers=headers)
         try:

@@ -1,8 +1,9 @@
 """The built-in demo model: an in-process OpenAI-compatible server.
 
-It answers through an httpx transport with real SSE bytes, so the demo exercises
-the same client, decoder and relay as a real provider, with realistic pacing.
-No network, no key. Its text is canned; it says so.
+It is an httpx transport mounted on the upstream client for DEMO_ORIGIN
+(chat.upstream.http), answering with real SSE bytes, so the demo exercises the same
+client, decoder and relay as a real provider, with realistic pacing. No network, no
+key. Its text is canned; it says so.
 """
 
 import asyncio
@@ -13,6 +14,9 @@ import time
 import httpx
 from django.conf import settings
 
+# `.invalid` never resolves (RFC 2606), so no real server can answer at this address,
+# and a proxy from HTTP_PROXY never sees it: the more specific mount wins.
+DEMO_ORIGIN = "http://demo.invalid"
 _WORD = re.compile(r"\s*\S+|\s+")
 _COUNT = re.compile(r"\bcount (?:from 1 )?to (\d{1,4})\b", re.I)
 

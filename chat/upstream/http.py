@@ -1,25 +1,29 @@
-"""The HTTP clients under chat.upstream.client: aiohttp, or httpx behind a proxy and for the demo.
+"""The one HTTP client under chat.upstream.client: httpx, over aiohttp's transport.
 
-ChatStream speaks to one small interface, `post`/`get` → `Response`, whatever does the
-HTTP. aiohttp is used directly, not through httpx: its C parser and lean request path
-cost half of httpx's CPU per streamed read, and httpx's request machinery (or an httpx
-transport wrapped around aiohttp) added ~0.4 ms to every reply's first token
-(docs/benchmark.md). httpx stays for what only it does here: HTTP(S)_PROXY variables,
-and the in-process demo model (an httpx transport).
+httpx is the client: its request API, its proxy rules and its mounts. The transport under
+it is aiohttp's, through the httpx-aiohttp package (the route the openai SDK takes for its
+aiohttp client): aiohttp's C parser costs about half the CPU of httpx's own transport per
+streamed read, and a reply is thousands of reads (docs/benchmark.md).
 
-Both clients keep the same rules: the connect timeout covers waiting for a pooled
-connection and connecting; the idle timeout applies between reads (waiting for the
-response headers included), so keep-alive comments keep a slow reply alive; redirects
-are not followed; trust roots are certifi's, or SSL_CERT_FILE / SSL_CERT_DIR when set.
-Every failure of the request or of the body is a TransportError.
+The rules, for every request: the connect timeout covers waiting for a pooled connection
+and connecting; the idle timeout applies between reads (waiting for the response headers
+included), so keep-alive comments keep a slow reply alive; redirects are not followed;
+trust roots are certifi's, or SSL_CERT_FILE / SSL_CERT_DIR when set. HTTP_PROXY,
+HTTPS_PROXY, ALL_PROXY and NO_PROXY are honoured: httpx reads them when the client is made
+and mounts a proxied transport per scheme. The demo model is a transport mounted for its
+own address, so a demo reply takes the same client as a real one, proxies or not.
+
+Every failure of the request or of the body is a TransportError, named by `_failure`.
 """
 
-import asyncio
-import json
-from collections.abc import Mapping
+import ssl
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
+from httpx_aiohttp import HttpxAiohttpClient
+
+from chat.upstream.demo import DEMO_ORIGIN, DemoTransport
 
 
 class TransportError(Exception):
@@ -31,13 +35,72 @@ class TransportError(Exception):
         self.timed_out = timed_out
 
 
+# What can come out of the client. httpx-aiohttp turns most aiohttp errors into httpx ones,
+# but not all: a reply that is not HTTP at all comes out as aiohttp's ClientResponseError.
+_FAILURES = (httpx.HTTPError, aiohttp.ClientError)
+_CLOSED = (
+    aiohttp.ServerDisconnectedError,
+    httpx.RemoteProtocolError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+_PROXY = (httpx.ProxyError, aiohttp.ClientProxyConnectionError, aiohttp.ClientHttpProxyError)
+
+
+def _failure(exc: Exception) -> TransportError:
+    """The one error map: what went wrong, in a few words, judged by the root cause.
+
+    The root, not the httpx class: httpx-aiohttp raises httpx.ConnectTimeout for every
+    aiohttp connection error (a refused connection, an unknown host, a server that hung
+    up), and chains the real one. So a timeout is a TimeoutError in the chain, or an httpx
+    timeout that no connection error caused.
+    """
+    chain = [exc]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+
+    def caused_by(*kinds: type[BaseException]) -> bool:
+        return any(isinstance(link, kinds) for link in chain)
+
+    if caused_by(TimeoutError) or (
+        isinstance(exc, httpx.TimeoutException) and not caused_by(OSError, aiohttp.ClientError)
+    ):
+        return TransportError("timed out", timed_out=True)
+    if caused_by(ssl.SSLCertVerificationError):
+        reason = "its TLS certificate is not trusted"
+    elif caused_by(*_PROXY):
+        reason = "the HTTP proxy could not be reached or refused the request"
+    elif caused_by(*_CLOSED):
+        reason = "the connection was closed"
+    elif caused_by(OSError, httpx.ConnectError):
+        reason = "connection refused or host not found"
+    elif caused_by(httpx.UnsupportedProtocol, httpx.InvalidURL, aiohttp.InvalidURL):
+        reason = "the address is not a valid http(s) URL"
+    elif caused_by(aiohttp.ClientResponseError, httpx.ProtocolError):
+        reason = "it did not answer in HTTP"
+    else:
+        reason = type(chain[-1]).__name__
+    return TransportError(reason, timed_out=False)
+
+
 class Response:
-    status: int
-    headers: Mapping[str, str]  # case-insensitive
+    """A response whose body is read as it arrives. Failures are TransportErrors."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._response = response
+        self._reads: AsyncIterator[bytes] = response.aiter_bytes()
+        self.status: int = response.status_code
+        self.headers: Mapping[str, str] = response.headers  # case-insensitive
 
     async def chunk(self) -> bytes:
         """The next bytes of the body as they arrive; b"" at its end."""
-        raise NotImplementedError
+        try:
+            return await anext(self._reads)
+        except StopAsyncIteration:
+            return b""
+        except _FAILURES as exc:
+            raise _failure(exc) from exc
 
     async def read(self, limit: int | None = None) -> bytes:
         """The body, or its first `limit` bytes or a little more (an error page)."""
@@ -50,143 +113,42 @@ class Response:
     async def close(self) -> None:
         """Done with it: a body read to its end leaves its connection in the pool; one
         closed early closes its connection, so the provider stops generating."""
-        raise NotImplementedError
-
-
-# -- aiohttp -----------------------------------------------------------------------------
-_TIMEOUTS = (asyncio.TimeoutError, aiohttp.ServerTimeoutError)
-
-
-def _aiohttp_failure(exc: Exception) -> TransportError:
-    if isinstance(exc, _TIMEOUTS):
-        return TransportError("timed out", timed_out=True)
-    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
-        return TransportError("its TLS certificate is not trusted", timed_out=False)
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ClientOSError):
-        return TransportError("connection refused or host not found", timed_out=False)
-    if isinstance(exc, aiohttp.InvalidURL):
-        return TransportError("the address is not a valid http(s) URL", timed_out=False)
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return TransportError("the connection was closed", timed_out=False)
-    return TransportError(type(exc).__name__, timed_out=False)
-
-
-class AiohttpResponse(Response):
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
-        self._response = response
-        self._content = response.content
-        self.status = response.status
-        self.headers = response.headers
-
-    async def chunk(self) -> bytes:
         try:
-            return await self._content.readany()
-        except (aiohttp.ClientError, *_TIMEOUTS) as exc:
-            raise _aiohttp_failure(exc) from exc
-
-    async def close(self) -> None:
-        if self._content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
+            await self._response.aclose()
+        except _FAILURES:
+            pass  # the connection is gone either way
 
 
-class AiohttpClient:
+class Client:
+    """The process's HTTP client for one event loop (see client.get_client)."""
+
     def __init__(self, *, connect_timeout: float, idle_timeout: float, max_connections: int) -> None:
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, ssl=httpx.create_ssl_context()),
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect_timeout, sock_read=idle_timeout),
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
+        self._client = HttpxAiohttpClient(
+            # aiohttp's transport takes `pool` as its connect timeout (the wait for a pooled
+            # connection, then connecting), `read` between reads; a request's small body
+            # has no write timeout of its own.
+            timeout=httpx.Timeout(idle_timeout, connect=connect_timeout, pool=connect_timeout),
+            limits=httpx.Limits(max_connections=max_connections),
+            follow_redirects=False,
+            trust_env=True,  # proxy variables, SSL_CERT_FILE / SSL_CERT_DIR
+            mounts={DEMO_ORIGIN: DemoTransport()},
         )
 
     @property
     def is_closed(self) -> bool:
-        return self.session.closed
+        return self._client.is_closed
 
     async def post(self, url: str, body: dict, headers: dict) -> Response:
-        return await self._request("POST", url, headers, json.dumps(body).encode())
+        return await self._send(self._client.build_request("POST", url, json=body, headers=headers))
 
     async def get(self, url: str, headers: dict) -> Response:
-        return await self._request("GET", url, headers, None)
+        return await self._send(self._client.build_request("GET", url, headers=headers))
 
-    async def _request(self, method: str, url: str, headers: dict, data: bytes | None) -> Response:
-        if data is not None:
-            headers = {"content-type": "application/json", **headers}
+    async def _send(self, request: httpx.Request) -> Response:
         try:
-            response = await self.session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            )
-        except (aiohttp.ClientError, *_TIMEOUTS) as exc:
-            raise _aiohttp_failure(exc) from exc
-        return AiohttpResponse(response)
+            return Response(await self._client.send(request, stream=True))
+        except _FAILURES as exc:
+            raise _failure(exc) from exc
 
     async def aclose(self) -> None:
-        await self.session.close()
-
-
-# -- httpx -------------------------------------------------------------------------------
-def _httpx_failure(exc: httpx.HTTPError) -> TransportError:
-    if isinstance(exc, httpx.TimeoutException):
-        return TransportError("timed out", timed_out=True)
-    if isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, OSError):
-        return TransportError("connection refused or host not found", timed_out=False)
-    return TransportError(type(exc).__name__, timed_out=False)
-
-
-class HttpxResponse(Response):
-    def __init__(self, response: httpx.Response) -> None:
-        self._response = response
-        self._reads = response.aiter_bytes()
-        self.status = response.status_code
-        self.headers = response.headers
-
-    async def chunk(self) -> bytes:
-        try:
-            return await anext(self._reads)
-        except StopAsyncIteration:
-            return b""
-        except httpx.HTTPError as exc:
-            raise _httpx_failure(exc) from exc
-
-    async def close(self) -> None:
-        await self._response.aclose()
-
-
-class HttpxClient:
-    def __init__(
-        self,
-        *,
-        connect_timeout: float,
-        idle_timeout: float,
-        max_connections: int,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(
-                connect=connect_timeout, read=idle_timeout, write=30.0, pool=connect_timeout
-            ),
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=min(100, max_connections)
-            ),
-            transport=transport,
-        )
-
-    @property
-    def is_closed(self) -> bool:
-        return self.client.is_closed
-
-    async def post(self, url: str, body: dict, headers: dict) -> Response:
-        return await self._request(self.client.build_request("POST", url, json=body, headers=headers))
-
-    async def get(self, url: str, headers: dict) -> Response:
-        return await self._request(self.client.build_request("GET", url, headers=headers))
-
-    async def _request(self, request: httpx.Request) -> Response:
-        try:
-            return HttpxResponse(await self.client.send(request, stream=True))
-        except httpx.HTTPError as exc:
-            raise _httpx_failure(exc) from exc
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
+        await self._client.aclose()
