@@ -39,6 +39,7 @@ def machine() -> dict:
         "Twisted",
         "channels-redis",
         "httpx",
+        "httpx-aiohttp",
         "aiohttp",
         "psycopg",
     ):
@@ -398,8 +399,8 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
 
 - **Server CPU per delta 248 → ~56 µs.** py-spy put ~85 % of a reply task's CPU in
   httpx/httpcore/anyio's read chain; the upstream client reads with aiohttp (its C
-  parser), directly since 2026-11-29 (`chat/upstream/http.py`; httpx stays for
-  proxies and the demo). Then, at 150 streams, autobahn's framing plus Twisted's
+  parser), since issue #13 as the transport under httpx's client (httpx-aiohttp,
+  `chat/upstream/http.py`: one client for proxies and the demo). Then, at 150 streams, autobahn's framing plus Twisted's
   add-writer / loop turn / send / remove-writer per frame was ~25 % of daphne's CPU:
   `chat.backpressure.DirectText` frames small text messages itself and sends them at
   once when daphne holds nothing for the socket (85.7 → 62.3 µs, app p99 16.7 → 7.8 ms
@@ -415,9 +416,9 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   thread before every handler (`aclose_old_connections`): `ChatConsumer.dispatch`
   skips it. Sends that arrive together are saved together (`replies.begin_many`: one
   trip, one commit, no savepoint per send). The upstream client is made when the
-  first socket connects, and its request no longer goes through httpx's machinery
-  around aiohttp (request → first piece 830 → 432 µs in-process; `start` → first
-  delta in the app 1.47 → 0.85 ms, and 47 → 21 ms with 100 at once).
+  first socket connects. (Its request went straight to aiohttp from 2026-11-29 to
+  issue #13, which put httpx's client back in front of it for one client with one
+  error map: request → first piece ~0.2 ms more in-process.)
 - **Per-delta p99 at 1 stream 10.4 → ~0.5 ms.** The once-a-second checkpoint is one
   executemany, not an ORM update per reply holding the GIL.
 - **p99 at 200 × 50 tok/s 48 → 7–9 ms; 300 streams within 25 ms.** Replies that end
