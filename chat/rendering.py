@@ -157,6 +157,10 @@ _LINE_BREAK = re.compile(r"\r\n?|\n")
 _ENDED_BY_BLANK_LINE = {"paragraph_open", "blockquote_open", "table_open"}
 # Blocks that are finished as soon as their last line is.
 _ONE_LINE = {"heading_open", "hr"}
+# Blocks that go on after a blank line only with an indented line or, for a list, another item:
+# a line that begins with anything else ends them, and its first character says so early.
+_ENDED_BY_UNINDENTED_LINE = {"bullet_list_open", "ordered_list_open", "code_block"}
+_LIST_MARKER_START = set("-+*0123456789")
 
 
 @lru_cache(maxsize=1)
@@ -185,7 +189,8 @@ def complete_blocks(text: str, start: int) -> int:
 
     markdown-it decides where blocks end: a top-level block is finished once a later one has
     started, or (the last one) once nothing that may follow can change it: a closed fence, a
-    heading or rule, a paragraph, quote or table after a blank line. Rendering each finished
+    heading or rule, a paragraph, quote or table after a blank line, a list or indented code
+    after a blank line once the next line has begun with something else. Rendering each finished
     span alone gives the HTML the whole reply would give for it (tests/test_rendering.py checks
     this), so only the unrendered tail is parsed, never the whole reply again; as the tail
     starts where the last unfinished block does, a call costs about that block's length. Only
@@ -194,7 +199,7 @@ def complete_blocks(text: str, start: int) -> int:
     last_newline = text.rfind("\n", start)
     if last_newline < 0:
         return start
-    tail = text[start : last_newline + 1]
+    tail, being_written = text[start : last_newline + 1], text[last_newline + 1 :]
     blocks = [token for token in _block_md().parse(tail) if token.level == 0 and token.map is not None]
     if not blocks:
         return start
@@ -205,6 +210,13 @@ def complete_blocks(text: str, start: int) -> int:
         finished = _fence_closed(last, tail, starts)
     elif last.type in _ONE_LINE:
         finished = True
+    elif last.type in _ENDED_BY_UNINDENTED_LINE:
+        first = being_written[:1]
+        # (A list's map takes in the blank lines after it, so look at the last line itself.)
+        blank_line_before = not tail[starts[-2] :].strip(" \t\r\n")
+        finished = (
+            blank_line_before and first != "" and not first.isspace() and first not in _LIST_MARKER_START
+        )
     else:
         finished = last.type in _ENDED_BY_BLANK_LINE and after < len(starts) - 1
     # Lines after the last block that are not blank are a link reference definition, which a

@@ -177,6 +177,13 @@ def test_a_list_is_not_finished_while_a_later_item_may_still_join_it():
     assert render_markdown(text[:end]) + render_markdown(text[end:]) == render_markdown(text)
 
 
+def test_a_list_is_finished_once_the_line_after_its_blank_line_begins_with_text():
+    text = "1. **first**\n2. second\n\n"
+    assert complete_blocks(text + "-", 0) == 0  # "- more": a list item, but of another list? not yet known
+    assert complete_blocks(text + "  ", 0) == 0  # may be indented into the last item
+    assert complete_blocks(text + "and then", 0) == len(text)
+
+
 def test_a_table_is_finished_by_a_blank_line_not_by_a_row():
     text = "| a | b |\n|:--|--:|\n| 1 | 2 |\n"
     assert complete_blocks(text, 0) == 0  # the next line may be another row
