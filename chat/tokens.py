@@ -204,15 +204,6 @@ def message_overhead(role: str, model: str, name: str = "", encoding_override: s
     return overhead
 
 
-def count_prompt(
-    roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
-) -> int | None:
-    """Prompt tokens for messages given as their roles and stored content counts, as the
-    provider bills them; None if any count is unknown."""
-    counted = count_messages(roles, counts, model, encoding_override)
-    return None if counted is None else REPLY_PRIMING + counted
-
-
 def count_messages(
     roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
 ) -> int | None:
@@ -230,14 +221,6 @@ def count_messages(
             return None
         total += messages * overhead
     return total
-
-
-def count_prompt_tokens(
-    messages: list[tuple[str, int | None]], model: str, encoding_override: str = ""
-) -> int | None:
-    """count_prompt for (role, content token count) pairs."""
-    roles, counts = zip(*messages, strict=True) if messages else ((), ())
-    return count_prompt(roles, counts, model, encoding_override)
 
 
 def warm_up(model: str) -> None:
