@@ -133,7 +133,6 @@ class CountCache:
         self.size = size
         self._counts: OrderedDict[tuple, int] = OrderedDict()
         self._lock = threading.Lock()  # the event loop, worker threads and the database thread share it
-        self.encoded = 0  # texts encoded (misses), for tests and the curious
 
     @staticmethod
     def key(text: str, model: str, encoding_override: str) -> tuple:
@@ -158,7 +157,6 @@ class CountCache:
         if count is None:
             return None
         with self._lock:
-            self.encoded += 1
             self._counts[self.key(text, model, encoding_override)] = count
             while len(self._counts) > self.size:
                 self._counts.popitem(last=False)
@@ -167,7 +165,6 @@ class CountCache:
     def clear(self) -> None:
         with self._lock:
             self._counts.clear()
-            self.encoded = 0
 
 
 system_prompts = CountCache()
