@@ -172,9 +172,8 @@ system_prompts = CountCache()
 
 # One thread for counts made from async code (chat.generation), not the database thread
 # every socket shares (issue #12), and not asyncio's default pool either: the encoder holds
-# the GIL, and with up to six pool threads counting at once (hundreds of replies ending
-# together) the event loop waited its turn behind each, which tripled the relay's p99
-# latency (docs/benchmark.md).
+# the GIL, and with several pool threads counting at once (hundreds of replies ending
+# together) the event loop waited its turn behind each, and every stream's deltas with it.
 _counter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-count")
 
 
@@ -221,7 +220,8 @@ def count_messages(
 
 
 def warm_up(model: str) -> None:
-    """Load the model's vocabulary ahead of the first message (it takes about a second)."""
+    """Load the model's vocabulary ahead of the first message, which would otherwise wait
+    for it (reading and parsing a few megabytes)."""
     get_encoding(encoding_name(model))
 
 
