@@ -115,8 +115,9 @@ class ConversationAdmin(ChatAdmin):
     )
     list_select_related = ("user",)
     list_filter = ("updated_at", "model", ("user", admin.RelatedOnlyFieldListFilter))
-    # Titles and owners only: a content search joins every message (105 s on SQLite with a
-    # million messages); message text is searched in the Messages list, which links here.
+    # Titles and owners only: a content search joins every message of every conversation, a
+    # scan of the largest table on each search; message text is searched in the Messages
+    # list, which links here.
     search_fields = ("title", "user__username")
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
     date_hierarchy = "updated_at"
@@ -258,7 +259,8 @@ class MessageAdmin(ChatAdmin):
     )
     list_select_related = ("conversation__user",)
     # Fixed choices only: a plain field filter runs SELECT DISTINCT over the whole table,
-    # and date_hierarchy truncates every row's date (6.9 s with a million messages).
+    # and date_hierarchy truncates every row's date, so each would scan every message on
+    # every page load.
     list_filter = ("role", "status", FinishReasonFilter, HasErrorFilter, "created_at")
     search_fields = ("content",)
     show_full_result_count = False

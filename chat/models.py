@@ -111,10 +111,6 @@ class MessageQuerySet(models.QuerySet):
         """The conversation as it stands: earlier versions of regenerated replies left out."""
         return self.filter(superseded=False)
 
-    def stale_streams(self):
-        """Replies still marked streaming whose worker stopped renewing the lease."""
-        return self.filter(status=Message.Status.STREAMING, lease_until__lt=timezone.now())
-
 
 class Message(models.Model):
     class Role(models.TextChoices):
@@ -146,14 +142,6 @@ class Message(models.Model):
 
     # Assistant replies only.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)
-    reply_to = models.ForeignKey(
-        "self",
-        null=True,
-        blank=True,
-        on_delete=models.CASCADE,
-        related_name="replies",
-        help_text="The user message this reply answers; several replies are versions.",
-    )
     superseded = models.BooleanField(default=False, help_text="An earlier version of a regenerated reply.")
     model = models.CharField(max_length=200, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)

@@ -60,12 +60,16 @@ def _render_image_as_link(self, tokens, idx, options, env) -> str:
     return f'<a href="{escapeHtml(src)}">{escapeHtml(alt)}</a>'
 
 
-@lru_cache(maxsize=1)
-def _md() -> MarkdownIt:
+def _new_md() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "highlight": _highlight, "breaks": False})
     md.enable(["table", "strikethrough"])
     md.add_render_rule("image", _render_image_as_link)
     return md
+
+
+@lru_cache(maxsize=1)
+def _md() -> MarkdownIt:
+    return _new_md()
 
 
 def sanitize(html: str) -> str:
@@ -145,23 +149,78 @@ def format_stats(message) -> str:
     return " · ".join(parts)
 
 
-_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+# markdown-it's own line breaks (its "normalize" rule), so its line numbers map to offsets here.
+_LINE_BREAK = re.compile(r"\r\n?|\n")
+# Top-level blocks that nothing after a blank line can extend. Not lists or indented code:
+# a list item (or an indented code block) goes on after a blank line, and a fence only ends
+# at its closing fence.
+_ENDED_BY_BLANK_LINE = {"paragraph_open", "blockquote_open", "table_open"}
+# Blocks that are finished as soon as their last line is.
+_ONE_LINE = {"heading_open", "hr"}
+# Blocks that go on after a blank line only with an indented line or, for a list, another item:
+# a line that begins with anything else ends them, and its first character says so early.
+_ENDED_BY_UNINDENTED_LINE = {"bullet_list_open", "ordered_list_open", "code_block"}
+_LIST_MARKER_START = set("-+*0123456789")
+
+
+@lru_cache(maxsize=1)
+def _block_md() -> MarkdownIt:
+    """The renderer's block rules without its inline pass: only block boundaries are wanted."""
+    md = _new_md()
+    md.disable(["inline", "text_join"])
+    return md
+
+
+def _fence_closed(fence, tail: str, starts: list[int]) -> bool:
+    """markdown-it runs an unclosed fence to the end of the text, so a fence is closed when its
+    last line (not its first) is a closing fence: its opening character, at least as many, and
+    nothing else but spaces."""
+    first, end = fence.map
+    if end - first < 2:
+        return False
+    marker = fence.markup
+    closer = re.compile(rf" {{0,3}}{re.escape(marker[0])}{{{len(marker)},}}[ \t]*(?:\r\n?|\n)")
+    return closer.fullmatch(tail, starts[end - 1], starts[end]) is not None
 
 
 def complete_blocks(text: str, start: int) -> int:
     """Where the Markdown blocks that are certainly finished end, from `start` (itself a block
-    boundary): just after the last blank line that is not inside a fenced code block. What
-    follows may still grow, so it is shown as plain text until the next render."""
-    end, fence, position = start, None, start
-    for line in text[start:].splitlines(keepends=True):
-        position += len(line)
-        if not line.endswith("\n"):
-            break  # the last line is still being written
-        opener = _FENCE.match(line)
-        if fence is None and opener:
-            fence = opener.group(1)[0] * 3
-        elif fence is not None and line.strip().startswith(fence):
-            fence = None
-        elif fence is None and not line.strip():
-            end = position
-    return end
+    boundary). What follows may still grow, so it is shown as plain text until the next render.
+
+    markdown-it decides where blocks end: a top-level block is finished once a later one has
+    started, or (the last one) once nothing that may follow can change it: a closed fence, a
+    heading or rule, a paragraph, quote or table after a blank line, a list or indented code
+    after a blank line once the next line has begun with something else. Rendering each finished
+    span alone gives the HTML the whole reply would give for it (tests/test_rendering.py checks
+    this), so only the unrendered tail is parsed, never the whole reply again; as the tail
+    starts where the last unfinished block does, a call costs about that block's length. Only
+    whole lines are looked at: half a line can look like a block start it will not be.
+    """
+    last_newline = text.rfind("\n", start)
+    if last_newline < 0:
+        return start
+    tail, being_written = text[start : last_newline + 1], text[last_newline + 1 :]
+    blocks = [token for token in _block_md().parse(tail) if token.level == 0 and token.map is not None]
+    if not blocks:
+        return start
+    starts = [0, *(brk.end() for brk in _LINE_BREAK.finditer(tail))]  # starts[n]: where line n begins
+    last = blocks[-1]
+    after = last.map[1]
+    if last.type == "fence":
+        finished = _fence_closed(last, tail, starts)
+    elif last.type in _ONE_LINE:
+        finished = True
+    elif last.type in _ENDED_BY_UNINDENTED_LINE:
+        first = being_written[:1]
+        # (A list's map takes in the blank lines after it, so look at the last line itself.)
+        blank_line_before = not tail[starts[-2] :].strip(" \t\r\n")
+        finished = (
+            blank_line_before and first != "" and not first.isspace() and first not in _LIST_MARKER_START
+        )
+    else:
+        finished = last.type in _ENDED_BY_BLANK_LINE and after < len(starts) - 1
+    # Lines after the last block that are not blank are a link reference definition, which a
+    # title on the next line may still continue.
+    if finished and not tail[starts[after] :].strip(" \t\r\n"):
+        return start + len(tail)
+    return start + starts[last.map[0]]

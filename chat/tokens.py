@@ -133,7 +133,6 @@ class CountCache:
         self.size = size
         self._counts: OrderedDict[tuple, int] = OrderedDict()
         self._lock = threading.Lock()  # the event loop, worker threads and the database thread share it
-        self.encoded = 0  # texts encoded (misses), for tests and the curious
 
     @staticmethod
     def key(text: str, model: str, encoding_override: str) -> tuple:
@@ -158,7 +157,6 @@ class CountCache:
         if count is None:
             return None
         with self._lock:
-            self.encoded += 1
             self._counts[self.key(text, model, encoding_override)] = count
             while len(self._counts) > self.size:
                 self._counts.popitem(last=False)
@@ -167,7 +165,6 @@ class CountCache:
     def clear(self) -> None:
         with self._lock:
             self._counts.clear()
-            self.encoded = 0
 
 
 system_prompts = CountCache()
@@ -175,9 +172,8 @@ system_prompts = CountCache()
 
 # One thread for counts made from async code (chat.generation), not the database thread
 # every socket shares (issue #12), and not asyncio's default pool either: the encoder holds
-# the GIL, and with up to six pool threads counting at once (hundreds of replies ending
-# together) the event loop waited its turn behind each, which tripled the relay's p99
-# latency (docs/benchmark.md).
+# the GIL, and with several pool threads counting at once (hundreds of replies ending
+# together) the event loop waited its turn behind each, and every stream's deltas with it.
 _counter = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="token-count")
 
 
@@ -204,15 +200,6 @@ def message_overhead(role: str, model: str, name: str = "", encoding_override: s
     return overhead
 
 
-def count_prompt(
-    roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
-) -> int | None:
-    """Prompt tokens for messages given as their roles and stored content counts, as the
-    provider bills them; None if any count is unknown."""
-    counted = count_messages(roles, counts, model, encoding_override)
-    return None if counted is None else REPLY_PRIMING + counted
-
-
 def count_messages(
     roles: Sequence[str], counts: Sequence[int | None], model: str, encoding_override: str = ""
 ) -> int | None:
@@ -232,16 +219,9 @@ def count_messages(
     return total
 
 
-def count_prompt_tokens(
-    messages: list[tuple[str, int | None]], model: str, encoding_override: str = ""
-) -> int | None:
-    """count_prompt for (role, content token count) pairs."""
-    roles, counts = zip(*messages, strict=True) if messages else ((), ())
-    return count_prompt(roles, counts, model, encoding_override)
-
-
 def warm_up(model: str) -> None:
-    """Load the model's vocabulary ahead of the first message (it takes about a second)."""
+    """Load the model's vocabulary ahead of the first message, which would otherwise wait
+    for it (reading and parsing a few megabytes)."""
     get_encoding(encoding_name(model))
 
 

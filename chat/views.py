@@ -216,7 +216,6 @@ def message_payload(message: Message) -> dict:
         "status": message.status,
         "finish_reason": message.finish_reason,
         "model": message.model,
-        "reply_to": message.reply_to_id,
         "prompt_tokens": message.prompt_tokens,
         "completion_tokens": message.completion_tokens,
         "ttft_ms": message.ttft_ms,

@@ -32,8 +32,8 @@ def charlie(db) -> User:
 @pytest.fixture
 def bobs_chat(bob) -> Conversation:
     chat = Conversation.objects.create(user=bob, title="Bob's secret plans", system_prompt="bob's prompt")
-    question = Message.objects.create(conversation=chat, role="user", content="bob's question")
-    Message.objects.create(conversation=chat, role="assistant", content="bob's answer", reply_to=question)
+    Message.objects.create(conversation=chat, role="user", content="bob's question")
+    Message.objects.create(conversation=chat, role="assistant", content="bob's answer")
     return chat
 
 

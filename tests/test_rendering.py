@@ -1,12 +1,13 @@
 """chat/rendering.py: Markdown features users expect, and nothing a reply could use to attack the page."""
 
+import random
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
 from chat.models import Message
-from chat.rendering import format_stats, pygments_css, render_markdown
+from chat.rendering import complete_blocks, format_stats, pygments_css, render_markdown
 
 
 def test_it_renders_tables_with_alignment():
@@ -131,11 +132,126 @@ def test_the_code_stylesheet_is_current():
 
 
 def test_complete_blocks_end_at_blank_lines_outside_code_fences():
-    from chat.rendering import complete_blocks
-
     text = "# Title\n\nFirst para.\n\n```py\nx = 1\n\ny = 2\n```\n\nStill wri"
     end = complete_blocks(text, 0)
     assert text[:end] == "# Title\n\nFirst para.\n\n```py\nx = 1\n\ny = 2\n```\n\n"  # not inside the fence
     assert complete_blocks(text, end) == end  # the tail is unfinished
     assert complete_blocks("```\nopen fence\n\nstill code\n", 0) == 0
     assert complete_blocks("no blank line yet", 0) == 0
+
+
+def streamed_spans(text: str, cuts: list[int]) -> tuple[list[str], int]:
+    """What a streaming reply sends in `render` frames when its text arrives in pieces ending at
+    `cuts`: each finished span rendered on its own, as chat/generation.py does."""
+    html, rendered = [], 0
+    for cut in sorted(cuts):
+        end = complete_blocks(text[:cut], rendered)
+        assert rendered <= end <= cut
+        if end > rendered:
+            html.append(render_markdown(text[rendered:end]))
+            rendered = end
+    return html, rendered
+
+
+def test_a_four_backtick_fence_is_not_closed_by_a_three_backtick_line():
+    text = "````md\n```py\nx = 1\n```\n\nstill inside\n"
+    assert complete_blocks(text, 0) == 0
+    closed = text + "````\n"
+    assert complete_blocks(closed, 0) == len(closed)
+    assert render_markdown(closed).count("<pre>") == 1
+
+
+def test_a_fence_closed_at_the_very_end_is_finished():
+    text = "Intro.\n\n~~~\ncode\n~~~\n"
+    assert complete_blocks(text, 0) == len(text)
+    # The closing line is not finished until its newline: "~~~x" would not close the fence.
+    assert complete_blocks(text[:-1], 0) == len("Intro.\n\n")
+
+
+def test_a_list_is_not_finished_while_a_later_item_may_still_join_it():
+    text = "- one\n  - nested\n\n"
+    assert complete_blocks(text, 0) == 0  # a blank line does not end a list
+    text += "  more of one\n- two\n\nAfter.\n"
+    end = complete_blocks(text, 0)
+    assert text[:end] == "- one\n  - nested\n\n  more of one\n- two\n\n"
+    assert render_markdown(text[:end]) + render_markdown(text[end:]) == render_markdown(text)
+
+
+def test_a_list_is_finished_once_the_line_after_its_blank_line_begins_with_text():
+    text = "1. **first**\n2. second\n\n"
+    assert complete_blocks(text + "-", 0) == 0  # "- more": a list item, but of another list? not yet known
+    assert complete_blocks(text + "  ", 0) == 0  # may be indented into the last item
+    assert complete_blocks(text + "and then", 0) == len(text)
+
+
+def test_a_table_is_finished_by_a_blank_line_not_by_a_row():
+    text = "| a | b |\n|:--|--:|\n| 1 | 2 |\n"
+    assert complete_blocks(text, 0) == 0  # the next line may be another row
+    assert complete_blocks(text + "\n", 0) == len(text) + 1
+
+
+def test_text_without_a_newline_is_never_finished():
+    assert complete_blocks("no newline yet", 0) == 0
+    assert complete_blocks("# Title", 0) == 0
+    assert complete_blocks("# Title\nPara", 0) == len("# Title\n")
+
+
+def test_windows_line_endings_end_blocks_at_the_same_places():
+    text = "# Title\r\n\r\nPara one\r\n\r\n```\r\ncode\r\n```\r\nTail"
+    end = complete_blocks(text, 0)
+    assert text[:end] == "# Title\r\n\r\nPara one\r\n\r\n```\r\ncode\r\n```\r\n"
+    assert complete_blocks("Para\r\n\r", 0) == 0  # "\r" alone may be half of "\r\n"
+
+
+# Blocks a reply is made of. No link reference definitions: one defined after its use links it
+# only when the whole reply is rendered, so no streaming split can match that.
+BLOCKS = [
+    "# Heading\n",
+    "Setext heading\n===\n",
+    "A paragraph with *emphasis*,\n`code` and a [link](https://example.com).\n",
+    "Paragraph then\n---\n",
+    "- a\n- b\n  - nested\n    - deeper\n",
+    "- loose\n\n- list\n",
+    "1. one\n2. two\n\n   still two\n",
+    "* star list\n",
+    "> quoted\n> more\n",
+    "> lazy\ncontinuation\n",
+    "| a | b |\n|:--|--:|\n| 1 | 2 |\n",
+    "````md\n```py\nx = 1\n```\n````\n",
+    "~~~\ncode\n\nafter a blank\n~~~\n",
+    "```py\nprint('hi')\n```\n",
+    "    indented code\n\n    more code\n",
+    "***\n",
+    "Text\n",
+]
+ENDINGS = ["", "```\nnever closed\n", "Half a line", "- last item"]
+
+
+def random_reply(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randint(1, 8)):
+        parts.append(rng.choice(BLOCKS))
+        parts.append(rng.choice(["", "\n", "\n\n"]))
+    text = "".join(parts) + rng.choice(ENDINGS)
+    return text.replace("\n", "\r\n") if rng.random() < 0.2 else text
+
+
+def test_rendering_the_streamed_spans_one_by_one_gives_the_whole_replys_html():
+    """The page shows the `render` frames' HTML in place of the text they cover and swaps in
+    the whole reply's rendering at the end: each span must render alone exactly as it does in
+    the whole reply, or the page shows something else while streaming (a fence closed too
+    early, a loose list split in two)."""
+    rng = random.Random(13)
+    for _ in range(400):
+        text = random_reply(rng)
+        cuts = rng.sample(range(1, len(text) + 1), k=min(len(text), rng.randint(1, 12)))
+        html, rendered = streamed_spans(text, [*cuts, len(text)])
+        assert "".join(html) + render_markdown(text[rendered:]) == render_markdown(text), (text, cuts)
+
+
+def test_streaming_one_character_at_a_time_renders_every_block_before_the_last():
+    text = "".join(BLOCKS) + "\nThe end.\n"
+    html, rendered = streamed_spans(text, list(range(1, len(text) + 1)))
+    assert "".join(html) + render_markdown(text[rendered:]) == render_markdown(text)
+    assert text[rendered:] == "The end.\n"
+    assert len(html) > len(BLOCKS) // 2  # blocks appear as they finish, not all at the end

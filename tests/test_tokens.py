@@ -70,7 +70,7 @@ def no_downloads(monkeypatch):
 def test_the_seed_prompt_costs_36_tokens_on_gpt_4o_mini():
     content = tokens.count_tokens(SEED_PROMPT, "gpt-4o-mini")
 
-    assert tokens.count_prompt_tokens([("user", content)], "gpt-4o-mini") == 36
+    assert tokens.REPLY_PRIMING + tokens.count_messages(("user",), (content,), "gpt-4o-mini") == 36
 
 
 @needs_vocabularies
@@ -94,9 +94,7 @@ def test_cl100k_models_are_counted_with_their_own_vocabulary():
     assert tokens.count_tokens(CHINESE, "gpt-4") == 16
     assert tokens.count_tokens(CHINESE, "gpt-4o-mini") == 9
     content = tokens.count_tokens(SEED_PROMPT, "gpt-4")
-    assert tokens.count_prompt_tokens([("system", 5), ("user", content)], "gpt-4") == 3 + (3 + 1 + 5) + (
-        3 + 1 + 29
-    )
+    assert tokens.count_messages(("system", "user"), (5, content), "gpt-4") == (3 + 1 + 5) + (3 + 1 + 29)
 
 
 @needs_vocabularies
@@ -117,7 +115,7 @@ def test_special_token_text_typed_by_a_user_is_counted_as_text():
 
 
 def test_a_prompt_with_an_uncounted_message_has_no_count():
-    assert tokens.count_prompt_tokens([("user", 5), ("assistant", None)], "gpt-4o-mini") is None
+    assert tokens.count_messages(("user", "assistant"), (5, None), "gpt-4o-mini") is None
 
 
 def test_missing_vocabularies_give_no_counts_and_no_download(
@@ -128,7 +126,7 @@ def test_missing_vocabularies_give_no_counts_and_no_download(
     assert tokens.count_tokens(SEED_REPLY, "gpt-4o-mini") is None
     assert tokens.count_tokens(SEED_REPLY, "gpt-4") is None
     assert tokens.message_overhead("user", "gpt-4o-mini") is None
-    assert tokens.count_prompt_tokens([("user", 29)], "gpt-4o-mini") is None
+    assert tokens.count_messages(("user",), (29,), "gpt-4o-mini") is None
     tokens.warm_up("gpt-4o-mini")
     assert list(tmp_path.iterdir()) == []
     assert "fetch_vocabularies" in caplog.text

@@ -47,10 +47,8 @@ def bobs_chat(bob: User) -> Conversation:
 
 
 def reply(conversation: Conversation, content: str, **fields) -> Message:
-    question = Message.objects.create(conversation=conversation, role="user", content="question")
-    return Message.objects.create(
-        conversation=conversation, role="assistant", content=content, reply_to=question, **fields
-    )
+    Message.objects.create(conversation=conversation, role="user", content="question")
+    return Message.objects.create(conversation=conversation, role="assistant", content=content, **fields)
 
 
 def page_config(response) -> dict:
