@@ -36,13 +36,14 @@ def load_env_file() -> None:
     through one parser (python-dotenv) instead of a shell's and systemd's. A variable set
     in the environment wins over the file. Values are taken literally (no `$VAR`
     expansion, as systemd's EnvironmentFile did), so a secret may contain `$`.
+    CHAT_ENV_FILE=/dev/null reads none.
     """
     path = env_file()
     if path is None:
         return
-    if not path.is_file():
+    if not path.exists():
         if os.environ.get("CHAT_ENV_FILE", "").strip():
-            raise ImproperlyConfigured(f"CHAT_ENV_FILE names {str(path)!r}, which is not a file")
+            raise ImproperlyConfigured(f"CHAT_ENV_FILE names {str(path)!r}, which does not exist")
         return
     load_dotenv(path, override=False, interpolate=False, encoding="utf-8")
 

@@ -227,6 +227,7 @@ def test_run_sh_listens_where_the_env_file_says(tmp_path):
     )
     assert run(env={**environ, "CHAT_ENV_FILE": path}).stdout.split() == ["0.0.0.0", "9123"]
     assert run(env={**environ, "CHAT_ENV_FILE": path, "PORT": "8555"}).stdout.split() == ["0.0.0.0", "8555"]
+    assert run(env={**environ, "CHAT_ENV_FILE": os.devnull}).stdout.split() == ["127.0.0.1", "8000"]
     bad = run(env={**environ, "CHAT_ENV_FILE": env_file(tmp_path, "PORT=http\n")})
     assert bad.returncode != 0 and "PORT must be a whole number" in bad.stderr
 
