@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up (first time) and run the chat site on http://127.0.0.1:8000/.
 # Zero config: SQLite in ./data, the built-in demo model until OPENAI_API_KEY is set.
+# Settings come from the environment or .env, which the app reads itself (chatsite/env.py),
+# so manage.py and daphne see the same values whether or not they were started from here.
 set -euo pipefail
 cd "$(dirname "$0")"
-[ -f .env ] && set -a && . ./.env && set +a
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
@@ -14,4 +15,7 @@ if [ ! -f .venv/.installed ] || [ requirements.txt -nt .venv/.installed ]; then
 fi
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py bootstrap
-exec .venv/bin/daphne -b "${HOST:-127.0.0.1}" -p "${PORT:-8000}" chatsite.asgi:application
+# HOST and PORT (where daphne listens), from the environment or .env like the rest.
+address=$(.venv/bin/python -m chatsite.env)  # a bad PORT stops here, naming it
+read -r host port <<<"$address"
+exec .venv/bin/daphne -b "$host" -p "$port" chatsite.asgi:application

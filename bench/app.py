@@ -159,6 +159,7 @@ class AppServer:
             "CHAT_FRAMES_PER_SECOND": "100000",
             "CHAT_FRAME_BURST": "100000",
             "CHAT_UPSTREAM_RETRIES": "0",
+            "CHAT_ENV_FILE": os.devnull,  # a repo .env must not change what is measured
             # One user runs every stream: a cap it never reaches, so each send still pays its query.
             "CHAT_MAX_REPLIES_PER_USER": "1000000",
             "DJANGO_DEBUG": "false",

@@ -1,40 +1,114 @@
-"""The chat app's settings, for when it is mounted inside another Django site.
+"""The chat app's settings: each one's name, kind, default and lower bound, written once.
 
-Every module reads ``django.conf.settings.CHAT_*`` (and ``OPENAI_*``) directly.
-chatsite/settings.py sets them all from the environment; a host site usually
-names none of them, so ``ChatConfig.ready()`` fills in whatever is missing with
-the defaults below. A host's own value always wins, as does ``override_settings``.
-See docs/reusable-app.md.
+Every module reads ``django.conf.settings.CHAT_*`` (and ``OPENAI_*``) directly. Two
+places give those settings values, and both take them from this table:
+
+- chatsite/settings.py reads each one from the environment (or ``.env``) with
+  chatsite/env.py's typed readers, so a bad value stops start-up naming the variable;
+- a host site that mounts the app (docs/reusable-app.md) usually names none of them,
+  so ``ChatConfig.ready()`` calls ``install_defaults()`` to fill in whatever is missing.
+  A host's own value always wins, as does ``override_settings``.
+
+The provider settings depend on each other (no key and no base URL means the demo
+model); ``default_provider()`` is that rule, used by both.
+
+tests/test_conf.py proves every setting here is listed in .env.example, the README's
+Settings table and docs/reusable-app.md, with this default.
 """
 
-from django.conf import settings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
 
-DEFAULTS: dict[str, object] = {
-    "CHAT_SYSTEM_PROMPT": "",
-    "CHAT_TOKEN_ENCODING": "o200k_base",
-    "CHAT_UPSTREAM_CONNECT_TIMEOUT": 10.0,
-    "CHAT_UPSTREAM_IDLE_TIMEOUT": 60.0,
-    "CHAT_UPSTREAM_REPLY_DEADLINE": 1800.0,
-    "CHAT_UPSTREAM_RETRIES": 2,
-    "CHAT_UPSTREAM_MAX_RETRY_WAIT": 20.0,
-    "CHAT_UPSTREAM_MAX_CONNECTIONS": 1000,
-    "CHAT_SOCKET_BUFFER_BYTES": 512 * 1024,
-    "CHAT_MAX_MESSAGE_CHARS": 32000,
-    "CHAT_MAX_SYSTEM_PROMPT_CHARS": 32000,
-    "CHAT_MAX_REPLIES_PER_USER": 5,
-    "CHAT_MAX_FRAME_BYTES": 256 * 1024,
-    "CHAT_FRAMES_PER_SECOND": 10.0,
-    "CHAT_FRAME_BURST": 30,
-    "CHAT_CHECKPOINT_INTERVAL": 1.0,
-    "CHAT_LEASE_SECONDS": 10.0,
-    "CHAT_DEMO_DELAY": 0.03,
-    "CHAT_OPEN_SIGNUP": False,
-    "CHAT_SESSION_RECHECK_SECONDS": 5.0,
-    "CHAT_SIGNUP_RATE": "10/h",
-    "CHAT_PASSWORD_RESET_RATE": "5/h",
-}
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+# How a value is read from the environment: "rate" is a django-ratelimit rate (10/h).
+Kind = Literal["str", "int", "float", "bool", "rate"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: Kind
+    default: str | int | float | bool
+    minimum: int | float | None = None
+    help: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("CHAT_SYSTEM_PROMPT", "str", "", help="system prompt for conversations without their own"),
+    Setting("CHAT_MAX_SYSTEM_PROMPT_CHARS", "int", 32000, 1, "longest system prompt"),
+    Setting("CHAT_TOKEN_ENCODING", "str", "o200k_base", help="tiktoken encoding for unknown models"),
+    Setting("CHAT_UPSTREAM_CONNECT_TIMEOUT", "float", 10.0, 0.1, "seconds to connect to the provider"),
+    Setting("CHAT_UPSTREAM_IDLE_TIMEOUT", "float", 60.0, 0.1, "seconds of silence before a reply ends"),
+    # Keep-alive comments cannot hold a reply open past this; 0: no limit.
+    Setting("CHAT_UPSTREAM_REPLY_DEADLINE", "float", 1800.0, 0, "seconds a whole reply may last"),
+    Setting("CHAT_UPSTREAM_RETRIES", "int", 2, 0, "retries before the first text"),
+    Setting("CHAT_UPSTREAM_MAX_RETRY_WAIT", "float", 20.0, 0, "longest retry-after honoured"),
+    Setting("CHAT_UPSTREAM_MAX_CONNECTIONS", "int", 1000, 1, "connection pool size to the provider"),
+    Setting(
+        "CHAT_DIRECT_WRITES",
+        "bool",
+        True,
+        help="fast writes to daphne's sockets; false uses daphne's own path",
+    ),
+    # Past this, a socket's deltas are skipped and it is caught up as it drains.
+    Setting("CHAT_SOCKET_BUFFER_BYTES", "int", 512 * 1024, 4096, "bytes daphne may hold for one socket"),
+    Setting("CHAT_MAX_MESSAGE_CHARS", "int", 32000, 1, "longest user message"),
+    # Over every conversation and worker; 0: no cap.
+    Setting("CHAT_MAX_REPLIES_PER_USER", "int", 5, 0, "replies one user may have streaming at once"),
+    Setting("CHAT_MAX_FRAME_BYTES", "int", 256 * 1024, 1024, "largest websocket frame accepted"),
+    Setting("CHAT_FRAMES_PER_SECOND", "float", 10.0, 0.1, "per-socket frame rate"),
+    Setting("CHAT_FRAME_BURST", "int", 30, 1, "per-socket frame burst"),
+    Setting("CHAT_CHECKPOINT_INTERVAL", "float", 1.0, 0.05, "seconds between saves of streaming text"),
+    Setting("CHAT_LEASE_SECONDS", "float", 10.0, 0.5, "a reply not renewed this long is interrupted"),
+    Setting("CHAT_DEMO_DELAY", "float", 0.03, 0, "seconds between the demo model's words"),
+    # Invite-only by default: staff add users or invites in the admin.
+    Setting("CHAT_OPEN_SIGNUP", "bool", False, help="anyone may sign up at /accounts/signup/"),
+    Setting("CHAT_SIGNUP_RATE", "rate", "10/h", help="sign-ups per client address and per invite"),
+    Setting("CHAT_PASSWORD_RESET_RATE", "rate", "5/h", help="reset requests per address and e-mail"),
+    # Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
+    # socket re-reads its session before a send/edit/regenerate/stop at most this often.
+    Setting("CHAT_SESSION_RECHECK_SECONDS", "float", 5.0, 0, "seconds between session re-reads"),
+)
+
+DEFAULTS: dict[str, object] = {setting.name: setting.default for setting in SETTINGS}
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+OPENAI_DEFAULT_MODEL = "gpt-4o-mini"
+DEMO_MODEL = "demo"
+
+
+@dataclass(frozen=True)
+class ProviderDefaults:
+    demo: bool
+    base_url: str
+    model: str
+
+
+def default_provider(
+    api_key: str, base_url: str, model: str = "", demo: bool | None = None
+) -> ProviderDefaults:
+    """The site's own provider from what was given. With neither a key nor a base URL the
+    offline demo model answers; a key alone means OpenAI. ``demo`` and ``model``, when
+    given, are kept as they are."""
+    if demo is None:
+        demo = not api_key and not base_url
+    if not demo and not base_url:
+        base_url = OPENAI_DEFAULT_BASE_URL
+    return ProviderDefaults(demo, base_url, model or (DEMO_MODEL if demo else OPENAI_DEFAULT_MODEL))
+
+
+def check_chat_settings(values: Mapping[str, object]) -> None:
+    """Stop start-up on settings that are each valid but wrong together."""
+    prompt, longest = values["CHAT_SYSTEM_PROMPT"], values["CHAT_MAX_SYSTEM_PROMPT_CHARS"]
+    if len(prompt) > longest:
+        raise ImproperlyConfigured(
+            f"CHAT_SYSTEM_PROMPT is {len(prompt)} characters; CHAT_MAX_SYSTEM_PROMPT_CHARS allows {longest}"
+        )
+    if not 0 < values["CHAT_CHECKPOINT_INTERVAL"] < values["CHAT_LEASE_SECONDS"]:
+        raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
 
 
 def install_defaults() -> None:
@@ -42,15 +116,18 @@ def install_defaults() -> None:
     for name, value in DEFAULTS.items():
         if not hasattr(settings, name):
             setattr(settings, name, value)
-    # The provider settings depend on each other, as in chatsite/settings.py: with
-    # neither a key nor a base URL the offline demo model answers.
     if not hasattr(settings, "OPENAI_API_KEY"):
         settings.OPENAI_API_KEY = ""
-    if not hasattr(settings, "OPENAI_BASE_URL"):
-        settings.OPENAI_BASE_URL = ""
-    if not hasattr(settings, "CHAT_DEMO"):
-        settings.CHAT_DEMO = not settings.OPENAI_API_KEY and not settings.OPENAI_BASE_URL
-    if not settings.CHAT_DEMO and not settings.OPENAI_BASE_URL:
-        settings.OPENAI_BASE_URL = OPENAI_DEFAULT_BASE_URL
-    if not hasattr(settings, "CHAT_MODEL"):
-        settings.CHAT_MODEL = "demo" if settings.CHAT_DEMO else "gpt-4o-mini"
+    provider = default_provider(
+        settings.OPENAI_API_KEY,
+        getattr(settings, "OPENAI_BASE_URL", ""),
+        getattr(settings, "CHAT_MODEL", ""),
+        getattr(settings, "CHAT_DEMO", None),
+    )
+    for name, value in (
+        ("CHAT_DEMO", provider.demo),
+        ("OPENAI_BASE_URL", provider.base_url),
+        ("CHAT_MODEL", provider.model),
+    ):
+        if getattr(settings, name, None) in (None, ""):
+            setattr(settings, name, value)

@@ -1,7 +1,9 @@
-"""Settings for the chat site, read from the environment.
+"""Settings for the chat site, read from the environment and `.env`.
 
+`.env` (beside manage.py, or CHAT_ENV_FILE) is read first, under the environment's own
+variables, so manage.py, daphne and ./run.sh see the same values (chatsite/env.py).
 Every variable is listed with its default in .env.example and the README. A bad
-value stops start-up with a message naming the variable (see chatsite/env.py).
+value stops start-up with a message naming the variable.
 """
 
 import os
@@ -12,9 +14,21 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chatsite.env import env_bool, env_float, env_int, env_list, env_rate, env_str, env_url
+from chat.conf import SETTINGS as CHAT_SETTINGS
+from chat.conf import check_chat_settings, default_provider
+from chatsite.env import (
+    BASE_DIR,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_setting,
+    env_str,
+    env_url,
+    load_env_file,
+)
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+load_env_file()
 DATA_DIR = Path(env_str("CHAT_DATA_DIR", str(BASE_DIR / "data")))
 # Private (0700) when we create it: it holds the database (sessions, password hashes,
 # provider keys) and the secret key. One that exists is left as the operator made it (it
@@ -231,55 +245,22 @@ LOGGING = {
     },
 }
 
-# --- Chat: the upstream model -------------------------------------------------
+# --- Chat: the app's own settings -----------------------------------------------------
+# Each CHAT_* setting the app reads, with its default and lower bound, is in chat/conf.py's
+# table, written once; a host site mounting the app gets the same defaults from it.
+_chat = {s.name: env_setting(s.name, s.kind, s.default, s.minimum) for s in CHAT_SETTINGS}
+
+# The upstream model. With neither a key nor a base URL, the built-in demo model answers
+# (offline); a key alone means OpenAI (chat.conf.default_provider).
 OPENAI_API_KEY = env_str("OPENAI_API_KEY")
-OPENAI_BASE_URL = env_url("OPENAI_BASE_URL", "", ("http", "https"))
-# With neither a key nor a base URL, the built-in demo model answers (offline).
-CHAT_DEMO = not OPENAI_API_KEY and not OPENAI_BASE_URL
-if not CHAT_DEMO and not OPENAI_BASE_URL:
-    OPENAI_BASE_URL = "https://api.openai.com/v1"
-CHAT_MODEL = env_str("CHAT_MODEL", "demo" if CHAT_DEMO else "gpt-4o-mini")
-CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT", "")
-CHAT_TOKEN_ENCODING = env_str("CHAT_TOKEN_ENCODING", "o200k_base")
-CHAT_UPSTREAM_CONNECT_TIMEOUT = env_float("CHAT_UPSTREAM_CONNECT_TIMEOUT", 10.0, minimum=0.1)
-CHAT_UPSTREAM_IDLE_TIMEOUT = env_float("CHAT_UPSTREAM_IDLE_TIMEOUT", 60.0, minimum=0.1)
-# Seconds a whole reply may last (keep-alive comments cannot hold it open past this); 0: no limit.
-CHAT_UPSTREAM_REPLY_DEADLINE = env_float("CHAT_UPSTREAM_REPLY_DEADLINE", 1800.0, minimum=0)
-CHAT_UPSTREAM_RETRIES = env_int("CHAT_UPSTREAM_RETRIES", 2, minimum=0)
-CHAT_UPSTREAM_MAX_RETRY_WAIT = env_float("CHAT_UPSTREAM_MAX_RETRY_WAIT", 20.0, minimum=0)
-CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
-# Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
-CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)
-CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1)
-CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 32000, minimum=1)
-# Replies one user may have streaming at once, over every conversation and worker (0: no cap).
-CHAT_MAX_REPLIES_PER_USER = env_int("CHAT_MAX_REPLIES_PER_USER", 5, minimum=0)
-CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 256 * 1024, minimum=1024)
-CHAT_FRAMES_PER_SECOND = env_float("CHAT_FRAMES_PER_SECOND", 10.0, minimum=0.1)
-CHAT_FRAME_BURST = env_int("CHAT_FRAME_BURST", 30, minimum=1)
-CHAT_CHECKPOINT_INTERVAL = env_float("CHAT_CHECKPOINT_INTERVAL", 1.0, minimum=0.05)
-CHAT_LEASE_SECONDS = env_float("CHAT_LEASE_SECONDS", 10.0, minimum=0.5)
-CHAT_DEMO_DELAY = env_float("CHAT_DEMO_DELAY", 0.03, minimum=0)
-
-# --- Chat: accounts ---------------------------------------------------------------
-# Invite-only by default: staff add users or invites in the admin. True opens
-# /accounts/signup/ to anyone who can reach the site.
-CHAT_OPEN_SIGNUP = env_bool("CHAT_OPEN_SIGNUP", False)
-# Accounts made (open sign-up and invites) and password-reset requests, per client address
-# (and, for resets, per e-mail address too): django-ratelimit rates, count/period.
-CHAT_SIGNUP_RATE = env_rate("CHAT_SIGNUP_RATE", "10/h")
-CHAT_PASSWORD_RESET_RATE = env_rate("CHAT_PASSWORD_RESET_RATE", "5/h")
-# Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
-# socket re-reads its session before a send/edit/regenerate/stop at most this often.
-CHAT_SESSION_RECHECK_SECONDS = env_float("CHAT_SESSION_RECHECK_SECONDS", 5.0, minimum=0)
-
-if len(CHAT_SYSTEM_PROMPT) > CHAT_MAX_SYSTEM_PROMPT_CHARS:
-    raise ImproperlyConfigured(
-        f"CHAT_SYSTEM_PROMPT is {len(CHAT_SYSTEM_PROMPT)} characters; "
-        f"CHAT_MAX_SYSTEM_PROMPT_CHARS allows {CHAT_MAX_SYSTEM_PROMPT_CHARS}"
-    )
-if not 0 < CHAT_CHECKPOINT_INTERVAL < CHAT_LEASE_SECONDS:
-    raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
+_provider = default_provider(
+    OPENAI_API_KEY, env_url("OPENAI_BASE_URL", "", ("http", "https")), env_str("CHAT_MODEL")
+)
+OPENAI_BASE_URL = _provider.base_url
+_chat.update(CHAT_DEMO=_provider.demo, CHAT_MODEL=_provider.model)
+check_chat_settings(_chat)
+globals().update(_chat)
+del _chat, _provider
 
 # tiktoken reads its vocabulary cache from this variable; keep it in the data
 # directory by default so `fetch_vocabularies` survives reboots (tmp does not).

@@ -1,5 +1,6 @@
 """Start-up settings: defaults that just work, and bad values that stop start-up by name."""
 
+import ast
 import functools
 import os
 import subprocess
@@ -60,6 +61,8 @@ def test_an_api_key_switches_to_openai_and_gpt_4o_mini(tmp_path):
     ("name", "value"),
     [
         ("DJANGO_DEBUG", "maybe"),
+        ("CHAT_DIRECT_WRITES", "maybe"),
+        ("CHAT_ENV_FILE", "/nonexistent/chat.env"),
         ("CHAT_UPSTREAM_IDLE_TIMEOUT", "soon"),
         ("CHAT_MAX_MESSAGE_CHARS", "-5"),
         ("DATABASE_URL", "mysql-ish://nowhere"),
@@ -139,3 +142,107 @@ def test_a_database_file_made_world_readable_before_is_made_private(tmp_path):
     (tmp_path / "db.sqlite3").chmod(0o644)  # whatever the umask
     assert start(tmp_path).returncode == 0
     assert mode(tmp_path / "db.sqlite3") == "0o600"
+
+
+# --- .env: read by the app itself, so every entry point sees the same settings --------------------
+SHOW = (
+    "from django.conf import settings as s; "
+    "print(repr((s.CHAT_MAX_MESSAGE_CHARS, s.CHAT_DEMO, s.CHAT_MODEL, s.OPENAI_BASE_URL, s.CHAT_OPEN_SIGNUP)))"
+)
+
+
+def manage(tmp_path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """Run manage.py as an operator would, with only `env` (and the data directory) set."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CHAT_", "DJANGO_", "OPENAI_"))}
+    environ.pop("DATABASE_URL", None)
+    environ.pop("REDIS_URL", None)
+    environ.update({"CHAT_DATA_DIR": str(tmp_path / "data"), **env})
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def env_file(tmp_path, text: str) -> str:
+    path = tmp_path / "chat.env"
+    path.write_text(text)
+    return str(path)
+
+
+def test_manage_py_sees_a_value_set_only_in_the_env_file(tmp_path):
+    """`manage.py createsuperuser` and friends, run by hand, use the site's own settings."""
+    path = env_file(
+        tmp_path,
+        "# the site's settings\nCHAT_MAX_MESSAGE_CHARS=1234\nOPENAI_API_KEY='sk-file'\n"
+        "export CHAT_OPEN_SIGNUP=true\nCHAT_SYSTEM_PROMPT=\n",
+    )
+    result = manage(tmp_path, "shell", "-c", SHOW, CHAT_ENV_FILE=path)
+    assert result.returncode == 0, result.stderr
+    # A key from the file and no base URL: OpenAI and its default model, as in the environment.
+    seen = ast.literal_eval(result.stdout.splitlines()[-1])
+    assert seen == (1234, False, "gpt-4o-mini", "https://api.openai.com/v1", True)
+
+
+def test_an_environment_variable_wins_over_the_env_file(tmp_path):
+    path = env_file(tmp_path, "CHAT_MAX_MESSAGE_CHARS=1234\nCHAT_MODEL=from-file\n")
+    result = manage(tmp_path, "shell", "-c", SHOW, CHAT_ENV_FILE=path, CHAT_MAX_MESSAGE_CHARS="99")
+    assert result.returncode == 0, result.stderr
+    assert ast.literal_eval(result.stdout.splitlines()[-1]) == (99, True, "from-file", "", False)
+
+
+def test_a_bad_value_in_the_env_file_stops_start_up_naming_the_variable(tmp_path):
+    result = manage(tmp_path, "check", CHAT_ENV_FILE=env_file(tmp_path, "CHAT_FRAME_BURST=lots\n"))
+    assert result.returncode != 0
+    assert "CHAT_FRAME_BURST must be a whole number, not 'lots'" in result.stderr
+
+
+def test_values_in_the_env_file_are_taken_literally(tmp_path):
+    """A secret may hold `$`: the file is not a shell script (nor was systemd's reading of it)."""
+    path = env_file(tmp_path, "CHAT_SYSTEM_PROMPT=Costs $5, or ${HOME}\n")
+    result = manage(
+        tmp_path,
+        "shell",
+        "-c",
+        "from django.conf import settings as s; print(s.CHAT_SYSTEM_PROMPT)",
+        CHAT_ENV_FILE=path,
+    )
+    assert result.stdout.splitlines()[-1] == "Costs $5, or ${HOME}", result.stderr
+
+
+def test_run_sh_listens_where_the_env_file_says(tmp_path):
+    """run.sh takes daphne's HOST and PORT from the same reader as the settings."""
+    path = env_file(tmp_path, "HOST=0.0.0.0\nPORT=9123\n")
+    environ = {k: v for k, v in os.environ.items() if k not in ("HOST", "PORT")}
+    run = functools.partial(
+        subprocess.run,
+        [sys.executable, "-m", "chatsite.env"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run(env={**environ, "CHAT_ENV_FILE": path}).stdout.split() == ["0.0.0.0", "9123"]
+    assert run(env={**environ, "CHAT_ENV_FILE": path, "PORT": "8555"}).stdout.split() == ["0.0.0.0", "8555"]
+    assert run(env={**environ, "CHAT_ENV_FILE": os.devnull}).stdout.split() == ["127.0.0.1", "8000"]
+    bad = run(env={**environ, "CHAT_ENV_FILE": env_file(tmp_path, "PORT=http\n")})
+    assert bad.returncode != 0 and "PORT must be a whole number" in bad.stderr
+
+
+def test_outside_the_test_suite_the_env_file_is_the_one_beside_manage_py(tmp_path):
+    """(The suite itself reads only a CHAT_ENV_FILE it names: a developer's .env must not
+    change what it tests.)"""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CHAT_ENV_FILE", "PYTEST_VERSION")}
+    code = "from chatsite.env import env_file; print(env_file())"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env={**environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == str(ROOT / ".env"), done.stderr
