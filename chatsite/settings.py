@@ -255,6 +255,8 @@ if CHAT_UPSTREAM_HTTP not in ("auto", "aiohttp", "httpx"):
 CHAT_UPSTREAM_MAX_CONNECTIONS = env_int("CHAT_UPSTREAM_MAX_CONNECTIONS", 1000, minimum=1)
 # Bytes daphne may hold for one socket before its deltas are skipped (caught up later).
 CHAT_SOCKET_BUFFER_BYTES = env_int("CHAT_SOCKET_BUFFER_BYTES", 512 * 1024, minimum=4096)
+# Small text frames written to daphne's socket by the app itself (chat/backpressure.py).
+CHAT_DIRECT_WRITES = env_bool("CHAT_DIRECT_WRITES", True)
 CHAT_MAX_MESSAGE_CHARS = env_int("CHAT_MAX_MESSAGE_CHARS", 32000, minimum=1)
 CHAT_MAX_SYSTEM_PROMPT_CHARS = env_int("CHAT_MAX_SYSTEM_PROMPT_CHARS", 32000, minimum=1)
 # Replies one user may have streaming at once, over every conversation and worker (0: no cap).
