@@ -36,6 +36,7 @@ import asyncio
 import functools
 import logging
 import struct
+import sys
 from importlib import metadata
 
 from django.conf import settings
@@ -96,20 +97,21 @@ class Internals:
         self.protocol_class = self.tcp_class = None
 
     def check_classes(self) -> None:
-        """At start-up: the modules and classes the rest names. Without daphne installed,
-        the app runs under another server and there is nothing to check."""
-        try:
-            import daphne  # noqa: F401
-        except ImportError:
+        """At start-up: the modules and classes the rest names. daphne imports its server
+        before it loads the app; if it has not, another server runs the app (or a test's
+        communicator does) and there is nothing to check. (Importing daphne.server here
+        would install Twisted's reactor in a process that has no use for it.)"""
+        server_module = sys.modules.get("daphne.server")
+        if server_module is None:
             return
+        server_class = getattr(server_module, "Server", None)
         try:
-            from daphne.server import Server
             from daphne.ws_protocol import WebSocketProtocol
             from twisted.internet.tcp import Server as TCPServer
         except ImportError as exc:
             self.give_up([f"module {exc.name}"])
             return
-        if not callable(getattr(Server, "handle_reply", None)):
+        if not callable(getattr(server_class, "handle_reply", None)):
             self.give_up(["daphne.server.Server.handle_reply"])
             return
         self.daphne = True

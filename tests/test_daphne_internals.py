@@ -61,6 +61,8 @@ def test_the_installed_daphne_autobahn_and_twisted_are_the_pinned_ones():
 
 
 def test_daphnes_classes_are_found_at_start_up():
+    import daphne.server  # noqa: F401  (as daphne's command line does before it loads the app)
+
     internals = Internals()
     internals.check_classes()
     assert internals.daphne and internals.missing == []
