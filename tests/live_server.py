@@ -213,9 +213,20 @@ class Site:
             time.sleep(interval)
 
     # -- processes --------------------------------------------------------------------
-    def server(self, env: dict[str, str] | None = None, name: str | None = None, start: bool = True):
-        """A daphne process for this site (started unless start=False); use it as a context manager."""
-        server = LiveServer(self, env=env, name=name or f"daphne-{len(self.servers) + 1}")
+    def server(
+        self,
+        env: dict[str, str] | None = None,
+        name: str | None = None,
+        start: bool = True,
+        before_start: str | None = None,
+    ):
+        """A daphne process for this site (started unless start=False); use it as a context manager.
+
+        `before_start`: Python run in the server process before daphne starts (a test's
+        simulated library change)."""
+        server = LiveServer(
+            self, env=env, name=name or f"daphne-{len(self.servers) + 1}", before_start=before_start
+        )
         self.servers.append(server)
         if start:
             server.start()
@@ -246,8 +257,15 @@ class LiveServer:
     Output of every run goes to `log_path` (appended).
     """
 
-    def __init__(self, site: Site, env: dict[str, str] | None = None, name: str = "daphne") -> None:
+    def __init__(
+        self,
+        site: Site,
+        env: dict[str, str] | None = None,
+        name: str = "daphne",
+        before_start: str | None = None,
+    ) -> None:
         self.site = site
+        self.before_start = before_start
         self.name = name
         self.env = {**site.env, **(env or {})}
         self.port = free_port()
@@ -275,6 +293,9 @@ class LiveServer:
             raise ServerError(f"{self.name} is already running")
         daphne = BIN / "daphne"
         command = [str(daphne)] if daphne.exists() else [sys.executable, "-m", "daphne"]
+        if self.before_start:
+            entry = "from daphne.cli import CommandLineInterface\nCommandLineInterface.entrypoint()"
+            command = [sys.executable, "-c", f"{self.before_start}\n{entry}"]
         command += ["-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
         with open(self.log_path, "ab") as log:
             log.write(f"--- {self.name}: {' '.join(command)}\n".encode())
