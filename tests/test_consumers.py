@@ -11,7 +11,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.db import connection
 
-from chat import generation, tokens
+from chat import remote, tokens, worker
+from chat.frames import text_delta
 from chat.models import Conversation, Message
 from chatsite.asgi import application
 from tests.chat_sockets import encoding_text, frames_until, open_socket, receive_frame, text_of
@@ -422,7 +423,7 @@ async def test_a_frame_a_tab_cannot_take_does_not_silence_that_tab(use_upstream,
     await frames_until(socket, "delta")
     # A frame no server can encode (a lone surrogate), as a bug or text that got past
     # chat.text would make: the send fails, but not because the connection did.
-    await generation.send_local(conversation.id, generation.text_delta("\ud83d"))
+    await worker.current().watchers.send(conversation.id, text_delta("\ud83d"))
     release.set()
     frames = await frames_until(socket, "done")  # the tab still follows the reply ...
     assert text_of(frames) == " after" and frames[-1]["status"] == "finished"
@@ -454,7 +455,7 @@ async def test_sends_arriving_together_all_stream_even_from_a_tab_closed_mid_sen
     for socket in sockets:
         await socket.send_json_to({"type": "send", "content": "Question"})
     async with asyncio.timeout(5):
-        while len(generation._queued) < len(sockets):  # all waiting to be saved together
+        while len(worker.current().turns.queued) < len(sockets):  # all waiting to be saved together
             await asyncio.sleep(0.01)
     with contextlib.suppress(TimeoutError):
         await sockets[-1].disconnect(timeout=0.05)  # gone while its send waits to be saved
@@ -648,6 +649,7 @@ async def test_finished_markdown_blocks_are_sent_rendered_while_streaming(use_up
 async def test_a_reply_still_takes_stop_requests_from_other_processes_after_the_layer_fails_once(monkeypatch):
     """With several workers, a reply listens on the channel layer for stop requests from
     tabs on other workers; a Redis hiccup must not leave it deaf for the rest of the reply."""
+    from chat.generation import Generation
     from chat.replies import Turn
 
     class FlakyLayer:  # Redis drops the connection once, then a tab elsewhere presses stop
@@ -662,12 +664,13 @@ async def test_a_reply_still_takes_stop_requests_from_other_processes_after_the_
                 return {"type": "chat.stop"}
             await asyncio.Event().wait()
 
-    monkeypatch.setattr(generation, "get_channel_layer", FlakyLayer)
-    reply = generation.Generation(
-        Turn(conversation_id=1, reply_id=1, target=None, prompt=[], prompt_tokens=None)
+    monkeypatch.setattr(remote, "get_channel_layer", FlakyLayer)
+    reply = Generation(
+        Turn(conversation_id=1, reply_id=1, target=None, prompt=[], prompt_tokens=None), worker.current()
     )
-    reply.channel = "specific.test!reply"
-    listening = asyncio.create_task(reply._listen())
+    tabs = reply.remote = remote.RemoteTabs(reply)
+    tabs.channel = "specific.test!reply"
+    listening = asyncio.create_task(tabs.listen())
     try:
         async with asyncio.timeout(5):
             while not reply.stop_requested:
