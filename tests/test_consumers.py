@@ -264,6 +264,27 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
     await socket.disconnect()
 
 
+async def test_the_start_frame_names_the_request_that_began_it_to_every_tab(use_upstream, conversation, alice):
+    """A tab knows its own reply by the id it sent, not by its text: two tabs sending the
+    same words see which start is whose."""
+    use_upstream.queue(*(Reply(body=sse(*chat_chunks(["Answer"]))) for _ in range(4)))
+    _, mine = await open_socket(conversation.id, alice)
+    _, other = await open_socket(conversation.id, alice)
+    asks = [
+        {"type": "send", "content": "Same words", "id": "tab-1:1"},
+        {"type": "edit", "content": "Same words", "id": "x" * 64},
+        {"type": "regenerate", "id": "tab-1:3"},
+        {"type": "send", "content": "Same words"},  # no id: a client that does not match
+    ]
+    for ask in asks:
+        await mine.send_json_to(ask)
+        for socket in (mine, other):  # the start goes to every tab, id and all
+            frames = await frames_until(socket, "done")
+            assert frames[0]["type"] == "start" and frames[0]["request_id"] == ask.get("id")
+    await mine.disconnect()
+    await other.disconnect()
+
+
 # -- bad frames -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("raw", "code"),
@@ -275,6 +296,11 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "send"}', "bad_field"),
         ('{"type": "send", "content": 42}', "bad_field"),
+        # A request id is a string of at most 64 characters (docs/protocol.md).
+        ('{"type": "send", "content": "hi", "id": 7}', "bad_field"),
+        (json.dumps({"type": "edit", "content": "hi", "id": "x" * 65}), "bad_field"),
+        ('{"type": "regenerate", "id": ["a"]}', "bad_field"),
+        ('{"type": "send", "content": "hi", "id": "\\ud83d"}', "bad_field"),
         ('{"type": "send", "content": "   "}', "empty_content"),
         (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
         (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
