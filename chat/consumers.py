@@ -25,11 +25,16 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
     conversation = None
 
     async def dispatch(self, message) -> None:
-        """channels' dispatch, minus the `aclose_old_connections()` it awaits before every
-        handler: a trip to the one database thread per frame received (and per delta relayed
-        from another worker), queued behind whatever the database is doing. Our database
-        calls go through `database_sync_to_async`, which closes old connections around
-        each call itself."""
+        """channels' `AsyncConsumer.dispatch`, minus the `aclose_old_connections()` it awaits
+        before every handler: a trip to the one database thread per frame received (and per
+        channel-layer message), queued behind whatever the database is doing.
+
+        Kept as a copy because channels (4.3) offers no public way to skip that call: every
+        consumer class's dispatch makes it, and there is no hook or setting. It is safe to
+        skip: the calls that must not reuse a broken connection go through
+        `database_sync_to_async`, which closes old connections around each call itself
+        (channels.db.DatabaseSyncToAsync), and connections are persistent here
+        (CONN_MAX_AGE=None). Measured cost of the call: docs/benchmark.md."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
