@@ -3,7 +3,7 @@
 A reply streams in the process that owns it; a tab on another process follows it through
 the channel layer. Each channels_redis message costs four Redis round trips to send and
 four to receive, one receive at a time per process, so a message per delta per tab
-saturated two workers at 50 replies × 50 tok/s (tabs lagged ~1 s). Here every process
+saturated two workers at a modest load (docs/benchmark.md). Here every process
 has one inbox channel; the owner collects, each round, every remote tab's new frames of
 every reply it streams (coalesced, see chat.remote.RemoteTabs.collect) and sends each process
 one message holding them all. The inbox's reader hands each frame to its socket.
@@ -23,7 +23,7 @@ from channels.layers import get_channel_layer
 
 log = logging.getLogger(__name__)
 
-ROUND_INTERVAL = 0.01  # seconds: at most ~100 messages a second to each other process
+ROUND_INTERVAL = 0.01  # seconds: at most 1 / ROUND_INTERVAL messages a second to each other process
 
 
 class _State:

@@ -477,8 +477,9 @@ def finish_many(finishes: list[tuple[int, dict]]) -> list[dict | Exception]:
     `done` frame reports, or the exception that kept that reply from being saved.
 
     One transaction and one executemany for replies that end together (a burst of short
-    answers; the end of a benchmark round): through the ORM, 300 replies ending at once
-    held the GIL for ~0.1 s of query building, and every other stream's deltas waited. If
+    answers; the end of a benchmark round): through the ORM, hundreds of replies ending at
+    once held the GIL for query building while every other stream's deltas waited
+    (docs/benchmark.md). If
     the batch fails, each reply is written alone, so one bad row cannot lose the others.
     """
     rows = []
@@ -586,8 +587,8 @@ def recover_stale(conversation_id: int | None = None, live_ids=()) -> list[int]:
 
 
 # -- the send path, in SQL built once ----------------------------------------------------
-# A send stands between the user and the first token. Through the ORM it cost ~2.2 ms, nearly
-# all of it query building around ~0.1 ms of SQLite (docs/benchmark.md); these statements
+# A send stands between the user and the first token. Through the ORM nearly all of its
+# cost was query building around a little SQLite (docs/benchmark.md); these statements
 # are built once from the models' metadata and read and write what those ORM calls did.
 
 
