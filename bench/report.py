@@ -413,8 +413,9 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   its rows are inserted from plain values with each column's preparation worked out
   once (begin_turn 2.2 → 0.28 ms). channels awaited a trip to the single database
   thread before every handler (`aclose_old_connections`, ~77 µs per frame with the
-  database thread idle, more behind its work): `ChatConsumer.dispatch` skips it. Sends that arrive together are saved together (`replies.begin_many`: one
-  trip, one commit, no savepoint per send). The upstream client is made when the
+  database thread idle, more behind its work): `ChatConsumer.dispatch` skips it.
+  Sends that arrive together are saved together (`replies.begin_many`: one trip, one
+  commit, no savepoint per send). The upstream client is made when the
   first socket connects, and its request no longer goes through httpx's machinery
   around aiohttp (request → first piece 830 → 432 µs in-process; `start` → first
   delta in the app 1.47 → 0.85 ms, and 47 → 21 ms with 100 at once).
