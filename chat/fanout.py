@@ -21,6 +21,8 @@ from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
+from chat.writers import keep_running
+
 log = logging.getLogger(__name__)
 
 ROUND_INTERVAL = 0.01  # seconds: at most 1 / ROUND_INTERVAL messages a second to each other process
@@ -97,8 +99,7 @@ def wake(tabs) -> None:
     state = _state()
     state.replies.add(tabs)
     state.wakeup.set()
-    if state.sender is None or state.sender.done():
-        state.sender = asyncio.create_task(_send_rounds(state), name="fanout-sender")
+    state.sender = keep_running(state.sender, lambda: _send_rounds(state), "fanout-sender")
 
 
 async def flushed(tabs) -> None:
