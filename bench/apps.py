@@ -67,16 +67,18 @@ def _dump(path: str) -> None:
 
 def _watch_buffers(path: str) -> None:
     """Peak bytes daphne holds unsent for the chat sockets (chat.backpressure bounds it)."""
-    from chat import generation
+    from chat import worker
     from chat.backpressure import pending_bytes
+
+    def held(here) -> int:  # runs on the event loop's thread, which owns the sockets
+        return sum(pending_bytes(socket.lag.transport) or 0 for socket in here.watchers.all())
 
     peak = 0
     while True:
         time.sleep(0.05)
         try:
-            sockets = [s for group in list(generation._watchers.values()) for s in list(group)]
-            total = sum(pending_bytes(s.lag.transport) or 0 for s in sockets)
-        except (RuntimeError, AttributeError):  # a set changed while read; a socket half set up
+            total = sum(here.from_thread(held) for here in worker.workers())
+        except Exception:  # the loop closing, or too busy to answer within the timeout
             continue
         if total > peak:
             peak = total

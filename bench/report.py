@@ -413,12 +413,13 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
   SQL is built once from the models' metadata instead of by the ORM per call, and
   its rows are inserted from plain values with each column's preparation worked out
   once (begin_turn 2.2 → 0.28 ms). channels awaited a trip to the single database
-  thread before every handler (`aclose_old_connections`): `ChatConsumer.dispatch`
-  skips it. Sends that arrive together are saved together (`replies.begin_many`: one
-  trip, one commit, no savepoint per send). The upstream client is made when the
-  first socket connects. (Its request went straight to aiohttp from 2026-11-29 to
-  issue #13, which put httpx's client back in front of it for one client with one
-  error map: request → first piece ~0.2 ms more in-process.)
+  thread before every handler (`aclose_old_connections`, ~77 µs per frame with the
+  database thread idle, more behind its work): `ChatConsumer.dispatch` skips it.
+  Sends that arrive together are saved together (`replies.begin_many`: one trip, one
+  commit, no savepoint per send). The upstream client is made when the first socket
+  connects. (Its request went straight to aiohttp from 2026-11-29 to issue #13, which
+  put httpx's client back in front of it for one client with one error map: request →
+  first piece ~0.2 ms more in-process.)
 - **Per-delta p99 at 1 stream 10.4 → ~0.5 ms.** The once-a-second checkpoint is one
   executemany, not an ORM update per reply holding the GIL.
 - **p99 at 200 × 50 tok/s 48 → 7–9 ms; 300 streams within 25 ms.** Replies that end

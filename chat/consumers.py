@@ -1,4 +1,6 @@
-"""The chat websocket: authorise, read frames, hand them to chat.generation. Nothing else.
+"""The chat websocket: authorise, read frames, hand them to chat.commands. Nothing else.
+
+Frames out and flow control are chat.relay.Watcher's, which this consumer is.
 
 See docs/protocol.md for the frames.
 """
@@ -9,24 +11,30 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import generation, signout
+from chat import commands, remote, signout, watching
 from chat.backpressure import DirectText, Lag
+from chat.frames import PONG, error_frame
 from chat.models import Conversation
 from chat.protocol import BadFrame, FrameLimiter, parse
+from chat.relay import Watcher
 
 DENIED = 4403
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
+class ChatConsumer(Watcher, AsyncWebsocketConsumer):
     conversation = None
-    catching_up: asyncio.Task | None = None  # feeding a reader that fell behind (chat.backpressure)
 
     async def dispatch(self, message) -> None:
-        """channels' dispatch, minus the `aclose_old_connections()` it awaits before every
-        handler: a trip to the one database thread per frame received (and per delta relayed
-        from another worker), queued behind whatever the database is doing. Our database
-        calls go through `database_sync_to_async`, which closes old connections around
-        each call itself."""
+        """channels' `AsyncConsumer.dispatch`, minus the `aclose_old_connections()` it awaits
+        before every handler: a trip to the one database thread per frame received (and per
+        channel-layer message), queued behind whatever the database is doing.
+
+        Kept as a copy because channels (4.3) offers no public way to skip that call: every
+        consumer class's dispatch makes it, and there is no hook or setting. It is safe to
+        skip: the calls that must not reuse a broken connection go through
+        `database_sync_to_async`, which closes old connections around each call itself
+        (channels.db.DatabaseSyncToAsync), and connections are persistent here
+        (CONN_MAX_AGE=None). Measured cost of the call: docs/benchmark.md."""
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
@@ -54,17 +62,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.session_guard = signout.SessionGuard(self.scope)
         await signout.join(self)
         await self.accept()
-        await generation.watch(self, self.conversation.id)
+        await watching.watch(self, self.conversation.id)
 
     async def disconnect(self, code) -> None:
         if self.conversation is None:
             return
         if self.remote_watchdog is not None:
             self.remote_watchdog.cancel()
-        if self.catching_up is not None:
-            self.catching_up.cancel()
+        self.stop_catching_up()
         await signout.leave(self)
-        await generation.unwatch(self, self.conversation.id)
+        await watching.unwatch(self, self.conversation.id)
 
     async def receive(self, text_data=None, bytes_data=None) -> None:
         if not self.limiter.allow():
@@ -81,15 +88,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.sign_out()
             return
         if command.type == "send":
-            await generation.send(self, self.conversation, command.content)
+            await commands.send(self, self.conversation, command.content, command.request_id)
         elif command.type == "edit":
-            await generation.edit(self, self.conversation, command.content)
+            await commands.edit(self, self.conversation, command.content, command.request_id)
         elif command.type == "regenerate":
-            await generation.regenerate(self, self.conversation)
+            await commands.regenerate(self, self.conversation, command.request_id)
         elif command.type == "stop":
-            await generation.stop(self, self.conversation.id)
+            await commands.stop(self, self.conversation.id)
         else:
-            await self.send_frame('{"type":"pong"}')
+            await self.send_frame(PONG)
 
     # -- sending -----------------------------------------------------------------------
     async def send_frame(self, text: str) -> None:
@@ -102,40 +109,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             else:
                 await self.raw_send({"type": "websocket.send", "text": text})
 
-    async def send_delta(self, text: str, reply) -> None:
-        """A delta, unless the reader is far behind: then a catch-up task feeds it instead."""
-        if self.catching_up is not None:
-            return  # the catch-up task sends this piece with the others it missed
-        if self.lag.over():
-            self.catching_up = asyncio.create_task(self.catch_up(reply, sent=reply.seq - 1))
-            return
-        await self.send_frame(text)
-
-    async def catch_up(self, reply, sent: int) -> None:
-        """Feed a lagging reader what it missed (from seq `sent`) as its buffer drains, at most
-        half the buffer limit at a time; then either hand back to live deltas or, once the
-        reply has ended, send its final frames."""
-        budget = max(1, settings.CHAT_SOCKET_BUFFER_BYTES // 2)
-        try:
-            while True:
-                await self.lag.drained()
-                if sent < reply.seq:
-                    texts, sent = reply.batch_frames(sent, budget)
-                    for text in texts:
-                        await self.send_frame(text)
-                elif reply.finals is not None:
-                    for text in reply.finals:
-                        await self.send_frame(text)
-                    return
-                else:
-                    return  # caught up with a live reply; deltas flow directly again
-        except Exception:  # the socket went away
-            return
-        finally:
-            self.catching_up = None
-
     async def send_error(self, code: str, detail: str, message_id: int | None = None) -> None:
-        await self.send_frame(generation.frame(type="error", code=code, detail=detail, message_id=message_id))
+        await self.send_frame(error_frame(code, detail, message_id))
 
     # -- the session ending (chat.signout) ------------------------------------------------
     async def chat_session_check(self, event) -> None:
@@ -148,12 +123,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         self.session_guard.ended = True
         await self.send_error("signed_out", signout.SIGNED_OUT_DETAIL)
-        await generation.unwatch(self, self.conversation.id)
+        await watching.unwatch(self, self.conversation.id)
         await self.close(signout.SIGNED_OUT)
 
     # -- replies streaming in another worker process (Redis channel layer) -------------
     async def chat_started(self, event) -> None:
-        await generation.on_started(self, event, self.conversation.id)
+        await remote.on_started(self, event, self.conversation.id)
 
     async def chat_frame(self, event) -> None:
         if event.get("message_id") == self.settled_reply:
@@ -172,7 +147,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """If the process streaming the reply dies or the reply ends unseen, show its final state."""
         while True:
             await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL * 2)
-            finals = await generation.settle_remote(self.conversation.id, reply_id)
+            finals = await watching.settle_remote(self.conversation.id, reply_id)
             if finals is not None:
                 # No await between the read and show_ended's mark: frames the owner sends from
                 # now on are dropped, and one it sent before cancelled this task (chat_frame).

@@ -3,9 +3,9 @@
 A reply streams in the process that owns it; a tab on another process follows it through
 the channel layer. Each channels_redis message costs four Redis round trips to send and
 four to receive, one receive at a time per process, so a message per delta per tab
-saturated two workers at 50 replies × 50 tok/s (tabs lagged ~1 s). Here every process
+saturated two workers at a modest load (docs/benchmark.md). Here every process
 has one inbox channel; the owner collects, each round, every remote tab's new frames of
-every reply it streams (coalesced, see Generation.collect_remote) and sends each process
+every reply it streams (coalesced, see chat.remote.RemoteTabs.collect) and sends each process
 one message holding them all. The inbox's reader hands each frame to its socket.
 
 Rounds run at once when the last was ROUND_INTERVAL ago or more, else when it is: an
@@ -21,9 +21,11 @@ from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
+from chat.writers import keep_running
+
 log = logging.getLogger(__name__)
 
-ROUND_INTERVAL = 0.01  # seconds: at most ~100 messages a second to each other process
+ROUND_INTERVAL = 0.01  # seconds: at most 1 / ROUND_INTERVAL messages a second to each other process
 
 
 class _State:
@@ -34,7 +36,7 @@ class _State:
         self.inbox_ready: asyncio.Lock = asyncio.Lock()
         self.reader: asyncio.Task | None = None
         self.sockets: dict[str, object] = {}  # channel name -> this process's socket
-        self.replies: set = set()  # generations with frames for other processes' tabs
+        self.replies: set = set()  # chat.remote.RemoteTabs with frames for other processes' tabs
         self.wakeup = asyncio.Event()
         self.sender: asyncio.Task | None = None
 
@@ -92,19 +94,18 @@ async def _read(state: _State, channel: str) -> None:
 
 
 # -- sending: tabs elsewhere on replies this process streams ----------------------------------
-def wake(generation) -> None:
-    """The generation has frames for remote tabs (new text, a new tab, or its end)."""
+def wake(tabs) -> None:
+    """A reply has frames for its remote tabs (new text, a new tab, or its end)."""
     state = _state()
-    state.replies.add(generation)
+    state.replies.add(tabs)
     state.wakeup.set()
-    if state.sender is None or state.sender.done():
-        state.sender = asyncio.create_task(_send_rounds(state), name="fanout-sender")
+    state.sender = keep_running(state.sender, lambda: _send_rounds(state), "fanout-sender")
 
 
-async def flushed(generation) -> None:
-    """Wait until the generation's last frames (its end) have been sent."""
-    wake(generation)
-    await generation.remote_flushed.wait()
+async def flushed(tabs) -> None:
+    """Wait until a reply's last frames (its end) have been sent to its remote tabs."""
+    wake(tabs)
+    await tabs.flushed.wait()
 
 
 async def _send_rounds(state: _State) -> None:
@@ -120,17 +121,17 @@ async def _send_rounds(state: _State) -> None:
             await _round(state)
         except Exception:  # never let one bad round stop the fan-out for good
             log.exception("A fan-out round failed")
-            for generation in [g for g in state.replies if g.remote_finals is not None]:
-                state.replies.discard(generation)  # its tabs settle from the database
-                generation.remote_flushed.set()
+            for tabs in [t for t in state.replies if t.finals is not None]:
+                state.replies.discard(tabs)  # they settle from the database
+                tabs.flushed.set()
 
 
 async def _round(state: _State) -> None:
     outbox: dict[str, list[dict]] = defaultdict(list)
     done = []
-    for generation in list(state.replies):
-        if generation.collect_remote(outbox):
-            done.append(generation)
+    for tabs in list(state.replies):
+        if tabs.collect(outbox):
+            done.append(tabs)
     layer = get_channel_layer()
     for target, items in outbox.items():
         try:
@@ -141,8 +142,8 @@ async def _round(state: _State) -> None:
                 await layer.send(target, {"type": "chat.frames", "items": items})
         except Exception:  # ChannelFull: that process stopped reading; its tabs settle from the DB
             log.info("Dropped the remote tabs behind %s", target, exc_info=True)
-            for generation in list(state.replies):
-                generation.drop_remote(target)
-    for generation in done:
-        state.replies.discard(generation)
-        generation.remote_flushed.set()
+            for tabs in list(state.replies):
+                tabs.drop(target)
+    for tabs in done:
+        state.replies.discard(tabs)
+        tabs.flushed.set()

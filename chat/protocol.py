@@ -13,6 +13,8 @@ from django.conf import settings
 from chat.text import storable
 
 COMMANDS = {"send", "edit", "stop", "regenerate", "ping"}
+STARTS_A_REPLY = {"send", "edit", "regenerate"}  # these may carry a request "id"
+MAX_REQUEST_ID_CHARS = 64
 
 
 class BadFrame(Exception):
@@ -25,6 +27,7 @@ class BadFrame(Exception):
 class Command:
     type: str
     content: str = ""
+    request_id: str | None = None  # echoed in the `start` frame of the reply it began
 
 
 def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
@@ -49,8 +52,9 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of {sorted(COMMANDS)}."
         )
+    request_id = _request_id(obj) if kind in STARTS_A_REPLY else None
     if kind not in ("send", "edit"):
-        return Command(kind)
+        return Command(kind, request_id=request_id)
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
@@ -63,7 +67,24 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "content_too_long", f"The message is {len(content):,} characters; the limit is {maximum:,}."
         )
-    return Command(kind, content)
+    return Command(kind, content, request_id)
+
+
+def _request_id(obj: dict) -> str | None:
+    """The client's own id for the reply it asks for: opaque to the server, which only
+    hands it back in that reply's `start` frame so the tab can tell its reply from others'."""
+    request_id = obj.get("id")
+    if request_id is None:
+        return None
+    # A lone surrogate (an escape in JSON) could not be sent back: refused, not altered,
+    # since the tab matches the id exactly.
+    if (
+        not isinstance(request_id, str)
+        or len(request_id) > MAX_REQUEST_ID_CHARS
+        or storable(request_id) != request_id
+    ):
+        raise BadFrame("bad_field", f'"id" must be a string of at most {MAX_REQUEST_ID_CHARS} characters.')
+    return request_id
 
 
 class FrameLimiter:

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from chat import budgets, providers, tokens
+from chat.cluster import single_process
 from chat.models import Conversation, Message
 from chat.providers import Target
 
@@ -561,8 +562,6 @@ def recover_stale(conversation_id: int | None = None, live_ids=()) -> list[int]:
     owner renews it every checkpoint). With the in-memory channel layer there is
     only one process, so any streaming reply it is not running is dead now.
     """
-    from chat.generation import single_process
-
     stale = Message.objects.filter(status=Message.Status.STREAMING)
     if conversation_id is not None:
         stale = stale.filter(conversation_id=conversation_id)

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports, generation, replies
+from chat import budgets, exports, replies, worker
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
 from chat.rendering import format_stats, render_markdown
@@ -71,7 +71,7 @@ def _page(
 ) -> HttpResponse:
     conversations, query = _sidebar(request)
     if conversation is not None:  # a reply left "streaming" by a dead server shows as interrupted
-        replies.recover_stale(conversation.pk, generation.live_ids())
+        replies.recover_stale(conversation.pk, worker.live_ids())
     messages = list(conversation.messages.current()) if conversation else []
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
     budget = budgets.remaining(request.user.pk)

@@ -48,19 +48,14 @@ def forget_rate_limits():
     cache.clear()
 
 
-# --- replies left running by a test ---------------------------------------------------------------
+# --- this process's replies and sockets (chat.worker) ---------------------------------------------
 @pytest.fixture(autouse=True)
-def forget_running_replies():
-    """Each test starts with no reply streaming in this process (ids repeat after a flush)."""
+def fresh_worker():
+    """Each test gets a fresh chat.worker.Worker: no reply streaming, no socket watching,
+    no sweep done (ids repeat after a flush)."""
     yield
-    from chat import budgets, generation, providers
+    from chat import budgets, providers, worker
 
     providers.forget_models()  # a flush between tests sends no signals
     budgets.forget_budgets()
-
-    for running in list(generation._running.values()):
-        running.stop()
-    generation._running.clear()
-    generation._watchers.clear()
-    generation._queued.clear()
-    generation._swept = False
+    worker.forget()

@@ -11,7 +11,8 @@ from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
 from django.db import connection
 
-from chat import generation, tokens
+from chat import remote, tokens, worker
+from chat.frames import text_delta
 from chat.models import Conversation, Message
 from chatsite.asgi import application
 from tests.chat_sockets import encoding_text, frames_until, open_socket, receive_frame, text_of
@@ -263,6 +264,29 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
     await socket.disconnect()
 
 
+async def test_the_start_frame_names_the_request_that_began_it_to_every_tab(
+    use_upstream, conversation, alice
+):
+    """A tab knows its own reply by the id it sent, not by its text: two tabs sending the
+    same words see which start is whose."""
+    use_upstream.queue(*(Reply(body=sse(*chat_chunks(["Answer"]))) for _ in range(4)))
+    _, mine = await open_socket(conversation.id, alice)
+    _, other = await open_socket(conversation.id, alice)
+    asks = [
+        {"type": "send", "content": "Same words", "id": "tab-1:1"},
+        {"type": "edit", "content": "Same words", "id": "x" * 64},
+        {"type": "regenerate", "id": "tab-1:3"},
+        {"type": "send", "content": "Same words"},  # no id: a client that does not match
+    ]
+    for ask in asks:
+        await mine.send_json_to(ask)
+        for socket in (mine, other):  # the start goes to every tab, id and all
+            frames = await frames_until(socket, "done")
+            assert frames[0]["type"] == "start" and frames[0]["request_id"] == ask.get("id")
+    await mine.disconnect()
+    await other.disconnect()
+
+
 # -- bad frames -----------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("raw", "code"),
@@ -274,6 +298,11 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
         ('{"type": "dance"}', "unknown_type"),
         ('{"type": "send"}', "bad_field"),
         ('{"type": "send", "content": 42}', "bad_field"),
+        # A request id is a string of at most 64 characters (docs/protocol.md).
+        ('{"type": "send", "content": "hi", "id": 7}', "bad_field"),
+        (json.dumps({"type": "edit", "content": "hi", "id": "x" * 65}), "bad_field"),
+        ('{"type": "regenerate", "id": ["a"]}', "bad_field"),
+        ('{"type": "send", "content": "hi", "id": "\\ud83d"}', "bad_field"),
         ('{"type": "send", "content": "   "}', "empty_content"),
         (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
         (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
@@ -422,7 +451,7 @@ async def test_a_frame_a_tab_cannot_take_does_not_silence_that_tab(use_upstream,
     await frames_until(socket, "delta")
     # A frame no server can encode (a lone surrogate), as a bug or text that got past
     # chat.text would make: the send fails, but not because the connection did.
-    await generation.send_local(conversation.id, generation.text_delta("\ud83d"))
+    await worker.current().watchers.send(conversation.id, text_delta("\ud83d"))
     release.set()
     frames = await frames_until(socket, "done")  # the tab still follows the reply ...
     assert text_of(frames) == " after" and frames[-1]["status"] == "finished"
@@ -454,7 +483,7 @@ async def test_sends_arriving_together_all_stream_even_from_a_tab_closed_mid_sen
     for socket in sockets:
         await socket.send_json_to({"type": "send", "content": "Question"})
     async with asyncio.timeout(5):
-        while len(generation._queued) < len(sockets):  # all waiting to be saved together
+        while len(worker.current().turns.queued) < len(sockets):  # all waiting to be saved together
             await asyncio.sleep(0.01)
     with contextlib.suppress(TimeoutError):
         await sockets[-1].disconnect(timeout=0.05)  # gone while its send waits to be saved
@@ -648,6 +677,7 @@ async def test_finished_markdown_blocks_are_sent_rendered_while_streaming(use_up
 async def test_a_reply_still_takes_stop_requests_from_other_processes_after_the_layer_fails_once(monkeypatch):
     """With several workers, a reply listens on the channel layer for stop requests from
     tabs on other workers; a Redis hiccup must not leave it deaf for the rest of the reply."""
+    from chat.generation import Generation
     from chat.replies import Turn
 
     class FlakyLayer:  # Redis drops the connection once, then a tab elsewhere presses stop
@@ -662,12 +692,13 @@ async def test_a_reply_still_takes_stop_requests_from_other_processes_after_the_
                 return {"type": "chat.stop"}
             await asyncio.Event().wait()
 
-    monkeypatch.setattr(generation, "get_channel_layer", FlakyLayer)
-    reply = generation.Generation(
-        Turn(conversation_id=1, reply_id=1, target=None, prompt=[], prompt_tokens=None)
+    monkeypatch.setattr(remote, "get_channel_layer", FlakyLayer)
+    reply = Generation(
+        Turn(conversation_id=1, reply_id=1, target=None, prompt=[], prompt_tokens=None), worker.current()
     )
-    reply.channel = "specific.test!reply"
-    listening = asyncio.create_task(reply._listen())
+    tabs = reply.remote = remote.RemoteTabs(reply)
+    tabs.channel = "specific.test!reply"
+    listening = asyncio.create_task(tabs.listen())
     try:
         async with asyncio.timeout(5):
             while not reply.stop_requested:

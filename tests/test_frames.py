@@ -2,7 +2,7 @@
 
 import json
 
-from chat.generation import FRAME_CHARS, saved_text_frames, span_frames
+from chat.frames import FRAME_CHARS, saved_text_frames, span_frames
 from chat.models import Message
 
 ONE_MIB = 1024 * 1024

@@ -201,7 +201,7 @@ def test_it_badges_a_failed_reply_and_offers_retry(alice_client, alice):
 def test_it_shows_a_streaming_reply_as_plain_text(alice_client, alice, monkeypatch):
     chat = Conversation.objects.create(user=alice)
     streaming = reply(chat, "**half", status="streaming")
-    monkeypatch.setattr("chat.generation.live_ids", lambda: [streaming.pk])  # this process streams it
+    monkeypatch.setattr("chat.worker.live_ids", lambda: [streaming.pk])  # this process streams it
     body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     assert 'data-status="streaming"' in body
     assert ">**half</div>" in body

@@ -1,0 +1,109 @@
+"""What a socket's commands do: send, edit, regenerate, stop (docs/protocol.md).
+
+Each begins by counting the new text's tokens, then the process's turn writer
+(chat.writers.TurnWriter) saves the turn and starts its reply (chat.worker.Worker.start).
+A refusal becomes an `error` frame on the socket that asked; the socket stays open.
+"""
+
+import functools
+import logging
+
+from django.conf import settings
+from django.db import DatabaseError
+
+from chat import cluster, remote, replies, tokens, worker
+from chat.budgets import BudgetExceeded
+from chat.generation import count_soon
+from chat.models import Conversation
+
+log = logging.getLogger(__name__)
+
+BUSY = "A reply is still being written. Stop it or wait for it to finish."
+DELETED = "This conversation was deleted (in another tab?). Nothing was saved."
+DATABASE_ERROR = (
+    "The server could not save your message just now (its database is busy). Nothing was saved; try again."
+)
+
+
+async def send(socket, conversation, content: str, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_turn, (content,), request_id)
+
+
+async def regenerate(socket, conversation, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_regenerate, (), request_id)
+
+
+async def edit(socket, conversation, content: str, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_edit, (content,), request_id)
+
+
+async def stop(socket, conversation_id: int) -> None:
+    generation = worker.current().running.get(conversation_id)
+    if generation is not None:
+        generation.stop()
+        return
+    if not cluster.single_process() and await remote.stop(conversation_id):
+        return
+    await socket.send_error("not_streaming", "Nothing is being written right now.")
+
+
+async def _begin(socket, conversation, begin, args: tuple, request_id: str | None) -> None:
+    """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
+    refusals become error frames.
+
+    Counting happens here, not in begin_* on the database thread every socket shares
+    (issue #12: long system prompts counted there held up other users' sends for
+    seconds). The model and system prompt are the socket's last knowledge of them; if
+    they changed, begin_* says so (Uncounted) before writing, and we count again."""
+    here = worker.current()
+    if here.busy(conversation.id):
+        await socket.send_error("busy", BUSY)
+        return
+    content = args[0] if args else None
+    model, encoding, system = socket.counting or (
+        conversation.model or settings.CHAT_MODEL,
+        "",
+        conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT,
+    )
+    try:
+        for attempt in (1, 2, 3):
+            # A third attempt (the settings changed twice while we counted) counts where it runs.
+            counted = await _count_ahead(model, encoding, content, system) if attempt < 3 else None
+            try:
+                await here.turns.save(
+                    functools.partial(begin, counted=counted), conversation, args, request_id
+                )
+                return
+            except replies.Uncounted as exc:
+                model, encoding, system = exc.model, exc.encoding, exc.system
+                socket.counting = (model, encoding, system)
+    except replies.Busy:
+        await socket.send_error("busy", BUSY)
+    except replies.TooManyReplies:
+        await socket.send_error(
+            "too_many_replies",
+            f"You have {settings.CHAT_MAX_REPLIES_PER_USER} replies being written already. "
+            "Wait for one to finish or stop one, then try again.",
+        )
+    except replies.NothingToRegenerate:
+        await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
+    except BudgetExceeded as exc:
+        await socket.send_error(exc.code, exc.detail)
+    except Conversation.DoesNotExist:  # replies._fresh: deleted in another tab since this socket opened
+        await socket.send_error("conversation_deleted", DELETED)
+    except DatabaseError:
+        # The turn's savepoint (or the whole batch's transaction) was rolled back: nothing
+        # of it is saved. Locked for longer than the busy timeout, or the database away.
+        log.exception("Could not save a turn in conversation %s", conversation.id)
+        await socket.send_error("database_error", DATABASE_ERROR)
+    except Exception:  # a frame answered, never a socket closed with 1011
+        log.exception("Could not begin a reply in conversation %s", conversation.id)
+        await socket.send_error("internal_error", "Something went wrong on the server. Try again.")
+
+
+async def _count_ahead(model: str, encoding: str, content: str | None, system: str) -> replies.Counted:
+    """replies.count_ahead, off the database thread."""
+    size = len(content or "")
+    if system and tokens.system_prompts.get(system, model, encoding) is None:
+        size += len(system)
+    return await count_soon(size, replies.count_ahead, model, encoding, content, system)
