@@ -81,11 +81,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.sign_out()
             return
         if command.type == "send":
-            await generation.send(self, self.conversation, command.content)
+            await generation.send(self, self.conversation, command.content, command.request_id)
         elif command.type == "edit":
-            await generation.edit(self, self.conversation, command.content)
+            await generation.edit(self, self.conversation, command.content, command.request_id)
         elif command.type == "regenerate":
-            await generation.regenerate(self, self.conversation)
+            await generation.regenerate(self, self.conversation, command.request_id)
         elif command.type == "stop":
             await generation.stop(self, self.conversation.id)
         else:

@@ -75,8 +75,9 @@ def live_ids() -> list[int]:
 
 
 class Generation:
-    def __init__(self, turn: replies.Turn) -> None:
+    def __init__(self, turn: replies.Turn, request_id: str | None = None) -> None:
         self.turn = turn
+        self.request_id = request_id  # the asking frame's "id", echoed in the start frame
         self.conversation_id = turn.conversation_id
         self.reply_id = turn.reply_id
         self.content: list[str] = []  # one entry per delta: content[seq - 1]
@@ -119,6 +120,7 @@ class Generation:
             trimmed=self.turn.trimmed,
             budget=self.turn.budget,
             replaces_user=self.turn.replaces_user,
+            request_id=self.request_id,
         )
 
     def resume_frames(self) -> list[str]:
@@ -626,22 +628,22 @@ DATABASE_ERROR = (
 )
 
 
-async def send(socket, conversation, content: str) -> None:
-    await _begin(socket, conversation, replies.begin_turn, content)
+async def send(socket, conversation, content: str, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_turn, content, request_id=request_id)
 
 
-async def regenerate(socket, conversation) -> None:
-    await _begin(socket, conversation, replies.begin_regenerate)
+async def regenerate(socket, conversation, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_regenerate, request_id=request_id)
 
 
-async def edit(socket, conversation, content: str) -> None:
-    await _begin(socket, conversation, replies.begin_edit, content)
+async def edit(socket, conversation, content: str, request_id: str | None = None) -> None:
+    await _begin(socket, conversation, replies.begin_edit, content, request_id=request_id)
 
 
 SMALL_TEXT = 256  # characters: encoded on the event loop (~10 µs) rather than paying a thread hop
 
 
-async def _begin(socket, conversation, begin, *args) -> None:
+async def _begin(socket, conversation, begin, *args, request_id: str | None = None) -> None:
     """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
     refusals become error frames.
 
@@ -663,7 +665,9 @@ async def _begin(socket, conversation, begin, *args) -> None:
             # A third attempt (the settings changed twice while we counted) counts where it runs.
             counted = await _count_ahead(model, encoding, content, system) if attempt < 3 else None
             try:
-                await _save_turn(functools.partial(begin, counted=counted), conversation, *args)
+                await _save_turn(
+                    functools.partial(begin, counted=counted), conversation, *args, request_id=request_id
+                )
                 return
             except replies.Uncounted as exc:
                 model, encoding, system = exc.model, exc.encoding, exc.system
@@ -747,18 +751,19 @@ class Batched:
 
 
 _finishes = Batched(replies.finish_many)
-_queued: dict[int, tuple] = {}  # conversation id -> (begin, conversation, *args, future), in order
+# conversation id -> (begin, conversation, *args, (future, request_id)), in order
+_queued: dict[int, tuple] = {}
 _turn_writer: asyncio.Task | None = None
 STARTS_PER_TURN = 8  # replies of a batch started before the loop sees to the sockets again
 
 
-async def _save_turn(begin, conversation, *args) -> Generation:
+async def _save_turn(begin, conversation, *args, request_id: str | None = None) -> Generation:
     """replies.begin_*, then _start. Batched: the sends that arrive while the database thread
     saves earlier ones are saved together by one writer task (replies.begin_many)."""
     global _turn_writer
     loop = asyncio.get_running_loop()
     future = loop.create_future()
-    _queued[conversation.id] = (begin, conversation, *args, future)
+    _queued[conversation.id] = (begin, conversation, *args, (future, request_id))
     if _turn_writer is None or _turn_writer.done() or _turn_writer.get_loop() is not loop:
         _turn_writer = loop.create_task(_write_turns(), name="turn-writer")
     try:
@@ -786,7 +791,7 @@ async def _write_turns() -> None:
         except Exception as exc:  # the batch's commit failed: nothing of it was saved
             results = [(False, exc)] * len(batch)
         for started, (call, (saved, value)) in enumerate(zip(batch, results, strict=True), 1):
-            future = call[-1]
+            future, request_id = call[-1]
             # Out of the queue and into _running with no await between: a second send to
             # the conversation is refused as busy all along.
             del _queued[call[1].id]
@@ -794,7 +799,7 @@ async def _write_turns() -> None:
                 future.set_exception(value)
                 continue
             try:
-                future.set_result(await _start(value))
+                future.set_result(await _start(value, request_id))
             except Exception as exc:
                 log.exception("Could not start reply %s", value.reply_id)
                 future.set_exception(exc)
@@ -819,8 +824,8 @@ async def stop(socket, conversation_id: int) -> None:
     await socket.send_error("not_streaming", "Nothing is being written right now.")
 
 
-async def _start(turn: replies.Turn) -> Generation:
-    generation = Generation(turn)
+async def _start(turn: replies.Turn, request_id: str | None = None) -> Generation:
+    generation = Generation(turn, request_id)
     _running[turn.conversation_id] = generation
     await generation.broadcast(generation.start_frame())
     if not single_process():

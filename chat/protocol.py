@@ -13,6 +13,10 @@ from django.conf import settings
 from chat.text import storable
 
 COMMANDS = {"send", "edit", "stop", "regenerate", "ping"}
+# Frames that begin a reply may carry the client's own "id", echoed as the `start` frame's
+# `request_id`: how a tab tells its own reply from one another tab began with the same words.
+TAGGED = {"send", "edit", "regenerate"}
+MAX_REQUEST_ID_CHARS = 64
 
 
 class BadFrame(Exception):
@@ -25,6 +29,7 @@ class BadFrame(Exception):
 class Command:
     type: str
     content: str = ""
+    request_id: str | None = None
 
 
 def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
@@ -49,8 +54,9 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of {sorted(COMMANDS)}."
         )
+    request_id = _request_id(obj) if kind in TAGGED else None
     if kind not in ("send", "edit"):
-        return Command(kind)
+        return Command(kind, request_id=request_id)
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
@@ -63,7 +69,19 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "content_too_long", f"The message is {len(content):,} characters; the limit is {maximum:,}."
         )
-    return Command(kind, content)
+    return Command(kind, content, request_id)
+
+
+def _request_id(obj: dict) -> str | None:
+    request_id = obj.get("id")
+    if request_id is None:
+        return None
+    if not isinstance(request_id, str) or len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise BadFrame(
+            "bad_field", f'A frame\'s "id" must be a string of at most {MAX_REQUEST_ID_CHARS} characters.'
+        )
+    # Echoed to every tab (and through Redis): a lone surrogate would break those sends.
+    return storable(request_id)
 
 
 class FrameLimiter:

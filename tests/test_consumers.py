@@ -275,6 +275,9 @@ async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstr
         ('{"type": "send"}', "bad_field"),
         ('{"type": "send", "content": 42}', "bad_field"),
         ('{"type": "send", "content": "   "}', "empty_content"),
+        ('{"type": "send", "content": "hi", "id": 7}', "bad_field"),
+        (json.dumps({"type": "send", "content": "hi", "id": "x" * 65}), "bad_field"),
+        ('{"type": "regenerate", "id": ["r1"]}', "bad_field"),
         (json.dumps({"type": "send", "content": "x" * 32001}), "content_too_long"),
         (json.dumps({"type": "send", "content": "é" * 200_000}), "frame_too_large"),
         # Nested deeper than the JSON parser's stack (RecursionError, not ValueError).
@@ -500,6 +503,34 @@ async def test_stop_from_another_tab_stops_the_reply_for_both(use_upstream, conv
     for socket in (first, second):
         assert (await frames_until(socket, "done"))[-1]["status"] == "cancelled"
     release.set()
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_the_start_frame_names_the_request_that_began_it_to_every_tab(
+    use_upstream, conversation, alice
+):
+    """Two tabs sending the same words tell their replies apart by the id they sent."""
+    use_upstream.queue(
+        Reply(body=sse(*chat_chunks(["One"]))),
+        Reply(body=sse(*chat_chunks(["Two"]))),
+        Reply(body=sse(*chat_chunks(["Three"]))),
+    )
+    _, first = await open_socket(conversation.id, alice)
+    _, second = await open_socket(conversation.id, alice)
+    await first.send_json_to({"type": "send", "content": "Same", "id": "tab-1:" + "x" * 58})
+    for socket in (first, second):
+        start = (await frames_until(socket, "start"))[-1]
+        assert start["request_id"] == "tab-1:" + "x" * 58
+        await frames_until(socket, "done")
+    await second.send_json_to({"type": "regenerate", "id": "tab-2"})
+    for socket in (first, second):
+        assert (await frames_until(socket, "start"))[-1]["request_id"] == "tab-2"
+        await frames_until(socket, "done")
+    await second.send_json_to({"type": "send", "content": "Same"})  # a client that sends no id
+    for socket in (first, second):
+        assert (await frames_until(socket, "start"))[-1]["request_id"] is None
+        await frames_until(socket, "done")
     await first.disconnect()
     await second.disconnect()
 
