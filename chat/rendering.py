@@ -115,7 +115,8 @@ def _seconds(ms: float) -> str:
 
 
 def format_stats(message) -> str:
-    """The line under a reply; chat.js formatStats() builds the same text from a `done` frame.
+    """The line under a reply, worded only here: the page template renders it, and the
+    message endpoint sends it for a reply the page saw end (static/chat/stream.js).
 
     Tokens per second counts generation only (after the first token), so a slow
     queue at the provider shows up in "first token", not as a slow model.

@@ -50,19 +50,6 @@ def conversation_url(conversation: Conversation) -> str:
     return reverse("chat:conversation", args=[conversation.pk])
 
 
-def budget_line(left: dict | None) -> str:
-    """The remaining budget in words, as chat.js writes it when a reply starts."""
-    if not left:
-        return ""
-    today, month = left.get("tokens_left_today"), left.get("tokens_left_this_month")
-    parts = []
-    if today is not None:
-        parts.append(f"{today:,} tokens left today")
-    if month is not None:
-        parts.append(f"{month:,} this month" if parts else f"{month:,} tokens left this month")
-    return " · ".join(parts)
-
-
 def _page(
     request: HttpRequest,
     conversation: Conversation | None,
@@ -82,7 +69,7 @@ def _page(
         "create_url": reverse("chat:create"),
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "demo": settings.CHAT_DEMO,
-        "budget": budget,
+        "budget": budget,  # worded by the page (static/chat/budget.js), here and after each reply
     }
     return render(
         request,
@@ -95,11 +82,10 @@ def _page(
             "last_reply_id": last_reply.pk if last_reply else None,
             "default_model": settings_form.default_label,
             "settings_form": settings_form,
-            "budget_line": budget_line(budget),
             "demo": settings.CHAT_DEMO,
             "config": config,
             # Unsaved messages render the <template>s the page clones for new messages,
-            # so a message has one markup whether the server or chat.js draws it.
+            # so a message has one markup whether the server or static/chat/messages.js draws it.
             "blank_user": Message(role=Message.Role.USER),
             "blank_reply": Message(role=Message.Role.ASSISTANT, status=Message.Status.STREAMING),
         },

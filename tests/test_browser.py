@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -138,6 +138,9 @@ Budget.objects.create(user=User.objects.get(username="frank"), tokens_per_day=50
 # gina may send one message a minute; hank has no tokens left today
 Budget.objects.create(user=User.objects.get(username="gina"), sends_per_minute=1)
 Budget.objects.create(user=User.objects.get(username="hank"), tokens_per_day=0)
+# vera has a daily and a monthly budget, walt a monthly one only
+Budget.objects.create(user=User.objects.get(username="vera"), tokens_per_day=5000, tokens_per_month=100000)
+Budget.objects.create(user=User.objects.get(username="walt"), tokens_per_month=2000)
 """
 
 
@@ -573,6 +576,16 @@ def test_trimmed_history_and_the_budget_are_shown(open_page, llm, site):
     assert len(sent) < 6 and sent[-1]["content"] == "And now?"
 
 
+def test_the_budget_line_is_worded_on_load_as_after_a_reply(open_page):
+    page = open_page("vera")
+    expect(page.get_by_test_id("budget")).to_have_text("5,000 tokens left today · 100,000 this month")
+    page = open_page("walt")
+    expect(page.get_by_test_id("budget")).to_have_text("2,000 tokens left this month")
+    page = open_page("alice")  # no budget, no line
+    expect(page.get_by_test_id("composer")).to_be_focused()
+    expect(page.get_by_test_id("budget")).to_be_hidden()
+
+
 def test_budget_and_send_rate_refusals_are_plain_words(open_page, llm):
     page = open_page("hank")
     send(page, "Anything left?")
@@ -772,5 +785,93 @@ def test_signing_out_in_one_tab_sends_the_other_tab_to_the_sign_in_page(browser,
         expect(other).to_have_url(re.compile(r"/accounts/login/"))
         # The first tab's socket was closed with signed_out (4401), and the page reloaded.
         expect(chatting).to_have_url(re.compile(r"/accounts/login/"))
+    finally:
+        context.close()
+
+
+def test_two_tabs_sending_the_same_words_each_know_their_own(browser, server, site, llm, gates):
+    """A tab knows its reply by the id it sent, not by its words: a tab whose send is refused
+    as busy because another tab's identical send got there first gets its words back."""
+    conversation_id = site.create_conversation("xena")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    context.add_cookies([{"name": "sessionid", "value": site.sessions["xena"], "url": server.origin}])
+    # Tab B's link to the server: its send frames wait in `held` while `holding` (a slow link).
+    link = {"holding": False, "held": [], "server": None}
+
+    def slow_sends(ws) -> None:
+        link["server"] = ws.connect_to_server()
+
+        def from_page(message) -> None:
+            if link["holding"] and '"type":"send"' in str(message):
+                link["held"].append(message)
+            else:
+                link["server"].send(message)
+
+        ws.on_message(from_page)
+
+    try:
+        tab_a, tab_b = context.new_page(), context.new_page()
+        tab_b.route_web_socket(re.compile(r"/ws/chat/"), slow_sends)
+        for tab in (tab_a, tab_b):
+            tab.goto(server.url(f"/c/{conversation_id}/"))
+
+        def sent(tab, count: int):
+            """`send` the words, and the user message the tab drew for them at once."""
+            send(tab, "Same words")
+            expect(tab.locator(USER_MESSAGES)).to_have_count(count)
+            return tab.locator(USER_MESSAGES).nth(count - 1).element_handle()
+
+        def shown_as_own(tab, drawn, count: int) -> str:
+            """The message the tab drew when sending is the saved one, shown once."""
+            expect(tab.locator(USER_MESSAGES).nth(count - 1)).to_have_attribute(
+                "data-message-id", re.compile(r"\d")
+            )
+            message_id = drawn.get_attribute("data-message-id")
+            assert drawn.evaluate("e => e.isConnected")
+            expect(tab.locator(f'{USER_MESSAGES}[data-message-id="{message_id}"]')).to_have_count(1)
+            return message_id
+
+        # Tab A sends; tab B, idle, shows it arriving from elsewhere.
+        llm.queue(reply(["First."]))
+        mine = shown_as_own(tab_a, sent(tab_a, 1), 1)
+        for tab in (tab_a, tab_b):
+            wait_finished(tab)
+            expect(tab.locator(USER_MESSAGES)).to_have_count(1)
+            expect(tab.locator(USER_MESSAGES).first).to_have_attribute("data-message-id", mine)
+
+        # Tab B sends the same words, but its frame is slow: tab A's identical send starts
+        # first, and its `start` reaches tab B while B still waits for its own.
+        link["holding"] = True
+        slow = sent(tab_b, 2)
+        link["holding"] = False
+        assert len(link["held"]) == 1
+        held_reply, gate = gated(["Second."])
+        gates.append(gate)
+        llm.queue(held_reply)
+        theirs = shown_as_own(tab_a, sent(tab_a, 2), 2)
+        expect(tab_b.locator(f'{USER_MESSAGES}[data-message-id="{theirs}"]')).to_have_count(1)
+        link["server"].send(link["held"].pop())  # B's send arrives while A's reply streams: refused as busy
+        toast = tab_b.get_by_test_id("toast")
+        expect(toast).to_have_text(
+            "A reply is already being written in this chat. Stop it or wait for it to finish."
+        )
+        expect(tab_b.get_by_test_id("composer")).to_have_value("Same words")  # B's words come back
+        assert not slow.evaluate("e => e.isConnected")  # what B drew for its refused send is gone
+        gate.open()
+        for tab in (tab_a, tab_b):
+            wait_finished(tab)
+            expect(tab.locator(USER_TEXTS)).to_have_text(["Same words"] * 2)
+
+        # Tab B sends them again, now on time: its own message once; tab A sees it arrive.
+        llm.queue(reply(["Third."]))
+        tab_b.get_by_test_id("send").click()
+        expect(tab_b.locator(USER_MESSAGES)).to_have_count(3)
+        again = shown_as_own(tab_b, tab_b.locator(USER_MESSAGES).nth(2).element_handle(), 3)
+        for tab in (tab_a, tab_b):
+            wait_finished(tab)
+            expect(body(last_reply(tab))).to_have_text("Third.")
+            expect(tab.locator(USER_TEXTS)).to_have_text(["Same words"] * 3)
+            expect(tab.locator(USER_MESSAGES).last).to_have_attribute("data-message-id", again)
     finally:
         context.close()

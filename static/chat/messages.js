@@ -157,6 +157,7 @@ export function setStatus(el, status) {
   else el.removeAttribute("aria-busy");
 }
 
+/** The line under a finished reply, as the server words it (chat.rendering.format_stats). */
 export function setStats(el, text) {
   el.querySelector('[data-testid="message-stats"]').textContent = text || "";
 }
@@ -196,7 +197,6 @@ export function finish(el, payload) {
   }
 }
 
-/** Only the last reply offers Regenerate (as Retry when it failed), and not while anything streams. */
 /** Only the last user message offers Edit, and not while anything streams. */
 export function placeEdit(streaming) {
   const users = [...list().querySelectorAll('[data-role="user"]')];
@@ -216,6 +216,7 @@ export function messagesFrom(el) {
   return found;
 }
 
+/** Only the last reply offers Regenerate (as Retry when it failed), and not while anything streams. */
 export function placeRegenerate(streaming) {
   const last = lastReply();
   for (const button of list().querySelectorAll('[data-testid="regenerate"]')) {
@@ -225,30 +226,4 @@ export function placeRegenerate(streaming) {
   for (const button of list().querySelectorAll('[data-testid="retry"]')) {
     button.hidden = streaming || button.closest('[data-testid="message"]') !== last;
   }
-}
-
-function seconds(ms) {
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
-}
-
-/** Same text as chat.rendering.format_stats(), from a `done` frame. */
-export function formatStats(f) {
-  const usage = f.usage || {};
-  // Ours (tiktoken) first; the provider's figures when the vocabulary was unavailable.
-  const prompt = f.prompt_tokens ?? (Number.isInteger(usage.prompt_tokens) ? usage.prompt_tokens : null);
-  const completion =
-    f.completion_tokens ?? (Number.isInteger(usage.completion_tokens) ? usage.completion_tokens : null);
-  const parts = [];
-  if (prompt != null) parts.push(`${prompt} prompt`);
-  if (completion != null) parts.push(`${completion} completion tokens`);
-  if (prompt == null && completion == null && f.duration_ms != null) {
-    parts.push("tokens not counted (no tokenizer vocabulary)");
-  }
-  if (f.ttft_ms != null) parts.push(`first token ${seconds(f.ttft_ms)}`);
-  if (f.duration_ms != null) parts.push(`${seconds(f.duration_ms)} total`);
-  if (completion && f.duration_ms != null && f.ttft_ms != null) {
-    const generating = (f.duration_ms - f.ttft_ms) / 1000;
-    if (generating > 0) parts.push(`${(completion / generating).toFixed(1)} tok/s`);
-  }
-  return parts.join(" · ");
 }

@@ -1,0 +1,139 @@
+// Asking for replies: send, edit and regenerate (each frame with a fresh request id, so the
+// `start` that answers it is recognised), and copying what was written.
+import { openSocket } from "./connection.js";
+import { FRAME_ERRORS } from "./frames.js";
+import * as M from "./messages.js";
+import { focusComposer, showEmptyState, showNewConversation, toast, toastOk, toBottom, ui } from "./page.js";
+import { config, requestId, state } from "./state.js";
+import { fetchMessage, rollback, setStreamingUi } from "./stream.js";
+
+export function autosize() {
+  const input = ui.input;
+  input.style.height = "auto";
+  input.style.height = `${Math.min(input.scrollHeight, innerHeight * 0.4)}px`;
+}
+
+function csrfToken() {
+  return document.querySelector("#composer [name=csrfmiddlewaretoken]").value;
+}
+
+async function createConversation(firstMessage) {
+  const body = new FormData();
+  body.append("title", firstMessage.split("\n").find((line) => line.trim()) || "");
+  const response = await fetch(config.create_url, {
+    method: "POST",
+    body,
+    headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
+    credentials: "same-origin",
+  });
+  if (!response.ok) throw new Error(`HTTP ${response.status}`);
+  const created = await response.json();
+  showNewConversation(created);
+  return created;
+}
+
+/** Draw what this tab asks for before the server answers; `start` or an error settles it. */
+function expect(kind, fields) {
+  state.pending = { kind, id: requestId(), sentOk: true, ...fields };
+  setStreamingUi(true);
+  toBottom();
+  return state.pending;
+}
+
+export async function send() {
+  const input = ui.input;
+  const content = input.value;
+  if (!content.trim()) return;
+  if (content.length > config.max_chars) {
+    toast(FRAME_ERRORS.content_too_long);
+    return;
+  }
+  if (state.streaming || state.pending) {
+    toast(FRAME_ERRORS.busy);
+    return;
+  }
+  if (state.conversation && !state.socket.isOpen) {
+    toast("You're offline, so the message was not sent. It's still in the box; send it again once reconnected.");
+    return;
+  }
+  input.value = "";
+  autosize();
+  showEmptyState(false);
+  const edited = state.editing;
+  state.editing = null;
+  if (edited && state.conversation && edited.isConnected) {
+    const replacedEls = M.messagesFrom(edited);
+    replacedEls.forEach((el) => (el.hidden = true));
+    const userEl = M.userMessage(content);
+    const { id } = expect("edit", { content, replacedEls, userEl, replyEl: M.streamingReply() });
+    state.socket.send({ type: "edit", content, id });
+    focusComposer();
+    return;
+  }
+  const userEl = M.userMessage(content);
+  const { id } = expect("send", { content, userEl, replyEl: M.streamingReply() });
+  if (!state.conversation) {
+    try {
+      state.conversation = await createConversation(content);
+    } catch {
+      rollback();
+      toast("Could not start a new chat. Check your connection and try again.");
+      return;
+    }
+    openSocket();
+    state.socket.sendWhenOpen({ type: "send", content, id });
+  } else {
+    state.socket.send({ type: "send", content, id });
+  }
+  focusComposer();
+}
+
+export function regenerate() {
+  if (state.streaming || state.pending || !state.conversation) return;
+  if (!state.socket.isOpen) {
+    toast("You're offline. Try again once reconnected.");
+    return;
+  }
+  const old = M.lastReply();
+  if (old) old.hidden = true;
+  const { id } = expect("regenerate", { replacedEl: old, replyEl: M.streamingReply() });
+  state.socket.send({ type: "regenerate", id });
+}
+
+export function startEdit(el) {
+  if (state.streaming || state.pending) return;
+  state.editing = el;
+  ui.input.value = M.body(el).textContent;
+  autosize();
+  focusComposer();
+  toast("Editing your last message: Enter sends it again, Esc cancels.");
+}
+
+export function cancelEdit() {
+  state.editing = null;
+  ui.input.value = "";
+  autosize();
+}
+
+export async function copyReply(el) {
+  let text = M.body(el).innerText;
+  const id = Number(el.dataset.messageId);
+  try {
+    if (id) text = (await fetchMessage(id)).content;
+    await navigator.clipboard.writeText(text);
+    toastOk("Copied.");
+  } catch {
+    toast("Could not copy to the clipboard.");
+  }
+}
+
+export async function copyCode(button) {
+  const pre = button.closest("pre");
+  const code = pre.querySelector("code") || pre;
+  try {
+    await navigator.clipboard.writeText(code === pre ? pre.innerText.replace(/Copy$/, "") : code.textContent);
+    toastOk("Code copied.");
+  } catch {
+    toast("Could not copy to the clipboard.");
+  }
+}
