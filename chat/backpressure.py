@@ -7,7 +7,7 @@ limit. The ASGI `send` daphne hands the app is `partial(server.handle_reply,
 protocol)`; `keep_raw_send` puts it in the scope, and `pending_bytes` reads the
 size of the Twisted transport's write buffer from it. The relay then stops
 sending deltas to a lagging socket and feeds it what it missed as it drains, a
-bounded batch at a time (chat.consumers.ChatConsumer.catch_up), so memory stays
+bounded batch at a time (chat.relay.Watcher.catch_up), so memory stays
 near the limit and the reader still ends up with the exact text. Under other
 ASGI servers `pending_bytes` is None and nothing is held back.
 

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 class Streaming(Protocol):
     """What a socket reads of the reply it follows (chat.generation.Generation)."""
 
+    reply_id: int
     seq: int  # pieces so far
     finals: list[str] | None  # the reply's error/done frames, once it has ended
 
@@ -90,8 +91,10 @@ class Watcher:
                     return
                 else:
                     return  # caught up with a live reply; deltas flow directly again
-        except Exception:  # the socket went away
+        except OSError:  # the connection went away: nothing more to feed it
             return
+        except Exception:  # anything else is a bug; the reader stays behind until its next frame
+            log.exception("Could not catch up a lagging socket on reply %s", reply.reply_id)
         finally:
             self.catching_up = None
 

@@ -28,6 +28,6 @@ application = ProtocolTypeRouter(
 warm_up_in_background()
 
 # What is loaded by now lives as long as the process. Frozen, it is left out of the
-# collector's full passes, which otherwise held the event loop (and every stream) for up
-# to ~100 ms under load; 27 ms after (300 streams, docs/benchmark.md).
+# collector's full passes, which otherwise held the event loop (and every stream) for tens
+# of milliseconds under load (measured in docs/benchmark.md).
 gc.freeze()
