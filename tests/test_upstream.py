@@ -1204,6 +1204,18 @@ async def test_it_reads_a_stream_that_arrives_seven_bytes_at_a_time(upstream, pr
     )
 
 
+async def test_a_gzip_compressed_stream_is_read_as_plain_text(upstream, provider):
+    """A proxy or provider may compress the stream; the client reads raw bytes only when
+    nothing says the body is encoded."""
+    import gzip
+
+    body = gzip.compress(b"".join(sse(*chat_chunks(["Squeezed", " text"]))))
+    headers = {"content-type": "text/event-stream", "content-encoding": "gzip"}
+    upstream.queue(Reply(headers=headers, body=[body[:10], body[10:]]))
+    outcome = await ask(provider)
+    assert (outcome.text, outcome.finish_reason, outcome.error) == ("Squeezed text", "stop", None)
+
+
 async def test_a_stream_cut_without_a_finish_is_interrupted(upstream, provider):
     upstream.queue(Reply(body=sse(*chat_chunks(["Half"], finish_reason=None), done=False), cut=True))
     outcome = await ask(provider)
