@@ -1,17 +1,18 @@
-"""The one HTTP client under chat.upstream.client: httpx, over aiohttp's transport.
+"""The one HTTP client under chat.upstream.client: httpx's transports and models, over aiohttp.
 
-httpx is the client: its request API, its proxy rules and its mounts. The transport under
-it is aiohttp's, through the httpx-aiohttp package (the route the openai SDK takes for its
+httpx gives the request and response models and the transport interface; the transport is
+aiohttp's, through the httpx-aiohttp package (the route the openai SDK takes for its
 aiohttp client): aiohttp's C parser costs about half the CPU of httpx's own transport per
-streamed read, and a reply is thousands of reads (docs/benchmark.md).
+streamed read, and a reply is thousands of reads (docs/benchmark.md). `Client` picks the
+transport for each URL itself rather than through httpx's client layer (see its docstring).
 
 The rules, for every request: the connect timeout covers waiting for a pooled connection
 and connecting; the idle timeout applies between reads (waiting for the response headers
 included), so keep-alive comments keep a slow reply alive; redirects are not followed;
 trust roots are certifi's, or SSL_CERT_FILE / SSL_CERT_DIR when set. HTTP_PROXY,
-HTTPS_PROXY, ALL_PROXY and NO_PROXY are honoured: httpx reads them when the client is made
-and mounts a proxied transport per scheme. The demo model is a transport mounted for its
-own address, so a demo reply takes the same client as a real one, proxies or not.
+HTTPS_PROXY, ALL_PROXY and NO_PROXY are honoured, read when the client is made. The demo
+model is a transport of its own for its own address, so a demo reply takes the same
+client as a real one, proxies or not.
 
 Every failure of the request or of the body is a TransportError, named by `_failure`.
 """
@@ -19,11 +20,12 @@ Every failure of the request or of the body is a TransportError, named by `_fail
 import functools
 import json
 import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import httpx
-from httpx_aiohttp import HttpxAiohttpClient
+from httpx_aiohttp import AiohttpTransport
 
 from chat.upstream.demo import DEMO_ORIGIN, DemoTransport
 
@@ -131,39 +133,69 @@ def _url(url: str) -> httpx.URL:
 
 
 class Client:
-    """The process's HTTP client for one event loop (see client.get_client)."""
+    """The process's HTTP client for one event loop (see client.get_client).
+
+    httpx's transports and its request and response models, without httpx's client layer
+    on top: per request that layer (building the request again, auth and redirect flows,
+    a cookie jar) cost about twice the CPU of the aiohttp transport under it, and a burst
+    of sends pays it once per send (docs/benchmark.md). What it did that we need is done
+    here, once per client: which transport a URL takes (the demo's own; a proxy from
+    HTTP_PROXY / HTTPS_PROXY / ALL_PROXY unless NO_PROXY names the host, by the standard
+    library's rules) and the timeouts. Redirects are not followed, cookies not kept.
+    """
 
     def __init__(self, *, connect_timeout: float, idle_timeout: float, max_connections: int) -> None:
-        self._client = HttpxAiohttpClient(
-            # aiohttp's transport takes `pool` as its connect timeout (the wait for a pooled
-            # connection, then connecting), `read` between reads; a request's small body
-            # has no write timeout of its own.
-            timeout=httpx.Timeout(idle_timeout, connect=connect_timeout, pool=connect_timeout),
-            limits=httpx.Limits(max_connections=max_connections),
-            follow_redirects=False,
-            trust_env=True,  # proxy variables, SSL_CERT_FILE / SSL_CERT_DIR
-            mounts={DEMO_ORIGIN: DemoTransport()},
-        )
+        limits = httpx.Limits(max_connections=max_connections)
+        # trust_env: the trust roots from SSL_CERT_FILE / SSL_CERT_DIR when set.
+        self._direct = AiohttpTransport(limits=limits, trust_env=True)
+        self._demo = DemoTransport()
+        self._proxies = urllib.request.getproxies()  # read once, as httpx's client did
+        self._via: dict[str, httpx.AsyncBaseTransport] = {}  # proxy URL -> its transport
+        self._limits = limits
+        # aiohttp's transport takes `pool` as its connect timeout (the wait for a pooled
+        # connection, then connecting), `read` between reads; a request's small body has
+        # no write timeout of its own.
+        self._timeout = {
+            "connect": connect_timeout,
+            "read": idle_timeout,
+            "write": idle_timeout,
+            "pool": connect_timeout,
+        }
+        self._closed = False
 
     @property
     def is_closed(self) -> bool:
-        return self._client.is_closed
+        return self._closed
+
+    def _transport(self, url: httpx.URL) -> httpx.AsyncBaseTransport:
+        if f"{url.scheme}://{url.netloc.decode()}" == DEMO_ORIGIN:
+            return self._demo
+        proxy = self._proxies.get(url.scheme) or self._proxies.get("all")
+        if not proxy or urllib.request.proxy_bypass_environment(url.host, self._proxies):
+            return self._direct
+        transport = self._via.get(proxy)
+        if transport is None:
+            transport = self._via[proxy] = AiohttpTransport(
+                limits=self._limits, trust_env=True, proxy=httpx.Proxy(proxy)
+            )
+        return transport
 
     async def post(self, url: str, body: dict, headers: dict) -> Response:
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-        headers = {**headers, "content-type": "application/json"}
-        return await self._send(
-            self._client.build_request("POST", _url(url), content=content, headers=headers)
-        )
+        return await self._send("POST", _url(url), {**headers, "content-type": "application/json"}, content)
 
     async def get(self, url: str, headers: dict) -> Response:
-        return await self._send(self._client.build_request("GET", _url(url), headers=headers))
+        return await self._send("GET", _url(url), headers, b"")
 
-    async def _send(self, request: httpx.Request) -> Response:
+    async def _send(self, method: str, url: httpx.URL, headers: dict, content: bytes) -> Response:
         try:
-            return Response(await self._client.send(request, stream=True))
+            request = httpx.Request(method, url, headers=headers, content=content)
+            request.extensions["timeout"] = self._timeout
+            return Response(await self._transport(url).handle_async_request(request))
         except _FAILURES as exc:
             raise _failure(exc) from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        self._closed = True
+        for transport in (self._direct, self._demo, *self._via.values()):
+            await transport.aclose()
