@@ -93,10 +93,12 @@ class Response:
 
     def __init__(self, response: httpx.Response) -> None:
         self._response = response
-        # Undecoded bytes unless the body is compressed: httpx's decoder chain costs every
-        # read of a stream that is almost never compressed.
+        # The transport's own stream unless the body is compressed: httpx's decoder and
+        # chunker layers cost every read of a stream that is almost never compressed.
         encoded = "content-encoding" in response.headers
-        self._reads: AsyncIterator[bytes] = response.aiter_bytes() if encoded else response.aiter_raw()
+        self._reads: AsyncIterator[bytes] = (
+            response.aiter_bytes() if encoded else aiter(response.stream)  # type: ignore[arg-type]
+        )
         self.status: int = response.status_code
         self.headers: Mapping[str, str] = response.headers  # case-insensitive
 
