@@ -4,6 +4,11 @@ from django.urls import include, path
 from chat.health import healthz
 from chat.throttle import password_reset
 
+# The site's name, not Django's: named here, in the project, so that a host site that mounts
+# the chat app (docs/reusable-app.md) keeps its own admin's name.
+admin.site.site_header = admin.site.site_title = "Chat admin"
+admin.site.index_title = "Conversations, usage and settings"
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -875,3 +875,57 @@ def test_two_tabs_sending_the_same_words_each_know_their_own(browser, server, si
             expect(tab.locator(USER_MESSAGES).last).to_have_attribute("data-message-id", again)
     finally:
         context.close()
+
+
+# ---------------------------------------------------------------------------- the admin, for a reviewer
+
+REVIEWERS = """
+from datetime import timedelta
+
+from django.contrib.auth.models import Permission, User
+from django.utils import timezone
+from chat.models import Conversation, Message
+
+def staff(name, *perms):
+    user = User.objects.create_user(name, password=PASSWORD, is_staff=True)
+    for perm in perms:
+        app, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
+
+# rosa reviews conversations; nils is staff who may only look after invites.
+staff("rosa", "chat.view_conversation", "chat.view_message")
+staff("nils", "chat.view_invite")
+owner = User.objects.create_user("olga", password=PASSWORD)
+conversation = Conversation.objects.create(user=owner, title="Quarterly figures")
+Message.objects.create(
+    conversation=conversation, role="user", content="Sum up the quarter.", status="finished",
+    token_count=12345, tokens_before=0, messages_before=0,
+)
+Message.objects.create(
+    conversation=conversation, role="assistant", content="Revenue grew.", status="finished",
+    finish_reason="stop", model="tiny-window", token_count=4321, prompt_tokens=12345,
+    completion_tokens=4321, ttft_ms=850.4471, duration_ms=3248.337167000045, seq=917,
+    lease_until=timezone.now() + timedelta(seconds=10), tokens_before=12345, messages_before=1,
+)
+result = conversation.pk
+"""
+
+
+@pytest.fixture(scope="module")
+def reviewed(site):
+    """Staff sessions (`rosa` reviews, `nils` may not) and the id of a conversation to review."""
+    conversation = site.shell(f"PASSWORD = {PASSWORD!r}\n" + REVIEWERS)
+    for name in ("rosa", "nils"):
+        site.sessions[name] = site.session_cookie(name)
+    return conversation
+
+
+def test_the_admin_is_named_for_the_site_not_django(open_page, reviewed):
+    page = open_page("rosa", "/admin/")
+    expect(page.locator("#site-name")).to_have_text("Chat admin")
+    expect(page).to_have_title(re.compile(r"\| Chat admin$"))
+    expect(page.locator("body")).not_to_contain_text("Django administration")
+    expect(page.locator("body")).not_to_contain_text("Django site admin")
+    transcript = open_page("rosa", f"/admin/chat/conversation/{reviewed}/transcript/")
+    expect(transcript.locator("#site-name")).to_have_text("Chat admin")
+    expect(transcript).to_have_title(re.compile(r"\| Chat admin$"))
