@@ -929,3 +929,22 @@ def test_the_admin_is_named_for_the_site_not_django(open_page, reviewed):
     transcript = open_page("rosa", f"/admin/chat/conversation/{reviewed}/transcript/")
     expect(transcript.locator("#site-name")).to_have_text("Chat admin")
     expect(transcript).to_have_title(re.compile(r"\| Chat admin$"))
+
+
+def test_the_usage_report_is_linked_from_the_admin_index_for_those_who_may_read_it(open_page, reviewed):
+    page = open_page("rosa", "/admin/")
+    link = page.get_by_role("link", name="Token usage")
+    expect(link).to_be_visible()
+    shot(page, "admin-index")
+    link.click()
+    expect(page).to_have_url(re.compile(r"/admin/chat/message/usage/$"))
+    expect(page.locator("#content h1")).to_have_text("Token usage")
+    expect(page.locator("body")).to_contain_text("olga")  # the report itself, not a refusal
+    shot(page, "admin-usage")
+    # The chat app's own index lists it too.
+    chat_index = open_page("rosa", "/admin/chat/")
+    expect(chat_index.get_by_role("link", name="Token usage")).to_be_visible()
+    # Staff who may not open the report are not shown a link to a refusal.
+    other = open_page("nils", "/admin/")
+    expect(other.get_by_role("link", name="Invites")).to_be_visible()
+    expect(other.get_by_role("link", name="Token usage")).to_have_count(0)
