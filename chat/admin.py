@@ -33,7 +33,7 @@ from chat.models import (
     TranscriptAccess,
     key_env_allowed,
 )
-from chat.rendering import render_markdown
+from chat.rendering import duration_text, render_markdown, token_text
 
 # Fields no admin list may be filtered on (?api_key__startswith=sk-a): a filter that shows
 # whether a row matches reads a secret, or message text, one guess at a time, unlogged.
@@ -73,7 +73,42 @@ def _log_access(request, conversation, kind, query: str = "") -> None:
     )
 
 
-class MessageInline(admin.TabularInline):
+def _tokens(count: int | None) -> str | None:
+    """A token figure as a reviewer reads it ("12,345"); None shows the admin's blank mark."""
+    return None if count is None else token_text(count)
+
+
+def _duration(ms: float | None) -> str | None:
+    return None if ms is None else duration_text(ms)
+
+
+class ReviewFigures:
+    """A message's figures formatted for a reviewer: the admin would print the stored floats
+    (3248.337167000045) and bare integers. The streaming machinery (seq, lease_until) and
+    the history counts kept for budgets (tokens_before, messages_before) are never listed."""
+
+    @admin.display(description="tokens", ordering="token_count")
+    def tokens(self, obj):
+        return _tokens(obj.token_count)
+
+    @admin.display(description="prompt tokens", ordering="prompt_tokens")
+    def prompt(self, obj):
+        return _tokens(obj.prompt_tokens)
+
+    @admin.display(description="completion tokens", ordering="completion_tokens")
+    def completion(self, obj):
+        return _tokens(obj.completion_tokens)
+
+    @admin.display(description="first token")
+    def first_token(self, obj):
+        return _duration(obj.ttft_ms)
+
+    @admin.display(description="total time")
+    def total_time(self, obj):
+        return _duration(obj.duration_ms)
+
+
+class MessageInline(ReviewFigures, admin.TabularInline):
     model = Message
     extra = 0
     can_delete = False
@@ -84,11 +119,11 @@ class MessageInline(admin.TabularInline):
         "status",
         "finish_reason",
         "model",
-        "token_count",
-        "prompt_tokens",
-        "completion_tokens",
-        "ttft_ms",
-        "duration_ms",
+        "tokens",
+        "prompt",
+        "completion",
+        "first_token",
+        "total_time",
         "error_code",
         "superseded",
         "created_at",
@@ -146,11 +181,11 @@ class ConversationAdmin(ChatAdmin):
 
     @admin.display(description="prompt tokens", ordering="prompt_total")
     def prompt_tokens(self, obj):
-        return obj.prompt_total or 0
+        return token_text(obj.prompt_total or 0)
 
     @admin.display(description="completion tokens", ordering="completion_total")
     def completion_tokens(self, obj):
-        return obj.completion_total or 0
+        return token_text(obj.completion_total or 0)
 
     @admin.display(description="transcript")
     def transcript_link(self, obj):
@@ -239,7 +274,7 @@ class HasErrorFilter(admin.SimpleListFilter):
 
 
 @admin.register(Message)
-class MessageAdmin(ChatAdmin):
+class MessageAdmin(ReviewFigures, ChatAdmin):
     """Message metadata. Text is read in the conversation's transcript, where the read is
     logged; a search of the text is logged against every conversation it shows."""
 
@@ -251,9 +286,9 @@ class MessageAdmin(ChatAdmin):
         "status",
         "finish_reason",
         "model",
-        "token_count",
-        "prompt_tokens",
-        "completion_tokens",
+        "tokens",
+        "prompt",
+        "completion",
         "created_at",
         "in_transcript",
     )

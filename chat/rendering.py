@@ -110,8 +110,20 @@ def pygments_css() -> str:
     )
 
 
-def _seconds(ms: float) -> str:
-    return f"{ms:.0f} ms" if ms < 1000 else f"{ms / 1000:.1f} s"
+def duration_text(ms: float) -> str:
+    """A duration as a person reads it: "850 ms", "3.2 s", "2 min 5 s" (the stats line and
+    the admin), never the stored float (3248.337167000045)."""
+    if round(ms) < 1000:  # compared as shown, so 999.7 ms reads "1.0 s", not "1000 ms"
+        return f"{ms:.0f} ms"
+    if round(ms / 100) < 600:
+        return f"{ms / 1000:.1f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
+
+
+def token_text(count: int | None) -> str:
+    """A token figure with thousands separators ("12,345"); "unknown" when it was not counted."""
+    return "unknown" if count is None else f"{count:,}"
 
 
 def format_stats(message) -> str:
@@ -135,9 +147,9 @@ def format_stats(message) -> str:
     if not isinstance(prompt, int) and not isinstance(completion, int) and message.duration_ms is not None:
         parts.append("tokens not counted (no tokenizer vocabulary)")
     if message.ttft_ms is not None:
-        parts.append(f"first token {_seconds(message.ttft_ms)}")
+        parts.append(f"first token {duration_text(message.ttft_ms)}")
     if message.duration_ms is not None:
-        parts.append(f"{_seconds(message.duration_ms)} total")
+        parts.append(f"{duration_text(message.duration_ms)} total")
     if (
         isinstance(completion, int)
         and completion

@@ -948,3 +948,29 @@ def test_the_usage_report_is_linked_from_the_admin_index_for_those_who_may_read_
     other = open_page("nils", "/admin/")
     expect(other.get_by_role("link", name="Invites")).to_be_visible()
     expect(other.get_by_role("link", name="Token usage")).to_have_count(0)
+
+
+def test_a_reviewer_sees_durations_and_token_figures_formatted_and_no_internals(open_page, reviewed):
+    """Durations in ms or s, token counts with thousands separators, and none of the
+    streaming machinery (seq, lease, the history counts kept for budgets) on any page
+    where a reviewer reads a conversation or its messages."""
+    pages = {
+        "conversation": f"/admin/chat/conversation/{reviewed}/change/",
+        "transcript": f"/admin/chat/conversation/{reviewed}/transcript/",
+        "messages": "/admin/chat/message/",
+        "conversations": "/admin/chat/conversation/",
+        "usage": "/admin/chat/message/usage/",
+    }
+    for name, path in pages.items():
+        page = open_page("rosa", path)
+        text = page.locator("#content")
+        expect(text).to_contain_text("12,345")
+        expect(text).to_contain_text("4,321")
+        for raw in ("12345", "4321", "3248.3", "850.4", "917"):
+            expect(text).not_to_contain_text(raw)
+        for internal in (r"\bseq\b", r"\blease", r"tokens.before", r"messages.before"):
+            expect(text).not_to_contain_text(re.compile(internal, re.IGNORECASE))
+        if name in ("conversation", "transcript"):
+            expect(text).to_contain_text("850 ms")
+            expect(text).to_contain_text("3.2 s")
+        shot(page, f"admin-figures-{name}")

@@ -7,7 +7,14 @@ import pytest
 from django.conf import settings
 
 from chat.models import Message
-from chat.rendering import complete_blocks, format_stats, pygments_css, render_markdown
+from chat.rendering import (
+    complete_blocks,
+    duration_text,
+    format_stats,
+    pygments_css,
+    render_markdown,
+    token_text,
+)
 
 
 def test_it_renders_tables_with_alignment():
@@ -255,3 +262,22 @@ def test_streaming_one_character_at_a_time_renders_every_block_before_the_last()
     assert "".join(html) + render_markdown(text[rendered:]) == render_markdown(text)
     assert text[rendered:] == "The end.\n"
     assert len(html) > len(BLOCKS) // 2  # blocks appear as they finish, not all at the end
+
+
+@pytest.mark.parametrize(
+    "ms, shown",
+    [
+        (31.4, "31 ms"),
+        (850.4471, "850 ms"),
+        (999.7, "1.0 s"),
+        (3248.337167000045, "3.2 s"),
+        (59_970, "1 min"),
+        (125_000, "2 min 5 s"),
+    ],
+)
+def test_durations_read_as_a_person_says_them(ms, shown):
+    assert duration_text(ms) == shown
+
+
+def test_token_figures_have_thousands_separators_and_say_when_unknown():
+    assert [token_text(n) for n in (0, 4321, 1_234_567, None)] == ["0", "4,321", "1,234,567", "unknown"]

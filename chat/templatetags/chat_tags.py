@@ -1,7 +1,7 @@
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
-from chat.rendering import format_stats, render_markdown
+from chat.rendering import duration_text, format_stats, render_markdown, token_text
 
 register = template.Library()
 
@@ -15,3 +15,14 @@ def markdown(text: str) -> SafeString:
 @register.filter
 def stats(message) -> str:
     return format_stats(message)
+
+
+@register.filter
+def duration(ms: float | None) -> str:
+    """Milliseconds as "850 ms" or "3.2 s"; "—" when there is no figure."""
+    return "—" if ms is None else duration_text(ms)
+
+
+@register.filter
+def tokens(count: int | None) -> str:
+    return token_text(count)
