@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -128,6 +128,9 @@ def chat(user, title, *texts, **fields):
 chat("dana", "Trip to Lisbon", "Where do I find the best pastel de nata?", "Try Belem.")
 chat("dana", "Tax questions", "Which deductions can I claim?", "It depends.")
 chat("dana", "Garden plans", "When do I plant tomatoes?", "After the last frost.")
+
+# yuri: an earlier conversation that a new question must not land in
+chat("yuri", "Last week's chat", "An old question", "An old answer.")
 
 # frank: a model with a tiny context window, some history, and a daily budget
 provider = Provider.objects.create(name="loopback", base_url=BASE_URL, api_key=API_KEY)
@@ -462,6 +465,26 @@ def test_it_renames_deletes_and_searches_chats(open_page):
     expect(items).to_have_text(["Garden plans", "Trip to Lisbon"])
 
 
+def test_the_home_page_starts_a_new_chat_instead_of_reopening_the_last(open_page, llm):
+    page = open_page("yuri")
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_text(["Last week's chat"])  # the old chat is one click away
+    expect(page.get_by_test_id("conversation-title")).to_have_text("New chat")
+    expect(page.locator(USER_MESSAGES)).to_have_count(0)
+
+    llm.queue(reply(["A fresh answer."]))
+    send(page, "A new question")
+    wait_finished(page)
+    expect(page.locator(USER_TEXTS)).to_have_text(["A new question"])
+    expect(items).to_have_count(2)
+    assert llm.requests[-1]["json"]["messages"][-1]["content"] == "A new question"
+    assert "An old question" not in json.dumps(llm.requests[-1]["json"]["messages"])
+
+    items.filter(has_text="Last week's chat").get_by_role("link").click()
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Last week's chat")
+    expect(page.locator(USER_TEXTS)).to_have_text(["An old question"])  # left as it was
+
+
 def test_enter_sends_and_shift_enter_adds_a_line(open_page, llm):
     page = open_page("ivan")
     composer = page.get_by_test_id("composer")
@@ -555,6 +578,7 @@ def test_trimmed_history_and_the_budget_are_shown(open_page, llm, site):
     if not COUNTING:
         pytest.skip(f"no tiktoken vocabularies in {VOCABULARIES}: no token counts, so no trimming")
     page = open_page("frank")
+    page.get_by_test_id("conversation-item").filter(has_text="Long chat").get_by_role("link").click()
     expect(page.get_by_test_id("conversation-title")).to_have_text("Long chat")
     held, gate = gated(["Short", " answer."])
     llm.queue(held)
