@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri zeno".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -483,6 +483,75 @@ def test_the_home_page_starts_a_new_chat_instead_of_reopening_the_last(open_page
     items.filter(has_text="Last week's chat").get_by_role("link").click()
     expect(page.get_by_test_id("conversation-title")).to_have_text("Last week's chat")
     expect(page.locator(USER_TEXTS)).to_have_text(["An old question"])  # left as it was
+
+
+def expect_error_page(page, heading: str) -> None:
+    """An error page in the site's look (its stylesheet, a card) with a way back to the chats."""
+    expect(page.get_by_test_id("error-heading")).to_have_text(heading)
+    expect(page.locator("main.card")).to_be_visible()
+    expect(page.locator("main.card")).to_have_css("border-radius", re.compile(r"[1-9]"))  # chat.css applied
+    back = page.get_by_test_id("error-back")
+    expect(back).to_be_visible()
+    back.click()
+
+
+def test_error_pages_use_the_site_layout_and_lead_back_to_the_chats(open_page, site, server):
+    # A deleted chat's URL: 404.
+    gone = site.create_conversation("zeno", title="Deleted chat")
+    site.shell(f"from chat.models import Conversation\nConversation.objects.filter(pk={gone}).delete()")
+    page = open_page("zeno", f"/c/{gone}/")
+    expect_error_page(page, "Nothing here")
+    expect(page).to_have_url(server.url("/"))
+    expect(page.get_by_test_id("composer")).to_be_visible()
+
+    # Staff without the permission a page checks: 403.
+    site.shell(
+        "from django.contrib.auth.models import User\nUser.objects.filter(username='zeno').update(is_staff=True)"
+    )
+    page = open_page("zeno", "/admin/chat/message/usage/")
+    expect_error_page(page, "Not allowed")
+    expect(page.get_by_test_id("composer")).to_be_visible()
+
+    # A form sent with a stale CSRF token: 403 too, saying what to do.
+    page = open_page(None, "/accounts/login/")
+    page.locator('input[name="csrfmiddlewaretoken"]').evaluate("e => e.value = 'x'.repeat(64)")
+    page.get_by_label("Username").fill("zeno")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("error-heading")).to_have_text("This form has expired")
+    expect(page.get_by_test_id("error-back")).to_be_visible()
+
+    # Sign-up while it is closed (invite only, the default).
+    page = open_page(None, "/accounts/signup/")
+    expect(page.get_by_test_id("signup-closed")).to_contain_text("Ask your admin for an invite link")
+    page.get_by_role("link", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+
+
+def test_a_server_error_page_uses_the_site_layout(browser, tmp_path):
+    """500.html is rendered without a request context: here the database lost a table."""
+    import sqlite3
+
+    site = Site(tmp_path)
+    site.migrate()
+    site.create_user("sol", PASSWORD)
+    with site.server() as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(WAIT_MS)
+        try:
+            context.add_cookies(
+                [{"name": "sessionid", "value": server.login("sol", PASSWORD), "url": server.origin}]
+            )
+            with sqlite3.connect(site.data_dir / "db.sqlite3") as db:
+                db.execute("DROP TABLE chat_conversation")
+            page = context.new_page()
+            response = page.goto(server.url("/"))
+            assert response.status == 500
+            expect(page.get_by_test_id("error-heading")).to_have_text("Something went wrong")
+            expect(page.locator("main.card")).to_have_css("border-radius", re.compile(r"[1-9]"))
+            expect(page.get_by_test_id("error-back")).to_have_attribute("href", "/")
+        finally:
+            context.close()
 
 
 def test_enter_sends_and_shift_enter_adds_a_line(open_page, llm):

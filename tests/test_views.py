@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django.views.defaults import server_error
 
 from chat.models import Budget, ChatModel, Conversation, Message, Provider
 
@@ -641,3 +642,16 @@ def test_it_refuses_a_system_prompt_longer_than_the_limit(alice_client, alice, s
     page = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     textarea = re.search(r'<textarea[^>]*data-testid="settings-system-prompt"[^>]*>', page).group(0)
     assert 'maxlength="1000"' in textarea  # the browser stops typing there too
+
+
+# --- error pages ------------------------------------------------------------------------------
+
+
+def test_the_server_error_page_renders_without_a_request_context(rf):
+    """Django renders 500.html with a bare Context: the page must still have the site's look
+    and a way back, with nothing that needs the request, the user or the database."""
+    response = server_error(rf.get("/"))
+    assert response.status_code == 500
+    body = response.content.decode()
+    assert 'data-testid="error-back" href="/"' in body
+    assert "chat/chat.css" in body
