@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri zeno".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri zeno nora".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -595,6 +595,28 @@ def test_an_upstream_error_is_shown_in_plain_words_with_a_retry(open_page, llm, 
     wait_finished(page)
     expect(page.locator(REPLIES)).to_have_count(1)
     expect(last_reply(page).locator("[data-error]")).to_be_hidden()
+
+
+def test_the_retry_notice_punctuates_the_providers_words_once(open_page, llm, gates):
+    """A provider's message may end with or without a period, inside brackets or not: the
+    notice reads as one sentence either way ("…not found).). Retrying…" was issue #14)."""
+    page = open_page("nora")
+    unavailable = error_reply(503, "Service unavailable (model not found).")
+    unavailable.headers["retry-after"] = "2"  # long enough to read the first notice
+    llm.queue(unavailable)
+    llm.queue(error_reply(503, "overloaded"))  # no end mark of its own
+    held, gate = gated(["Third time lucky."])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Hello?")
+    notice = last_reply(page).locator("[data-notice]")
+    expect(notice).to_have_text(re.compile(r"\(model not found\)\. Retrying in 2 s — attempt 1…$"))
+    # The second attempt's notice stays up while the third attempt is held before any text.
+    expect(notice).to_have_text(re.compile(r"\(HTTP 503\): overloaded\. Retrying in \d s — attempt 2…$"))
+    gate.open()
+    wait_finished(page)
+    expect(body(last_reply(page))).to_have_text("Third time lucky.")
+    expect(notice).to_be_hidden()
 
 
 def test_the_phone_layout_can_send_and_open_the_chat_list(open_page, llm):
