@@ -7,7 +7,7 @@ Signing in and out and changing a password are Django's own auth views
 from django.conf import settings
 from django.contrib.auth import login
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 
@@ -63,7 +63,8 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
 
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_OPEN_SIGNUP:
-        raise Http404("Sign-up is by invite only.")
+        # 404 as before (nothing to sign up at), but a page that says why and where to go.
+        return render(request, "registration/signup_closed.html", status=404)
     if request.user.is_authenticated:
         return redirect("chat:home")
     rate = settings.CHAT_SIGNUP_RATE

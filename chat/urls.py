@@ -5,7 +5,7 @@ from chat import views
 app_name = "chat"
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", views.new_chat, name="home"),
     path("new/", views.new_chat, name="new"),
     path("c/", views.create, name="create"),
     path("c/<int:conversation_id>/", views.conversation, name="conversation"),

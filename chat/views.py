@@ -95,19 +95,9 @@ def _page(
 
 @login_required
 @require_GET
-def home(request: HttpRequest) -> HttpResponse:
-    newest = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id").first()
-    if newest is None:
-        return _page(request, None)
-    url = conversation_url(newest)
-    if request.GET.get("q"):
-        url += "?" + request.GET.urlencode()
-    return redirect(url)
-
-
-@login_required
-@require_GET
 def new_chat(request: HttpRequest) -> HttpResponse:
+    """`/` (and `/new/`) is always a new chat (issue #14): reopening the latest conversation
+    made a new question land in an old one. Earlier chats are a click away in the sidebar."""
     return _page(request, None)
 
 

@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SCREENSHOTS = REPO / "test-artifacts" / "screenshots"
 PASSWORD = "correct horse battery staple"
-USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena".split()
+USERS = "alice bob carol dana erin frank gina hank ivan judy ken lena mona otto pia quinn rita sam tom uma vera walt xena yuri zeno nora".split()
 WAIT_MS = 10_000
 # Token counts (stats, trimming, budgets) need tiktoken's vocabularies on disk.
 VOCABULARIES = Path(os.environ.get("TIKTOKEN_CACHE_DIR") or "/nonexistent")
@@ -128,6 +128,9 @@ def chat(user, title, *texts, **fields):
 chat("dana", "Trip to Lisbon", "Where do I find the best pastel de nata?", "Try Belem.")
 chat("dana", "Tax questions", "Which deductions can I claim?", "It depends.")
 chat("dana", "Garden plans", "When do I plant tomatoes?", "After the last frost.")
+
+# yuri: an earlier conversation that a new question must not land in
+chat("yuri", "Last week's chat", "An old question", "An old answer.")
 
 # frank: a model with a tiny context window, some history, and a daily budget
 provider = Provider.objects.create(name="loopback", base_url=BASE_URL, api_key=API_KEY)
@@ -462,6 +465,95 @@ def test_it_renames_deletes_and_searches_chats(open_page):
     expect(items).to_have_text(["Garden plans", "Trip to Lisbon"])
 
 
+def test_the_home_page_starts_a_new_chat_instead_of_reopening_the_last(open_page, llm):
+    page = open_page("yuri")
+    items = page.get_by_test_id("conversation-item")
+    expect(items).to_have_text(["Last week's chat"])  # the old chat is one click away
+    expect(page.get_by_test_id("conversation-title")).to_have_text("New chat")
+    expect(page.locator(USER_MESSAGES)).to_have_count(0)
+
+    llm.queue(reply(["A fresh answer."]))
+    send(page, "A new question")
+    wait_finished(page)
+    expect(page.locator(USER_TEXTS)).to_have_text(["A new question"])
+    expect(items).to_have_count(2)
+    assert llm.requests[-1]["json"]["messages"][-1]["content"] == "A new question"
+    assert "An old question" not in json.dumps(llm.requests[-1]["json"]["messages"])
+
+    items.filter(has_text="Last week's chat").get_by_role("link").click()
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Last week's chat")
+    expect(page.locator(USER_TEXTS)).to_have_text(["An old question"])  # left as it was
+
+
+def expect_error_page(page, heading: str) -> None:
+    """An error page in the site's look (its stylesheet, a card) with a way back to the chats."""
+    expect(page.get_by_test_id("error-heading")).to_have_text(heading)
+    expect(page.locator("main.card")).to_be_visible()
+    expect(page.locator("main.card")).to_have_css("border-radius", re.compile(r"[1-9]"))  # chat.css applied
+    back = page.get_by_test_id("error-back")
+    expect(back).to_be_visible()
+    back.click()
+
+
+def test_error_pages_use_the_site_layout_and_lead_back_to_the_chats(open_page, site, server):
+    # A deleted chat's URL: 404.
+    gone = site.create_conversation("zeno", title="Deleted chat")
+    site.shell(f"from chat.models import Conversation\nConversation.objects.filter(pk={gone}).delete()")
+    page = open_page("zeno", f"/c/{gone}/")
+    expect_error_page(page, "Nothing here")
+    expect(page).to_have_url(server.url("/"))
+    expect(page.get_by_test_id("composer")).to_be_visible()
+
+    # Staff without the permission a page checks: 403.
+    site.shell(
+        "from django.contrib.auth.models import User\nUser.objects.filter(username='zeno').update(is_staff=True)"
+    )
+    page = open_page("zeno", "/admin/chat/message/usage/")
+    expect_error_page(page, "Not allowed")
+    expect(page.get_by_test_id("composer")).to_be_visible()
+
+    # A form sent with a stale CSRF token: 403 too, saying what to do.
+    page = open_page(None, "/accounts/login/")
+    page.locator('input[name="csrfmiddlewaretoken"]').evaluate("e => e.value = 'x'.repeat(64)")
+    page.get_by_label("Username").fill("zeno")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_test_id("error-heading")).to_have_text("This form has expired")
+    expect(page.get_by_test_id("error-back")).to_be_visible()
+
+    # Sign-up while it is closed (invite only, the default).
+    page = open_page(None, "/accounts/signup/")
+    expect(page.get_by_test_id("signup-closed")).to_contain_text("Ask your admin for an invite link")
+    page.get_by_role("link", name="Sign in").click()
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
+
+
+def test_a_server_error_page_uses_the_site_layout(browser, tmp_path):
+    """500.html is rendered without a request context: here the database lost a table."""
+    import sqlite3
+
+    site = Site(tmp_path)
+    site.migrate()
+    site.create_user("sol", PASSWORD)
+    with site.server() as server:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.set_default_timeout(WAIT_MS)
+        try:
+            context.add_cookies(
+                [{"name": "sessionid", "value": server.login("sol", PASSWORD), "url": server.origin}]
+            )
+            with sqlite3.connect(site.data_dir / "db.sqlite3") as db:
+                db.execute("DROP TABLE chat_conversation")
+            page = context.new_page()
+            response = page.goto(server.url("/"))
+            assert response.status == 500
+            expect(page.get_by_test_id("error-heading")).to_have_text("Something went wrong")
+            expect(page.locator("main.card")).to_have_css("border-radius", re.compile(r"[1-9]"))
+            expect(page.get_by_test_id("error-back")).to_have_attribute("href", "/")
+        finally:
+            context.close()
+
+
 def test_enter_sends_and_shift_enter_adds_a_line(open_page, llm):
     page = open_page("ivan")
     composer = page.get_by_test_id("composer")
@@ -503,6 +595,28 @@ def test_an_upstream_error_is_shown_in_plain_words_with_a_retry(open_page, llm, 
     wait_finished(page)
     expect(page.locator(REPLIES)).to_have_count(1)
     expect(last_reply(page).locator("[data-error]")).to_be_hidden()
+
+
+def test_the_retry_notice_punctuates_the_providers_words_once(open_page, llm, gates):
+    """A provider's message may end with or without a period, inside brackets or not: the
+    notice reads as one sentence either way ("…not found).). Retrying…" was issue #14)."""
+    page = open_page("nora")
+    unavailable = error_reply(503, "Service unavailable (model not found).")
+    unavailable.headers["retry-after"] = "2"  # long enough to read the first notice
+    llm.queue(unavailable)
+    llm.queue(error_reply(503, "overloaded"))  # no end mark of its own
+    held, gate = gated(["Third time lucky."])
+    gates.append(gate)
+    llm.queue(held)
+    send(page, "Hello?")
+    notice = last_reply(page).locator("[data-notice]")
+    expect(notice).to_have_text(re.compile(r"\(model not found\)\. Retrying in 2 s — attempt 1…$"))
+    # The second attempt's notice stays up while the third attempt is held before any text.
+    expect(notice).to_have_text(re.compile(r"\(HTTP 503\): overloaded\. Retrying in \d s — attempt 2…$"))
+    gate.open()
+    wait_finished(page)
+    expect(body(last_reply(page))).to_have_text("Third time lucky.")
+    expect(notice).to_be_hidden()
 
 
 def test_the_phone_layout_can_send_and_open_the_chat_list(open_page, llm):
@@ -555,6 +669,7 @@ def test_trimmed_history_and_the_budget_are_shown(open_page, llm, site):
     if not COUNTING:
         pytest.skip(f"no tiktoken vocabularies in {VOCABULARIES}: no token counts, so no trimming")
     page = open_page("frank")
+    page.get_by_test_id("conversation-item").filter(has_text="Long chat").get_by_role("link").click()
     expect(page.get_by_test_id("conversation-title")).to_have_text("Long chat")
     held, gate = gated(["Short", " answer."])
     llm.queue(held)

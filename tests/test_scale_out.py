@@ -310,7 +310,7 @@ def sign_out_over_http(server, cookie: str) -> None:
 
     with httpx.Client(base_url=server.origin, timeout=10, trust_env=False) as client:
         client.cookies.set("sessionid", cookie)
-        page = client.get("/", follow_redirects=True)  # to the latest conversation
+        page = client.get("/")  # a new chat, with the sign-out form
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
         assert token, (page.status_code, page.headers, page.text[:300])
         answer = client.post(

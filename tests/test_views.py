@@ -8,6 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import reverse
+from django.views.defaults import server_error
 
 from chat.models import Budget, ChatModel, Conversation, Message, Provider
 
@@ -136,15 +137,16 @@ def test_it_shows_a_new_chat_when_there_are_no_conversations(alice_client):
     assert page_config(response)["conversation"] is None
 
 
-def test_it_redirects_home_to_the_newest_conversation(alice_client, alice):
-    older = Conversation.objects.create(user=alice, title="older")
-    newer = Conversation.objects.create(user=alice, title="newer")
-    Conversation.objects.filter(pk=older.pk).update(updated_at=newer.updated_at.replace(year=2000))
+def test_home_is_a_new_chat_even_when_there_are_conversations(alice_client, alice):
+    """Issue #14: `/` used to reopen the newest conversation, so a new question landed in it."""
+    chat = Conversation.objects.create(user=alice, title="older chat")
     response = alice_client.get(reverse("chat:home"))
-    assert response["Location"] == reverse("chat:conversation", args=[newer.pk])
+    assert response.status_code == 200
+    assert page_config(response)["conversation"] is None
+    assert sidebar_ids(response) == [chat.pk]  # the earlier chats are one click away
 
 
-def test_it_does_not_redirect_to_someone_elses_conversation(alice_client, bobs_chat):
+def test_home_does_not_show_someone_elses_conversation(alice_client, bobs_chat):
     response = alice_client.get(reverse("chat:home"))
     assert response.status_code == 200
     assert b"Bob&#x27;s secret plans" not in response.content
@@ -479,10 +481,12 @@ def test_it_searches_titles_and_message_text(alice_client, alice, bobs_chat):
     assert sorted(sidebar_ids(response)) == sorted([by_title.pk, by_text.pk])
 
 
-def test_it_keeps_the_search_when_home_redirects(alice_client, alice):
-    chat = Conversation.objects.create(user=alice, title="soup")
+def test_home_searches_the_sidebar(alice_client, alice):
+    soup = Conversation.objects.create(user=alice, title="soup")
+    Conversation.objects.create(user=alice, title="taxes")
     response = alice_client.get(reverse("chat:home"), {"q": "soup"})
-    assert response["Location"] == reverse("chat:conversation", args=[chat.pk]) + "?q=soup"
+    assert response.status_code == 200 and page_config(response)["conversation"] is None
+    assert sidebar_ids(response) == [soup.pk]
 
 
 # --- message JSON -----------------------------------------------------------------------------
@@ -638,3 +642,16 @@ def test_it_refuses_a_system_prompt_longer_than_the_limit(alice_client, alice, s
     page = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     textarea = re.search(r'<textarea[^>]*data-testid="settings-system-prompt"[^>]*>', page).group(0)
     assert 'maxlength="1000"' in textarea  # the browser stops typing there too
+
+
+# --- error pages ------------------------------------------------------------------------------
+
+
+def test_the_server_error_page_renders_without_a_request_context(rf):
+    """Django renders 500.html with a bare Context: the page must still have the site's look
+    and a way back, with nothing that needs the request, the user or the database."""
+    response = server_error(rf.get("/"))
+    assert response.status_code == 500
+    body = response.content.decode()
+    assert 'data-testid="error-back" href="/"' in body
+    assert "chat/chat.css" in body

@@ -90,7 +90,8 @@ const handlers = {
     const el = M.findMessage(f.message_id);
     if (!el) return;
     const wait = Math.max(0, Math.round(f.delay));
-    M.notice(el, `The model provider failed (${f.detail}). Retrying in ${wait} s — attempt ${f.attempt}…`, "retrying");
+    const detail = M.asSentence(f.detail || "The model provider failed");
+    M.notice(el, `${detail} Retrying in ${wait} s — attempt ${f.attempt}…`, "retrying");
   },
 
   error(f) {

@@ -107,6 +107,14 @@ export function appendPieces(el, { content, reasoning, refusal }) {
   if (content || reasoning || refusal) notice(el, null);
 }
 
+/** `text` as a sentence followed by more words: a period only if it has no end mark yet.
+ * Provider details arrive as "… (HTTP 503): overloaded", "… (connection refused)." or
+ * "Try again!", so a fixed "." or "(…)." around them doubles or drops punctuation. */
+export function asSentence(text) {
+  const trimmed = text.trim();
+  return /[.!?…]["'”’)\]]*$/.test(trimmed) ? trimmed : `${trimmed}.`;
+}
+
 /** Show a notice under a streaming reply (waiting, retrying), or hide it with null. */
 export function notice(el, text, kind = "") {
   const n = el.querySelector("[data-notice]");
