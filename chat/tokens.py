@@ -141,26 +141,29 @@ class CountCache:
 
     def get(self, text: str, model: str, encoding_override: str = "") -> int | None:
         """The remembered count, or None if this text was not counted (or not kept)."""
-        key = self.key(text, model, encoding_override)
-        with self._lock:
-            count = self._counts.get(key)
-            if count is not None:
-                self._counts.move_to_end(key)
-            return count
+        return self._get(self.key(text, model, encoding_override))
 
     def count(self, text: str, model: str, encoding_override: str = "") -> int | None:
         """count_tokens, remembered."""
-        count = self.get(text, model, encoding_override)
+        key = self.key(text, model, encoding_override)  # digested once, for the look-up and the store
+        count = self._get(key)
         if count is not None:
             return count
         count = count_tokens(text, model, encoding_override)
         if count is None:
             return None
         with self._lock:
-            self._counts[self.key(text, model, encoding_override)] = count
+            self._counts[key] = count
             while len(self._counts) > self.size:
                 self._counts.popitem(last=False)
         return count
+
+    def _get(self, key: tuple) -> int | None:
+        with self._lock:
+            count = self._counts.get(key)
+            if count is not None:
+                self._counts.move_to_end(key)
+            return count
 
     def clear(self) -> None:
         with self._lock:
