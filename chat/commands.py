@@ -63,7 +63,7 @@ async def _begin(socket, conversation, begin, args: tuple, request_id: str | Non
     model, encoding, system = socket.counting or (
         conversation.model or settings.CHAT_MODEL,
         "",
-        conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT,
+        replies.system_prompt(conversation),
     )
     try:
         for attempt in (1, 2, 3):

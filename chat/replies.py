@@ -70,7 +70,8 @@ def count_ahead(model: str, encoding: str, content: str | None, system: str) -> 
     return Counted(model, encoding, texts)
 
 
-def _system_prompt(conversation: Conversation) -> str:
+def system_prompt(conversation: Conversation) -> str:
+    """The system prompt a conversation is sent with: its own, else the site's default."""
     return conversation.system_prompt or settings.CHAT_SYSTEM_PROMPT
 
 
@@ -142,7 +143,7 @@ def _prompt(
     history's tokens (_tally), which the caller has already for the reply's running total;
     `system_count` the system prompt's content tokens (_counts)."""
     model, encoding = target.model, target.encoding
-    system = _system_prompt(conversation)
+    system = system_prompt(conversation)
     counted = None if tally is None else tokens.REPLY_PRIMING + tally
     if system and counted is not None:
         system_tokens = tokens.count_messages(("system",), (system_count,), model, encoding)
@@ -296,7 +297,7 @@ def begin_turn(
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    content_tokens, system_count = _counts(target, counted, content, _system_prompt(conversation))
+    content_tokens, system_count = _counts(target, counted, content, system_prompt(conversation))
     now = timezone.now()
 
     def write():
@@ -354,7 +355,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    _, system_count = _counts(target, counted, None, _system_prompt(conversation))
+    _, system_count = _counts(target, counted, None, system_prompt(conversation))
 
     def write():
         last_user = (
