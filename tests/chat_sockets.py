@@ -2,12 +2,20 @@
 
 import asyncio
 
+import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
+from chat import tokens
 from chatsite.asgi import application
 from tests.wire import FrameDecoder
+
+# For tests whose counts need tiktoken's vocabulary (exact token figures).
+needs_vocabulary = pytest.mark.skipif(
+    not tokens.vocabulary_path("o200k_base").exists(),
+    reason="the o200k_base vocabulary is not in TIKTOKEN_CACHE_DIR (set it to shared/tiktoken-cache)",
+)
 
 
 @database_sync_to_async

@@ -15,17 +15,20 @@ from chat import remote, tokens, worker
 from chat.frames import text_delta
 from chat.models import Conversation, Message
 from chatsite.asgi import application
-from tests.chat_sockets import encoding_text, frames_until, open_socket, receive_frame, text_of
+from tests.chat_sockets import (
+    encoding_text,
+    frames_until,
+    needs_vocabulary,
+    open_socket,
+    receive_frame,
+    text_of,
+)
 from tests.conftest import TEST_API_KEY
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 SEED_PROMPT = "Count to 100, with a comma between each number and no newlines. E.g., 1, 2, 3, ..."
-needs_vocabulary = pytest.mark.skipif(
-    not tokens.vocabulary_path("o200k_base").exists(),
-    reason="the o200k_base vocabulary is not in TIKTOKEN_CACHE_DIR (set it to shared/tiktoken-cache)",
-)
 
 
 @pytest.fixture

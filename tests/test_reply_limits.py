@@ -9,15 +9,10 @@ from django.contrib.auth.models import User
 
 from chat import tokens
 from chat.models import Conversation, Message
-from tests.chat_sockets import frames_until, open_socket, receive_frame
+from tests.chat_sockets import frames_until, needs_vocabulary, open_socket, receive_frame
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-needs_vocabulary = pytest.mark.skipif(
-    not tokens.vocabulary_path("o200k_base").exists(),
-    reason="the o200k_base vocabulary is not in TIKTOKEN_CACHE_DIR (set it to shared/tiktoken-cache)",
-)
 
 
 @pytest.fixture
