@@ -13,7 +13,6 @@ from django.db import DatabaseError
 
 from chat import cluster, remote, replies, tokens, worker
 from chat.budgets import BudgetExceeded
-from chat.generation import count_soon
 from chat.models import Conversation
 
 log = logging.getLogger(__name__)
@@ -106,4 +105,4 @@ async def _count_ahead(model: str, encoding: str, content: str | None, system: s
     size = len(content or "")
     if system and tokens.system_prompts.get(system, model, encoding) is None:
         size += len(system)
-    return await count_soon(size, replies.count_ahead, model, encoding, content, system)
+    return await tokens.count_soon(size, replies.count_ahead, model, encoding, content, system)

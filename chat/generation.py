@@ -24,15 +24,6 @@ from chat.upstream import ChatStream, Retry, UpstreamError
 log = logging.getLogger(__name__)
 
 RENDER_INTERVAL = 0.25  # seconds between Markdown renders of a streaming reply
-SMALL_TEXT = 256  # characters: encoded on the event loop rather than paying a thread hop (docs/benchmark.md)
-
-
-async def count_soon(size: int, count, *args):
-    """Run a token count of `size` characters: on the event loop when it is short enough
-    that a thread hop would cost more, else on the one counting thread (tokens.counting)."""
-    if size <= SMALL_TEXT:
-        return count(*args)
-    return await tokens.counting(count, *args)
 
 
 class Generation:
@@ -218,7 +209,7 @@ class Generation:
         try:
             # Counted here, not by finish_many on the database thread every socket shares.
             target = self.turn.target
-            fields["token_count"] = await count_soon(
+            fields["token_count"] = await tokens.count_soon(
                 len(fields["content"]), tokens.count_tokens, fields["content"], target.model, target.encoding
             )
             saved = await self.worker.finishes((self.reply_id, fields))

@@ -185,6 +185,17 @@ async def counting(count, *args):
     return await asyncio.get_running_loop().run_in_executor(_counter, count, *args)
 
 
+SMALL_TEXT = 256  # characters: encoded on the event loop rather than paying a thread hop (docs/benchmark.md)
+
+
+async def count_soon(size: int, count, *args):
+    """Run a token count of `size` characters: on the event loop when it is short enough
+    that a thread hop would cost more, else on the one counting thread (`counting`)."""
+    if size <= SMALL_TEXT:
+        return count(*args)
+    return await counting(count, *args)
+
+
 _role_tokens: dict[tuple[str, str], int] = {}
 
 
