@@ -15,11 +15,11 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from chat import cluster, replies
+from chat import cluster, replies, shutdown
 from chat.generation import Generation
 from chat.relay import Watchers
 from chat.remote import RemoteTabs
-from chat.writers import Batched, TurnWriter, checkpoints, keep_running
+from chat.writers import Batched, TurnWriter, checkpoints, keep_running, save_before_exit
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class Worker:
         self.finishes = Batched(replies.finish_many)
         self.checkpointer: asyncio.Task | None = None
         self.swept = False  # replies left streaming by a dead process were marked (chat.watching)
+        # A graceful stop (SIGTERM, SIGINT) saves every streaming reply's text first.
+        shutdown.when_stopping(lambda: save_before_exit(self.running))
 
     def live_ids(self) -> list[int]:
         return list(self.live)

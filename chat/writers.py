@@ -141,21 +141,9 @@ async def checkpoints(running: dict) -> None:
     for the whole process."""
     while True:
         await asyncio.sleep(settings.CHAT_CHECKPOINT_INTERVAL)
-        states, leases = [], []
-        for generation in list(running.values()):
-            if generation.seq == generation.persisted_seq:
-                leases.append(generation.reply_id)
-                continue
-            generation.persisted_seq = generation.seq
-            states.append(
-                {
-                    "id": generation.reply_id,
-                    "seq": generation.seq,
-                    "content": "".join(generation.content),
-                    "reasoning": "".join(generation.reasoning),
-                    "refusal": "".join(generation.refusal),
-                }
-            )
+        states = unsaved(running)
+        saving = {state["id"] for state in states}
+        leases = [g.reply_id for g in list(running.values()) if g.reply_id not in saving]
         if not states and not leases:
             continue
         try:
@@ -165,3 +153,37 @@ async def checkpoints(running: dict) -> None:
             continue
         for reply_id, exc in failed:
             log.error("Could not checkpoint reply %s", reply_id, exc_info=exc)
+
+
+def unsaved(running: dict) -> list[dict]:
+    """The text of every reply in `running` that has more than its last save, for
+    replies.checkpoint; each is counted as saved from here on."""
+    states = []
+    for generation in list(running.values()):
+        if generation.seq == generation.persisted_seq:
+            continue
+        generation.persisted_seq = generation.seq
+        states.append(
+            {
+                "id": generation.reply_id,
+                "seq": generation.seq,
+                "content": "".join(generation.content),
+                "reasoning": "".join(generation.reasoning),
+                "refusal": "".join(generation.refusal),
+            }
+        )
+    return states
+
+
+async def save_before_exit(running: dict) -> None:
+    """The process is stopping: save what every streaming reply has beyond its last
+    checkpoint, in one trip (chat.shutdown). They stay `streaming`: the next start (or
+    another process, when the lease lapses) marks them interrupted with this text, and a
+    reply that ends normally before the process exits is saved as usual."""
+    states = unsaved(running)
+    if not states:
+        return
+    failed = await database_sync_to_async(replies.checkpoint)(states, [])
+    log.info("Saved streaming replies before stopping: %d", len(states) - len(failed))
+    for reply_id, exc in failed:
+        log.error("Could not save reply %s before stopping", reply_id, exc_info=exc)

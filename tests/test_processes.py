@@ -7,6 +7,7 @@ keeps.
 
 import asyncio
 import json
+import signal
 import time
 
 import pytest
@@ -109,6 +110,29 @@ async def test_a_killed_server_leaves_the_reply_interrupted_and_the_chat_goes_on
         "Saved before the crash",
         "Try again",
     ]
+
+
+async def test_a_graceful_stop_saves_every_streaming_reply_text_before_exit(site, upstream):
+    # Checkpoints far apart: without the flush on SIGTERM, none of this text would be saved.
+    held, release = held_reply(["Shown ", "before ", "the stop"], [" never sent"])
+    upstream.queue(held)
+    server = site.server({"CHAT_CHECKPOINT_INTERVAL": "30", "CHAT_LEASE_SECONDS": "60"})
+    cookie = server.login("alice", PASSWORD)
+    conversation_id = site.conversation_id
+    async with server.socket(conversation_id, cookie) as ws:
+        await ws.send({"type": "send", "content": "Tell me something"})
+        await ws.until_text("Shown before the stop")
+        assert reply_of(site, conversation_id)["content"] == ""  # no checkpoint yet
+        assert server.kill(signal.SIGTERM) == 0  # what `docker stop` or Ctrl+C sends
+    release.set()
+    reply = reply_of(site, conversation_id)
+    assert (reply["status"], reply["content"]) == ("streaming", "Shown before the stop")
+    assert "Saved streaming replies before stopping: 1" in server.log_text()
+
+    server.restart()
+    async with server.socket(conversation_id, cookie) as ws:
+        frames = await ws.frames_until("done")
+    assert ws.text == "Shown before the stop" and frames[-1]["status"] == "interrupted"
 
 
 # -- sockets come and go ------------------------------------------------------------------------------
