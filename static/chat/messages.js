@@ -47,8 +47,22 @@ export function body(el) {
   return el.querySelector("[data-body]");
 }
 
-/** Replace a streaming reply's text wholesale (a `resume` frame). */
+// The text each streaming reply has shown in this tab, as the model wrote it. A reply cut
+// by a server crash comes back from its last save, which may be shorter than what the
+// tab showed (issue #14): `finish` keeps the difference, marked as not saved.
+const shown = new WeakMap();
+
+/** The text shown that the server's copy `saved` lacks ("" if none, or if they differ). */
+function unsavedTail(el, saved) {
+  const text = shown.get(el) || "";
+  return text.length > saved.length && text.startsWith(saved) ? text.slice(saved.length) : "";
+}
+
+/** Replace a streaming reply's text wholesale (a `resume` frame). A resume from an earlier
+ * save than what this tab shows (a server that crashed) leaves the tab's text in place. */
 export function setStreamingText(el, content, reasoning) {
+  if (unsavedTail(el, content)) return;
+  shown.set(el, content);
   const b = body(el);
   b.className = "msg-body plain";
   b.textContent = content;
@@ -93,7 +107,10 @@ export function applyRender(el, f) {
 
 /** Append coalesced pieces: one text node per animation frame, never a re-render. */
 export function appendPieces(el, { content, reasoning, refusal }) {
-  if (content) body(el).appendChild(document.createTextNode(content));
+  if (content) {
+    body(el).appendChild(document.createTextNode(content));
+    shown.set(el, (shown.get(el) || "") + content);
+  }
   if (reasoning) {
     const details = el.querySelector(".reasoning");
     details.hidden = false;
@@ -187,12 +204,15 @@ export function addCodeCopy(root) {
 
 /** Swap in the server's sanitised rendering of a finished reply. */
 export function finish(el, payload) {
+  const tail = payload.status === "interrupted" ? unsavedTail(el, payload.content || "") : "";
+  shown.delete(el);
   setStatus(el, payload.status);
   notice(el, null);
   const b = body(el);
   b.className = "msg-body md";
   b.innerHTML = payload.html; // sanitised by chat/rendering.py (nh3), never raw model output
   addCodeCopy(b);
+  showUnsaved(el, tail);
   const details = el.querySelector(".reasoning");
   if (payload.reasoning !== undefined) {
     details.querySelector(".reasoning-text").textContent = payload.reasoning;
@@ -203,6 +223,27 @@ export function finish(el, payload) {
   if (payload.status === "failed" || payload.status === "interrupted") {
     showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");
   }
+}
+
+/** The end of a reply this tab showed but the server never saved (it crashed before the
+ * next save): kept on the page as plain text, marked, until the page is reloaded. */
+function showUnsaved(el, tail) {
+  el.querySelector("[data-unsaved]")?.remove();
+  if (!tail) return;
+  const box = document.createElement("div");
+  box.className = "msg-unsaved";
+  box.dataset.unsaved = "";
+  box.dataset.testid = "unsaved-tail";
+  const label = document.createElement("p");
+  label.className = "msg-unsaved-label";
+  label.textContent =
+    "Not saved: the server restarted before this part was stored. It is shown here only; " +
+    "it will be gone after a reload and the model will not see it.";
+  const text = document.createElement("div");
+  text.className = "msg-unsaved-text plain";
+  text.textContent = tail;
+  box.append(label, text);
+  body(el).after(box);
 }
 
 /** Only the last user message offers Edit, and not while anything streams. */

@@ -1,0 +1,88 @@
+"""The page and the server's own events (issue #14): a reply cut by a restart, titles the
+model writes, token counts that cannot be made. Fixtures and helpers: tests/browser.py."""
+
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
+    BASE_SETUP,
+    PASSWORD,
+    USERS,
+    body,
+    browser,
+    expect,
+    gated,
+    gates,
+    last_reply,
+    llm,
+    open_page,
+    reply,
+    send,
+    server,
+    shot,
+    wait_finished,
+)
+from tests.conftest import TEST_API_KEY
+from tests.live_server import Site
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, llm):
+    # Checkpoints far apart, so what a crash loses is decided by the test, not by a timer.
+    site = Site(
+        tmp_path_factory.mktemp("browser"),
+        upstream=llm,
+        env={"CHAT_CHECKPOINT_INTERVAL": "30", "CHAT_LEASE_SECONDS": "60"},
+    )
+    site.migrate()
+    code = f"USERS = {USERS!r}\nPASSWORD = {PASSWORD!r}\nBASE_URL = {llm.base_url!r}\nAPI_KEY = {TEST_API_KEY!r}\n"
+    site.sessions = site.shell(code + BASE_SETUP)
+    yield site
+    site.stop()
+
+
+def save_as_last_checkpoint(site: Site, reply_id: int, content: str) -> None:
+    """Leave in the database what the last checkpoint before a crash would have saved."""
+    with closing(sqlite3.connect(urlparse(site.database_url).path, timeout=10)) as db:
+        db.execute("UPDATE chat_message SET content = ? WHERE id = ?", (content, reply_id))
+        db.commit()
+
+
+def test_a_reply_cut_by_a_crash_keeps_the_text_the_tab_showed_marked_as_not_saved(
+    open_page, llm, server, site, gates
+):
+    page = open_page("alice")
+    held, gate = gated(["Saved part. ", "Shown but ", "not saved."])
+    gates.append(gate)
+    llm.queue(held)
+    gate.release(1 + 3)
+    send(page, "Tell me a story")
+    reply_el = last_reply(page)
+    expect(body(reply_el)).to_have_text("Saved part. Shown but not saved.")
+    reply_id = int(reply_el.get_attribute("data-message-id"))
+
+    server.kill()  # SIGKILL: a crash, no flush
+    expect(page.get_by_test_id("offline-banner")).to_be_visible()
+    save_as_last_checkpoint(site, reply_id, "Saved part. ")
+    server.start()
+    page.evaluate("dispatchEvent(new Event('online'))")  # reconnect now, not after the backoff
+
+    expect(reply_el).to_have_attribute("data-status", "interrupted")
+    expect(body(reply_el)).to_have_text("Saved part.")
+    tail = reply_el.get_by_test_id("unsaved-tail")
+    expect(tail).to_contain_text("Not saved: the server restarted")
+    expect(tail.locator(".msg-unsaved-text")).to_have_text("Shown but not saved.")
+    expect(reply_el.locator("[data-error-text]")).to_contain_text("The server stopped")
+    shot(page, "unsaved-tail")
+
+    page.reload()  # what was never saved cannot come back, and the page says nothing false
+    reply_el = last_reply(page)
+    expect(body(reply_el)).to_have_text("Saved part.")
+    expect(reply_el.get_by_test_id("unsaved-tail")).to_have_count(0)
