@@ -15,6 +15,13 @@ if [ ! -f .venv/.installed ] || [ requirements.txt -nt .venv/.installed ]; then
 fi
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py bootstrap
+# Token counts (stats, budgets) need tiktoken's vocabularies, downloaded once into ./data.
+# Without a network the chat works all the same; counts show as "not counted" until then.
+if ! .venv/bin/python manage.py fetch_vocabularies --if-missing; then
+    echo "run.sh: token counts are off: the tiktoken vocabularies could not be downloaded" \
+        "(no network?). Serving anyway; run ./run.sh again when online," \
+        "or .venv/bin/python manage.py fetch_vocabularies." >&2
+fi
 # HOST and PORT (where daphne listens), from the environment or .env like the rest.
 address=$(.venv/bin/python -m chatsite.env)  # a bad PORT stops here, naming it
 read -r host port <<<"$address"

@@ -19,6 +19,8 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import get_lexer_by_name
 from pygments.util import ClassNotFound
 
+from chat import tokens
+
 ALLOWED_TAGS = set(
     "p br hr strong em del s code pre blockquote ul ol li h1 h2 h3 h4 h5 h6 "
     "table thead tbody tr th td a span".split()
@@ -126,6 +128,29 @@ def token_text(count: int | None) -> str:
     return "unknown" if count is None else f"{count:,}"
 
 
+def _token_figures(message) -> tuple:
+    """Prompt and completion tokens: ours (tiktoken) first, the provider's when the
+    vocabulary was unavailable; either may be None."""
+    usage = message.usage if isinstance(message.usage, dict) else {}
+    prompt = message.prompt_tokens if message.prompt_tokens is not None else usage.get("prompt_tokens")
+    completion = (
+        message.completion_tokens if message.completion_tokens is not None else usage.get("completion_tokens")
+    )
+    return (
+        prompt if isinstance(prompt, int) else None,
+        completion if isinstance(completion, int) else None,
+    )
+
+
+def _not_counted(message) -> bool:
+    return _token_figures(message) == (None, None) and message.duration_ms is not None
+
+
+def stats_help(message) -> str:
+    """The stats line's tooltip: how to have tokens counted, on a reply that was not."""
+    return tokens.HOW_TO_COUNT if _not_counted(message) else ""
+
+
 def format_stats(message) -> str:
     """The line under a reply, worded only here: the page template renders it, and the
     message endpoint sends it for a reply the page saw end (static/chat/stream.js).
@@ -133,18 +158,13 @@ def format_stats(message) -> str:
     Tokens per second counts generation only (after the first token), so a slow
     queue at the provider shows up in "first token", not as a slow model.
     """
-    usage = message.usage if isinstance(message.usage, dict) else {}
-    # Ours (tiktoken) first; the provider's figures when the vocabulary was unavailable.
-    prompt = message.prompt_tokens if message.prompt_tokens is not None else usage.get("prompt_tokens")
-    completion = (
-        message.completion_tokens if message.completion_tokens is not None else usage.get("completion_tokens")
-    )
+    prompt, completion = _token_figures(message)
     parts = []
-    if isinstance(prompt, int):
+    if prompt is not None:
         parts.append(f"{prompt} prompt")
-    if isinstance(completion, int):
+    if completion is not None:
         parts.append(f"{completion} completion tokens")
-    if not isinstance(prompt, int) and not isinstance(completion, int) and message.duration_ms is not None:
+    if _not_counted(message):
         parts.append("tokens not counted (no tokenizer vocabulary)")
     if message.ttft_ms is not None:
         parts.append(f"first token {duration_text(message.ttft_ms)}")

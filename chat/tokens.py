@@ -85,6 +85,21 @@ def _load(name: str, allow_download: bool):
         return None
 
 
+# How to turn token counts on, in the words the page shows (a tooltip on "tokens not
+# counted", the budget line): the operator's fix, not the user's.
+HOW_TO_COUNT = (
+    "Token counts need tiktoken's vocabularies on the server: start it with ./run.sh while "
+    "it can reach the internet, or run `python manage.py fetch_vocabularies` once."
+)
+
+
+def can_count(model: str, override: str = "") -> bool:
+    """Whether this model's replies can be counted now: its vocabulary is loaded or on disk.
+    Cheap (no loading): the page asks on every render."""
+    name = encoding_name(model, override)
+    return name in _encodings or (not cache_disabled() and vocabulary_path(name).exists())
+
+
 _encodings: dict[str, object] = {}
 _missing_until: dict[str, float] = {}
 RETRY_MISSING_AFTER = 30.0  # seconds; so `fetch_vocabularies` takes effect without a restart

@@ -9,10 +9,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports, replies, worker
+from chat import budgets, exports, providers, replies, tokens, worker
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
-from chat.rendering import format_stats, render_markdown
+from chat.rendering import format_stats, render_markdown, stats_help
 
 SIDEBAR_LIMIT = 200
 
@@ -46,6 +46,11 @@ def _urls(conversation: Conversation) -> dict:
     }
 
 
+def _can_count(conversation: Conversation | None) -> bool:
+    target = providers.resolve(conversation or Conversation())
+    return tokens.can_count(target.model, target.encoding)
+
+
 def conversation_url(conversation: Conversation) -> str:
     return reverse("chat:conversation", args=[conversation.pk])
 
@@ -70,6 +75,9 @@ def _page(
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         "demo": settings.CHAT_DEMO,
         "budget": budget,  # worded by the page (static/chat/budget.js), here and after each reply
+        # Whether this chat's replies can be counted (else the budget line says it cannot).
+        "counting": _can_count(conversation),
+        "how_to_count": tokens.HOW_TO_COUNT,
     }
     return render(
         request,
@@ -199,6 +207,7 @@ def message_payload(message: Message) -> dict:
         "error_code": message.error_code,
         "error_detail": message.error_detail,
         "stats": format_stats(message) if is_reply else "",
+        "stats_help": stats_help(message) if is_reply else "",
         "usage": message.usage,
     }
 

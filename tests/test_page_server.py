@@ -3,6 +3,7 @@ model writes, token counts that cannot be made. Fixtures and helpers: tests/brow
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from contextlib import closing
 from urllib.parse import urlparse
@@ -86,3 +87,46 @@ def test_a_reply_cut_by_a_crash_keeps_the_text_the_tab_showed_marked_as_not_save
     reply_el = last_reply(page)
     expect(body(reply_el)).to_have_text("Saved part.")
     expect(reply_el.get_by_test_id("unsaved-tail")).to_have_count(0)
+
+
+def test_without_vocabularies_the_page_says_tokens_are_not_counted_and_how_to_fix_it(browser, llm, tmp_path):
+    empty = tmp_path / "no-vocabularies"
+    empty.mkdir()
+    site = Site(tmp_path, upstream=llm, env={"TIKTOKEN_CACHE_DIR": str(empty)})
+    site.migrate()
+    site.shell(
+        "from django.contrib.auth.models import User\nfrom chat.models import Budget\n"
+        f"user = User.objects.create_user('nina', password={PASSWORD!r})\n"
+        "Budget.objects.create(user=user, tokens_per_day=100000)"
+    )
+    with llm._lock:
+        llm._replies.clear()
+    with site.server() as live:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        try:
+            context.add_cookies(
+                [{"name": "sessionid", "value": live.login("nina", PASSWORD), "url": live.origin}]
+            )
+            page = context.new_page()
+            page.goto(live.url("/"))
+            budget = page.get_by_test_id("budget")
+            # Not "100,000 tokens left today", a figure that would never go down.
+            expect(budget).to_have_text("Tokens left can't be shown: this server is not counting tokens.")
+            expect(budget).to_have_attribute(
+                "title", re.compile(r"\./run\.sh.*manage\.py fetch_vocabularies")
+            )
+
+            llm.queue(reply(["Counted by ", "nobody."]))
+            send(page, "How many tokens is this?")
+            wait_finished(page)
+            stats = last_reply(page).get_by_test_id("message-stats")
+            expect(stats).to_contain_text("tokens not counted")
+            expect(stats).to_have_attribute("title", re.compile(r"\./run\.sh.*manage\.py fetch_vocabularies"))
+            expect(budget).to_have_text("Tokens left can't be shown: this server is not counting tokens.")
+            shot(page, "tokens-not-counted")
+
+            page.reload()  # the server's own rendering says the same
+            stats = last_reply(page).get_by_test_id("message-stats")
+            expect(stats).to_have_attribute("title", re.compile(r"fetch_vocabularies"))
+        finally:
+            context.close()

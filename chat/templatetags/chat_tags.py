@@ -1,7 +1,7 @@
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
-from chat.rendering import duration_text, format_stats, render_markdown, token_text
+from chat.rendering import duration_text, format_stats, render_markdown, stats_help, token_text
 
 register = template.Library()
 
@@ -15,6 +15,11 @@ def markdown(text: str) -> SafeString:
 @register.filter
 def stats(message) -> str:
     return format_stats(message)
+
+
+@register.filter(name="stats_help")
+def stats_help_filter(message) -> str:
+    return stats_help(message)
 
 
 @register.filter

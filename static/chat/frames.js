@@ -1,5 +1,5 @@
 // What the page does with each server frame (docs/protocol.md).
-import { showBudget, spendBudget } from "./budget.js";
+import { replyEnded, showBudget } from "./budget.js";
 import * as M from "./messages.js";
 import { afterGrowth, focusComposer, moveSidebarItemToTop, showEmptyState, toast } from "./page.js";
 import { reconcile } from "./reconcile.js";
@@ -120,7 +120,7 @@ const handlers = {
     }
     endStreaming(f.message_id);
     finishReply(el, f.message_id, f.status);
-    spendBudget((f.prompt_tokens || 0) + (f.completion_tokens || 0));
+    replyEnded(f);
     focusComposer();
   },
 

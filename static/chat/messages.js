@@ -182,9 +182,13 @@ export function setStatus(el, status) {
   else el.removeAttribute("aria-busy");
 }
 
-/** The line under a finished reply, as the server words it (chat.rendering.format_stats). */
-export function setStats(el, text) {
-  el.querySelector('[data-testid="message-stats"]').textContent = text || "";
+/** The line under a finished reply, as the server words it (chat.rendering.format_stats),
+ * with its tooltip (how to have tokens counted, on a reply that was not). */
+export function setStats(el, text, help = "") {
+  const stats = el.querySelector('[data-testid="message-stats"]');
+  stats.textContent = text || "";
+  if (help) stats.title = help;
+  else stats.removeAttribute("title");
 }
 
 /** A Copy button on every code block under `root` (rendered replies only). */
@@ -218,7 +222,7 @@ export function finish(el, payload) {
     details.querySelector(".reasoning-text").textContent = payload.reasoning;
     details.hidden = !payload.reasoning;
   }
-  if (payload.stats !== undefined) setStats(el, payload.stats);
+  if (payload.stats !== undefined) setStats(el, payload.stats, payload.stats_help);
   el.querySelector('[data-testid="copy"]').hidden = !payload.content;
   if (payload.status === "failed" || payload.status === "interrupted") {
     showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");

@@ -16,6 +16,8 @@ export const state = {
   // Tokens left as of the last `start` frame ({tokens_left_today, tokens_left_this_month},
   // either null when unlimited), less what replies since then used; null: no budget applies.
   budget: config.budget ? { ...config.budget } : null,
+  // This chat's replies can be counted (a tiktoken vocabulary, or the provider's figures).
+  counting: config.counting !== false,
   stick: true, // follow new text until the user scrolls up
   lastTop: 0,
   toastTimer: null,
