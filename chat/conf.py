@@ -64,6 +64,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CHAT_CHECKPOINT_INTERVAL", "float", 1.0, 0.05, "seconds between saves of streaming text"),
     Setting("CHAT_LEASE_SECONDS", "float", 10.0, 0.5, "a reply not renewed this long is interrupted"),
     Setting("CHAT_DEMO_DELAY", "float", 0.03, 0, "seconds between the demo model's words"),
+    # After a new chat's first reply, one short request asks the model for its title (chat.titles).
+    Setting("CHAT_MODEL_TITLES", "bool", True, help="the model titles a new chat after its first reply"),
+    Setting("CHAT_TITLE_MODEL", "str", "", help="the model that writes titles; blank: the chat's own"),
     # Invite-only by default: staff add users or invites in the admin.
     Setting("CHAT_OPEN_SIGNUP", "bool", False, help="anyone may sign up at /accounts/signup/"),
     Setting("CHAT_SIGNUP_RATE", "rate", "10/h", help="sign-ups per client address and per invite"),

@@ -130,6 +130,10 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
     async def chat_started(self, event) -> None:
         await remote.on_started(self, event, self.conversation.id)
 
+    async def chat_title(self, event) -> None:
+        """The conversation's new title (chat.titles), from whichever process wrote it."""
+        await self.send_frame(event["frame"])
+
     async def chat_frame(self, event) -> None:
         if event.get("message_id") == self.settled_reply:
             return  # already shown ended; a resume or done now would restart or end it twice

@@ -69,6 +69,12 @@ def retrying_frame(message_id: int, attempt: int, delay: float, detail: str) -> 
     )
 
 
+def title_frame(conversation_id: int, title: str) -> str:
+    """The conversation's new title (the model wrote it after the first reply): open tabs
+    show it in the header, the sidebar and the window title."""
+    return frame(type="title", conversation_id=conversation_id, title=title)
+
+
 def error_frame(code: str, detail: str, message_id: int | None = None) -> str:
     return frame(type="error", code=code, detail=detail, message_id=message_id)
 

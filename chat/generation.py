@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from chat import fanout, frames, tokens
+from chat import fanout, frames, titles, tokens
 from chat.frames import text_delta
 from chat.models import Message
 from chat.relay import Watchers
@@ -235,6 +235,7 @@ class Generation:
         await self.watchers.send_end(self.conversation_id, self.reply_id, finals)
         if self.remote is not None:
             await self.remote.close(finals)
+        titles.start(self.worker, self.turn, status, fields["content"])  # after `done`: never delays it
 
     def stop(self) -> None:
         self.stop_requested = True

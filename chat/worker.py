@@ -34,6 +34,7 @@ class Worker:
         self.finishes = Batched(replies.finish_many)
         self.checkpointer: asyncio.Task | None = None
         self.swept = False  # replies left streaming by a dead process were marked (chat.watching)
+        self.background: set[asyncio.Task] = set()  # work after a reply ended (chat.titles)
         # A graceful stop (SIGTERM, SIGINT) saves every streaming reply's text first.
         shutdown.when_stopping(lambda: save_before_exit(self.running))
 
@@ -68,6 +69,8 @@ class Worker:
     def stop_all(self) -> None:
         for generation in list(self.running.values()):
             generation.stop()
+        for task in list(self.background):
+            task.cancel()
 
     def from_thread(self, read: Callable[["Worker"], object], timeout: float = 1.0):
         """`read(self)` run on the loop's thread, for a caller on another thread."""

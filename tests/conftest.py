@@ -38,6 +38,14 @@ def use_upstream(upstream, settings):
 # --- end of loopback upstream server block -------------------------------------------------------
 
 
+# --- titles the model writes (chat.titles) -------------------------------------------------------
+@pytest.fixture(autouse=True)
+def no_model_titles(settings):
+    """Off unless a test turns it on: a title request after a first reply would take the
+    next reply a test queued on the loopback upstream."""
+    settings.CHAT_MODEL_TITLES = False
+
+
 # --- rate-limit counters (django-ratelimit, in the process's cache) ---------------------------------
 @pytest.fixture(autouse=True)
 def forget_rate_limits():

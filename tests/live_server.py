@@ -109,6 +109,8 @@ class Site:
                 "CHAT_DATA_DIR": str(self.data_dir),
                 "DATABASE_URL": self.database_url,
                 "CHAT_MODEL": "gpt-4o-mini",
+                # Off unless a test turns it on: a title request would take the next queued reply.
+                "CHAT_MODEL_TITLES": "false",
                 "PYTHONUNBUFFERED": "1",
                 "DJANGO_SETTINGS_MODULE": "chatsite.settings",
             }

@@ -3,6 +3,7 @@ model writes, token counts that cannot be made. Fixtures and helpers: tests/brow
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from contextlib import closing
@@ -14,6 +15,7 @@ from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name 
     BASE_SETUP,
     PASSWORD,
     USERS,
+    Gate,
     body,
     browser,
     expect,
@@ -30,6 +32,7 @@ from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name 
 )
 from tests.conftest import TEST_API_KEY
 from tests.live_server import Site
+from tests.upstream_server import Reply
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -40,7 +43,7 @@ def site(tmp_path_factory, llm):
     site = Site(
         tmp_path_factory.mktemp("browser"),
         upstream=llm,
-        env={"CHAT_CHECKPOINT_INTERVAL": "30", "CHAT_LEASE_SECONDS": "60"},
+        env={"CHAT_CHECKPOINT_INTERVAL": "30", "CHAT_LEASE_SECONDS": "60", "CHAT_MODEL_TITLES": "true"},
     )
     site.migrate()
     code = f"USERS = {USERS!r}\nPASSWORD = {PASSWORD!r}\nBASE_URL = {llm.base_url!r}\nAPI_KEY = {TEST_API_KEY!r}\n"
@@ -130,3 +133,36 @@ def test_without_vocabularies_the_page_says_tokens_are_not_counted_and_how_to_fi
             expect(stats).to_have_attribute("title", re.compile(r"fetch_vocabularies"))
         finally:
             context.close()
+
+
+def whole(content: str, gate) -> Reply:
+    """A non-streamed answer (the title request asks for `stream: false`), held by `gate`."""
+    answer = {
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ]
+    }
+    return Reply(
+        headers={"content-type": "application/json"}, body=[b"", json.dumps(answer).encode()], wait_for=gate
+    )
+
+
+def test_a_new_chat_is_titled_by_the_model_in_the_header_sidebar_and_window_title(open_page, llm, gates):
+    page = open_page("bob")
+    gate = Gate()
+    gates.append(gate)
+    llm.queue(reply(["Water it when the soil is dry."]), whole("Keeping Basil Alive", gate))
+    send(page, "How do I keep basil alive on a windowsill?")
+    wait_finished(page)
+    item = page.get_by_test_id("conversation-item").first
+    expect(item).to_have_text("How do I keep basil alive on a windowsill?")  # the first words, at once
+    expect(page.locator("#title")).to_have_text("How do I keep basil alive on a windowsill?")
+
+    gate.open()  # the model's title arrives after the reply: no reload
+    expect(page.locator("#title")).to_have_text("Keeping Basil Alive")
+    expect(item).to_have_text("Keeping Basil Alive")
+    expect(page).to_have_title("Keeping Basil Alive · Chat")
+    shot(page, "model-title")
+
+    page.reload()  # saved, not only shown
+    expect(page.locator("#title")).to_have_text("Keeping Basil Alive")

@@ -1,6 +1,6 @@
 """Everything that talks to a model provider over the network lives in this package."""
 
-from chat.upstream.client import ChatStream, Piece, Provider, Retry, list_models, warm_up
+from chat.upstream.client import ChatStream, Piece, Provider, Retry, complete, list_models, warm_up
 from chat.upstream.errors import UpstreamError, redact
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "Provider",
     "Retry",
     "UpstreamError",
+    "complete",
     "list_models",
     "redact",
     "warm_up",

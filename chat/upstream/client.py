@@ -139,8 +139,10 @@ class ChatStream:
         stream: bool = True,
         api_style: str = "chat",
         on_retry: Callable[[Retry], object] | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.provider = provider
+        self.max_tokens = max_tokens
         self.model = model
         self.messages = messages
         self.include_usage = include_usage
@@ -173,6 +175,8 @@ class ChatStream:
             body["messages"] = self.messages
         if self.stream and self.include_usage and self.provider.base_url not in _rejects_usage_option:
             body["stream_options"] = {"include_usage": True}
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
         return body
 
     def _url(self) -> str:
@@ -590,6 +594,25 @@ def _host(url: str) -> str:
 async def _maybe_await(value) -> None:
     if asyncio.iscoroutine(value):
         await value
+
+
+async def complete(
+    provider: Provider, model: str, messages: list[dict], *, max_tokens: int, api_style: str = "chat"
+) -> tuple[str, dict | None]:
+    """One short answer asked for whole (`stream: false`), e.g. a chat's title: its text and
+    the provider's usage. Through the same client, retries and error mapping as a reply; a
+    server that streams anyway is read as a stream. The caller bounds how long it may take."""
+    request = ChatStream(
+        provider,
+        model,
+        messages,
+        stream=False,
+        include_usage=False,
+        api_style=api_style,
+        max_tokens=max_tokens,
+    )
+    text = "".join([piece.content async for piece in request])
+    return text, request.usage
 
 
 async def list_models(provider: Provider) -> list[str]:

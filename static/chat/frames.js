@@ -5,6 +5,7 @@ import { afterGrowth, focusComposer, moveSidebarItemToTop, showEmptyState, toast
 import { reconcile } from "./reconcile.js";
 import { config, state } from "./state.js";
 import { beginStreaming, endStreaming, finishReply, flush, rollback, scheduleFlush, stop } from "./stream.js";
+import { showTitle } from "./titles.js";
 
 export const FRAME_ERRORS = {
   busy: "A reply is already being written in this chat. Stop it or wait for it to finish.",
@@ -122,6 +123,10 @@ const handlers = {
     finishReply(el, f.message_id, f.status);
     replyEnded(f);
     focusComposer();
+  },
+
+  title(f) {
+    showTitle(f.conversation_id, f.title);
   },
 
   pong() {},
