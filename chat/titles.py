@@ -90,6 +90,8 @@ def start(worker, turn: replies.Turn, status: str, answer: str) -> None:
 async def title_chat(worker, turn: replies.Turn, question: str, answer: str) -> str | None:
     """Ask for the title, save it unless the user renamed the chat, tell the open tabs."""
     conversation_id = turn.conversation_id
+    if not await _still_first_words(conversation_id, question).aexists():
+        return None  # renamed already, or titled before (a regenerated first reply): no request
     try:
         async with asyncio.timeout(TIMEOUT):
             target = turn.target
@@ -126,12 +128,13 @@ async def title_chat(worker, turn: replies.Turn, question: str, answer: str) -> 
     return title
 
 
+def _still_first_words(conversation_id: int, question: str):
+    return Conversation.objects.filter(pk=conversation_id, title__in=first_words_titles(question))
+
+
 def _save(conversation_id: int, question: str, title: str) -> bool:
     # .update(): the title only; a new title is not activity (updated_at orders the sidebar).
-    still_first_words = Conversation.objects.filter(
-        pk=conversation_id, title__in=first_words_titles(question)
-    )
-    return bool(still_first_words.update(title=title))
+    return bool(_still_first_words(conversation_id, question).update(title=title))
 
 
 async def _tell_tabs(worker, conversation_id: int, title: str) -> None:

@@ -211,3 +211,20 @@ async def test_titles_can_be_turned_off(use_upstream, chat, alice):
 def test_an_answer_is_cleaned_into_a_title(answer, title):
     assert titles.clean(answer) == title
     assert len(titles.clean(answer)) <= titles.LONGEST
+
+
+async def test_a_chat_renamed_before_its_first_reply_ended_is_not_asked_about(titling, chat, alice):
+    release = threading.Event()
+    reply = Reply(body=[b"", *sse(*chat_chunks([ANSWER]))], wait_for=release)
+    titling.queue(reply)
+    _, socket = await open_socket(chat.id, alice)
+    await socket.send_json_to({"type": "send", "content": QUESTION})
+    assert (await receive_frame(socket))["type"] == "start"
+    task = worker.current().running[chat.id].task
+    await Conversation.objects.filter(pk=chat.pk).aupdate(title="My herbs")
+    await asyncio.to_thread(release.set)
+    await frames_until(socket, "done")
+    await task
+    assert await title_tasks() == [None]
+    assert len(titling.requests) == 1  # no title request at all
+    await socket.disconnect()
