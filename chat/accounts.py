@@ -5,7 +5,7 @@ Signing in and out and changing a password are Django's own auth views
 """
 
 from django.conf import settings
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,6 +16,35 @@ from chat.models import Invite
 from chat.throttle import over_limit, refusal
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+FIRST_ADMIN = "admin"
+
+
+def initial_password_path():
+    """Where `manage.py bootstrap` keeps the first admin's password (readable by the owner only)."""
+    return settings.DATA_DIR / "initial-admin-password"
+
+
+def initial_password_unused() -> bool:
+    """Whether the sign-in page may say that an `admin` account exists and where its first
+    password is (issue #14): only until that account has signed in once and only while it
+    still has the password in the file. A visitor otherwise learns an account name for free.
+
+    last_login is checked first, so the password hash is only computed before that first
+    sign-in; check_password also catches a password changed with `manage.py changepassword`.
+    """
+    admin = (
+        get_user_model()
+        .objects.filter(username=FIRST_ADMIN, last_login__isnull=True)
+        .only("password")
+        .first()
+    )
+    if admin is None:
+        return False
+    try:
+        kept = initial_password_path().read_text().strip()
+    except OSError:
+        return False
+    return bool(kept) and admin.check_password(kept)
 
 
 class InviteTaken(Exception):
