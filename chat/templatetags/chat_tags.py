@@ -1,7 +1,7 @@
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
-from chat.rendering import duration_text, format_stats, render_markdown, token_text
+from chat.rendering import duration_text, format_stats, quiet_stats, render_markdown, token_text
 
 register = template.Library()
 
@@ -15,6 +15,11 @@ def markdown(text: str) -> SafeString:
 @register.filter
 def stats(message) -> str:
     return format_stats(message)
+
+
+@register.filter
+def stats_quiet(message) -> str:
+    return quiet_stats(message)
 
 
 @register.filter

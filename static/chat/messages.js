@@ -165,9 +165,17 @@ export function setStatus(el, status) {
   else el.removeAttribute("aria-busy");
 }
 
-/** The line under a finished reply, as the server words it (chat.rendering.format_stats). */
-export function setStats(el, text) {
-  el.querySelector('[data-testid="message-stats"]').textContent = text || "";
+/** The line under a finished reply, as the server words it (chat.rendering.format_stats),
+ * and its quiet form (quiet_stats), which is all that shows until hover, focus or a tap. */
+export function setStats(el, text, quiet = "") {
+  const stats = el.querySelector('[data-testid="message-stats"]');
+  stats.querySelector(".stats-full").textContent = text || "";
+  stats.dataset.quiet = quiet || "";
+}
+
+/** A tap (or Enter) on the stats line shows all of it, or just the quiet part again. */
+export function toggleStats(button) {
+  button.setAttribute("aria-expanded", String(button.getAttribute("aria-expanded") !== "true"));
 }
 
 /** A Copy button on every code block under `root` (rendered replies only). */
@@ -198,7 +206,7 @@ export function finish(el, payload) {
     details.querySelector(".reasoning-text").textContent = payload.reasoning;
     details.hidden = !payload.reasoning;
   }
-  if (payload.stats !== undefined) setStats(el, payload.stats);
+  if (payload.stats !== undefined) setStats(el, payload.stats, payload.stats_quiet);
   el.querySelector('[data-testid="copy"]').hidden = !payload.content;
   if (payload.status === "failed" || payload.status === "interrupted") {
     showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");
