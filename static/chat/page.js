@@ -1,5 +1,5 @@
-// The page around the messages: toasts, focus, following the text as it grows, the sidebar
-// and dialogs.
+// The page around the messages: toasts, focus, following the text as it grows, opening the
+// sidebar (its list lives in sidebar.js) and dialogs.
 import { addConversation } from "./sidebar.js";
 import { state } from "./state.js";
 

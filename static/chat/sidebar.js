@@ -105,6 +105,12 @@ export function moveSidebarItemToTop() {
   layOut([li, ...items().filter((other) => other !== li)]);
 }
 
+/** A chat's new title (renamed here, or titled by the server): shown in the list. */
+export function showTitle(id, title) {
+  const li = findItem(id);
+  if (li) setTitle(li, title);
+}
+
 /** A chat created from this page: listed first, and current. */
 export function addConversation(created) {
   findItem(created.id)?.remove();
@@ -299,7 +305,7 @@ $("conv-rename-form").addEventListener("submit", async (event) => {
   if (!li) return renameDialog.close();
   try {
     const data = await post(li.dataset.renameUrl, event.target);
-    setTitle(li, data.title);
+    showTitle(data.id, data.title);
     if (String(data.id) === String(openId())) showOpenTitle(data.title);
     renameDialog.close();
   } catch (error) {
