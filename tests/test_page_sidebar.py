@@ -281,6 +281,30 @@ def test_renaming_the_open_chat_from_its_menu_retitles_the_page_and_deleting_it_
     expect(page.locator(ITEMS)).not_to_contain_text(["Vegetable garden"])
 
 
+def test_the_menu_works_in_the_phone_drawer(open_page, site):
+    page = open_page(
+        "carol",
+        f"/c/{site.sessions['carol_garden']}/",
+        viewport={"width": 390, "height": 844},
+        is_mobile=True,
+        has_touch=True,
+    )
+    page.get_by_role("button", name="Show chats").tap()
+    page.wait_for_function("() => document.getElementById('sidebar').getBoundingClientRect().left === 0")
+    button = menu_of(page, "Trip to Lisbon")
+    expect(button).to_be_visible()
+    assert button.evaluate("e => getComputedStyle(e).opacity") == "1"  # no hover on a phone: always shown
+    button.tap()
+    menu = page.get_by_role("menu")
+    expect(menu).to_be_in_viewport(ratio=1)
+    shot(page, "phone-sidebar-menu")
+    page.get_by_role("menuitem", name="Rename").tap()
+    expect(page.get_by_test_id("conv-rename-input")).to_be_in_viewport()
+    expect(page.get_by_test_id("conv-rename-input")).to_have_value("Trip to Lisbon")
+    page.locator("#conv-rename-dialog").get_by_role("button", name="Cancel").tap()
+    expect(page.locator("#conv-rename-dialog")).to_be_hidden()
+
+
 # ---------------------------------------------------------------------------- stats line
 
 
@@ -310,6 +334,11 @@ def test_the_stats_line_is_quiet_until_hovered(open_page, site):
     shot(page, "stats-full")
     page.get_by_test_id("composer").hover()
     assert shown_stats(stats) == "1.2 s"
+    stats.focus()
+    page.keyboard.press("Enter")  # a button: the keyboard toggles it as a tap does
+    expect(stats).to_have_attribute("aria-expanded", "true")
+    page.get_by_test_id("composer").focus()
+    assert shown_stats(stats) == full
 
 
 def test_a_tap_shows_the_whole_stats_line_on_a_touch_screen(open_page, site):
