@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
-    PASSWORD,
     REPLIES,
     browser,
     expect,
@@ -44,13 +43,17 @@ aged(chat("alice", "Five days on", "q", "a"), days=5)
 aged(chat("alice", "Three weeks back", "q", "a"), days=20)
 aged(chat("alice", "Long ago", "q", "a"), days=40)
 result["forty_days_ago"] = (now - timedelta(days=40)).isoformat()
+# erin: a chat from today and one from long ago, which a new reply brings back
+aged(chat("erin", "Fresh idea", "q", "a"), seconds=0)
+aged(chat("erin", "Long ago", "q", "a"), days=40)
 
-# bob (search) and carol (the menu): three chats each, "Garden plans" the newest
-for name in ("bob", "carol"):
+# bob (search), carol, frank and gina (the menu): three chats each, "Garden plans" the newest
+for name in ("bob", "carol", "frank", "gina"):
     chat(name, "Trip to Lisbon", "Where do I find the best pastel de nata?", "Try Belem.")
     chat(name, "Tax questions", "Which deductions can I claim?", "It depends.")
     chat(name, "Garden plans", "When do I plant tomatoes?", "After the last frost.")
 result["carol_garden"] = Conversation.objects.get(user__username="carol", title="Garden plans").pk
+result["gina_garden"] = Conversation.objects.get(user__username="gina", title="Garden plans").pk
 
 # dana: a finished reply with all its figures
 c = chat("dana", "Timed", "How long?")
@@ -123,7 +126,7 @@ def test_it_groups_chats_by_last_activity_in_the_browsers_time_zone(open_page, s
 
 
 def test_a_chat_with_a_new_reply_moves_to_today(open_page, llm, gates, server):
-    page = open_page("alice", "/")
+    page = open_page("erin", "/")
     old = page.locator(ITEMS).filter(has_text="Long ago").get_by_role("link").get_attribute("href")
     open_chat(page, server.url(old))
     expect(page.locator(GROUPS).last.locator(ITEMS)).to_have_text(["Long ago"])
@@ -265,7 +268,7 @@ def test_the_menu_renames_exports_and_deletes_another_chat_without_leaving_this_
 def test_renaming_the_open_chat_from_its_menu_retitles_the_page_and_deleting_it_starts_a_new_one(
     open_page, site
 ):
-    page = open_page("carol", f"/c/{site.sessions['carol_garden']}/")
+    page = open_page("gina", f"/c/{site.sessions['gina_garden']}/")
     menu_of(page, "Garden plans").click()
     page.get_by_role("menuitem", name="Rename").click()
     page.get_by_test_id("conv-rename-input").fill("Vegetable garden")
@@ -281,10 +284,10 @@ def test_renaming_the_open_chat_from_its_menu_retitles_the_page_and_deleting_it_
     expect(page.locator(ITEMS)).not_to_contain_text(["Vegetable garden"])
 
 
-def test_the_menu_works_in_the_phone_drawer(open_page, site):
+def test_the_menu_works_in_the_phone_drawer(open_page):
     page = open_page(
-        "carol",
-        f"/c/{site.sessions['carol_garden']}/",
+        "frank",
+        "/",
         viewport={"width": 390, "height": 844},
         is_mobile=True,
         has_touch=True,
