@@ -4,7 +4,9 @@ import io
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, get_hashers
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -290,8 +292,6 @@ def test_password_change_requires_sign_in(client):
 @pytest.fixture
 def first_admin(settings, tmp_path) -> tuple[User, str]:
     """What `manage.py bootstrap` leaves: an `admin` superuser and its password in DATA_DIR."""
-    from django.core.management import call_command
-
     settings.DATA_DIR = tmp_path
     call_command("bootstrap", stdout=io.StringIO())
     password = (tmp_path / "initial-admin-password").read_text().strip()
@@ -325,3 +325,29 @@ def test_there_is_no_hint_on_a_site_without_an_admin_account(client, charlie, se
     settings.DATA_DIR = tmp_path
     (tmp_path / "initial-admin-password").write_text("charlie-password-1\n")
     assert HINT not in client.get(reverse("login")).content.decode()
+
+
+class CountingHasher(PBKDF2PasswordHasher):
+    """The site's hasher, counting how often a password is checked."""
+
+    iterations = 1000
+    verified = 0
+
+    def verify(self, password, encoded):
+        type(self).verified += 1
+        return super().verify(password, encoded)
+
+
+def test_visits_to_the_sign_in_page_do_not_each_cost_a_password_hash(client, settings, tmp_path):
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    settings.DATA_DIR = tmp_path
+    call_command("bootstrap", stdout=io.StringIO())
+    counting = type(get_hashers()[0])  # the class as Django imported it from the setting
+    counting.verified = 0
+    for _ in range(3):
+        assert HINT in client.get(reverse("login")).content.decode()
+    assert counting.verified == 1
+    admin = User.objects.get(username="admin")
+    admin.set_password("changed-password-7")
+    admin.save()
+    assert HINT not in client.get(reverse("login")).content.decode()  # a new hash is checked again
