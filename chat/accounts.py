@@ -4,8 +4,11 @@ Signing in and out and changing a password are Django's own auth views
 (django.contrib.auth.urls); these views only create accounts.
 """
 
+import hashlib
+
 from django.conf import settings
-from django.contrib.auth import login
+from django.contrib.auth import get_user_model, login
+from django.core.cache import cache
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -16,6 +19,45 @@ from chat.models import Invite
 from chat.throttle import over_limit, refusal
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
+FIRST_ADMIN = "admin"
+
+
+def initial_password_path():
+    """Where `manage.py bootstrap` keeps the first admin's password (readable by the owner only)."""
+    return settings.DATA_DIR / "initial-admin-password"
+
+
+def initial_password_unused() -> bool:
+    """Whether the sign-in page may say that an `admin` account exists and where its first
+    password is (issue #14): only until that account has signed in once and only while it
+    still has the password in the file. A visitor otherwise learns an account name for free.
+
+    check_password also catches a password changed with `manage.py changepassword`. It costs
+    a password hash (about a second of CPU), so its answer is cached for that stored hash and
+    that file: the sign-in page is not a way to make the server hash on every visit.
+    """
+    admin = (
+        get_user_model()
+        .objects.filter(username=FIRST_ADMIN, last_login__isnull=True)
+        .only("password")
+        .first()
+    )
+    if admin is None:
+        return False
+    path = initial_password_path()
+    try:
+        kept = path.read_text().strip()
+        written = path.stat().st_mtime_ns
+    except OSError:
+        return False
+    if not kept:
+        return False
+    key = "chat:first-password-unused:" + hashlib.sha256(f"{admin.password}|{written}".encode()).hexdigest()
+    unused = cache.get(key)
+    if unused is None:
+        unused = admin.check_password(kept)
+        cache.set(key, unused, timeout=None)
+    return unused
 
 
 class InviteTaken(Exception):

@@ -182,6 +182,13 @@ def format_stats(message) -> str:
     return " · ".join(parts)
 
 
+def quiet_stats(message) -> str:
+    """The stats line as a reader sees it by default (issue #14): only how long the reply
+    took. The whole line (format_stats) shows on hover, focus or a tap, and stays in the page
+    for screen readers. Empty when there is no duration: the page then shows the whole line."""
+    return duration_text(message.duration_ms) if message.duration_ms is not None else ""
+
+
 # markdown-it's own line breaks (its "normalize" rule), so its line numbers map to offsets here.
 _LINE_BREAK = re.compile(r"\r\n?|\n")
 # Top-level blocks that nothing after a blank line can extend. Not lists or indented code:

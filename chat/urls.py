@@ -8,6 +8,7 @@ urlpatterns = [
     path("", views.new_chat, name="home"),
     path("new/", views.new_chat, name="new"),
     path("c/", views.create, name="create"),
+    path("chats/", views.conversation_list, name="list"),
     path("c/<int:conversation_id>/", views.conversation, name="conversation"),
     path("c/<int:conversation_id>/rename/", views.rename, name="rename"),
     path("c/<int:conversation_id>/delete/", views.delete, name="delete"),

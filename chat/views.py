@@ -3,33 +3,33 @@ user's conversation is a 404, never a 403 that would confirm it exists."""
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.db.models import Q
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports, providers, replies, tokens, worker
+from chat import budgets, exports, providers, replies, sidebar, tokens, worker
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
-from chat.rendering import format_stats, render_markdown, stats_help
-
-SIDEBAR_LIMIT = 200
+from chat.rendering import format_stats, quiet_stats, render_markdown, stats_help
 
 
 def _owned(request: HttpRequest, conversation_id: int) -> Conversation:
     return get_object_or_404(Conversation.objects.for_user(request.user), pk=conversation_id)
 
 
-def _sidebar(request: HttpRequest) -> tuple[list[Conversation], str]:
-    """The user's conversations, newest first, narrowed by ?q= over titles and message text."""
+def _sidebar(request: HttpRequest) -> tuple[list[dict], str]:
+    """The user's chats for the sidebar, narrowed by ?q= over titles and message text."""
     query = request.GET.get("q", "").strip()
-    conversations = Conversation.objects.for_user(request.user).order_by("-updated_at", "-id")
-    if query:
-        conversations = conversations.filter(
-            Q(title__icontains=query) | Q(messages__content__icontains=query)
-        ).distinct()
-    return list(conversations.only("id", "title", "updated_at")[:SIDEBAR_LIMIT]), query
+    return [sidebar.item(c) for c in sidebar.conversations(request.user, query)], query
+
+
+@login_required
+@require_GET
+def conversation_list(request: HttpRequest) -> JsonResponse:
+    """The sidebar's list as JSON, for searching as you type (static/chat/sidebar.js)."""
+    items, query = _sidebar(request)
+    return JsonResponse({"query": query, "conversations": items, "limit": sidebar.LIMIT})
 
 
 def _urls(conversation: Conversation) -> dict:
@@ -86,6 +86,7 @@ def _page(
             "conversation": conversation,
             "conversations": conversations,
             "query": query,
+            "blank_item": sidebar.BLANK_ITEM,
             "chat_messages": messages,
             "last_reply_id": last_reply.pk if last_reply else None,
             "default_model": settings_form.default_label,
@@ -138,6 +139,8 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
     if form.is_valid():
         # update_fields: renaming is not activity, so it must not reorder the sidebar.
         form.instance.save(update_fields=["title"])
+    elif _wants_json(request):
+        return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
     if _wants_json(request):
         return JsonResponse({"id": conversation.pk, "title": conversation.title})
     return redirect(conversation_url(conversation))
@@ -146,7 +149,11 @@ def rename(request: HttpRequest, conversation_id: int) -> HttpResponse:
 @login_required
 @require_POST
 def delete(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    _owned(request, conversation_id).delete()
+    conversation = _owned(request, conversation_id)
+    deleted = conversation.pk
+    conversation.delete()
+    if _wants_json(request):  # the sidebar's menu: the page stays where it is
+        return JsonResponse({"id": deleted, "deleted": True, "new_url": reverse("chat:new")})
     return redirect("chat:home")
 
 
@@ -208,6 +215,7 @@ def message_payload(message: Message) -> dict:
         "error_detail": message.error_detail,
         "stats": format_stats(message) if is_reply else "",
         "stats_help": stats_help(message) if is_reply else "",
+        "stats_quiet": quiet_stats(message) if is_reply else "",
         "usage": message.usage,
     }
 

@@ -1,9 +1,12 @@
 """Accounts: invites (the default way in), optional open sign-up, sign in/out, password change."""
 
+import io
 from datetime import timedelta
 
 import pytest
+from django.contrib.auth.hashers import PBKDF2PasswordHasher, get_hashers
 from django.contrib.auth.models import User
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -281,3 +284,70 @@ def test_password_change_needs_the_old_password_and_a_good_new_one(client, alice
 def test_password_change_requires_sign_in(client):
     response = client.get(reverse("password_change"))
     assert response["Location"].startswith(reverse("login"))
+
+
+# --- the first admin's password hint on the sign-in page (issue #14) --------------------------
+
+
+@pytest.fixture
+def first_admin(settings, tmp_path) -> tuple[User, str]:
+    """What `manage.py bootstrap` leaves: an `admin` superuser and its password in DATA_DIR."""
+    settings.DATA_DIR = tmp_path
+    call_command("bootstrap", stdout=io.StringIO())
+    password = (tmp_path / "initial-admin-password").read_text().strip()
+    return User.objects.get(username="admin"), password
+
+
+HINT = 'data-testid="first-run-hint"'
+
+
+def test_the_sign_in_page_says_where_the_first_password_is_until_the_admin_signs_in(client, first_admin):
+    admin, password = first_admin
+    assert HINT in client.get(reverse("login")).content.decode()
+    assert client.post(reverse("login"), {"username": "admin", "password": password}).status_code == 302
+    client.logout()
+    assert HINT not in client.get(reverse("login")).content.decode()
+
+
+def test_the_hint_goes_when_the_first_password_is_changed_without_signing_in(client, first_admin):
+    admin, _ = first_admin
+    admin.set_password("a-new-password-42")  # e.g. manage.py changepassword admin
+    admin.save()
+    assert HINT not in client.get(reverse("login")).content.decode()
+
+
+def test_there_is_no_hint_without_the_kept_password(client, first_admin, settings):
+    (settings.DATA_DIR / "initial-admin-password").unlink()
+    assert HINT not in client.get(reverse("login")).content.decode()
+
+
+def test_there_is_no_hint_on_a_site_without_an_admin_account(client, charlie, settings, tmp_path):
+    settings.DATA_DIR = tmp_path
+    (tmp_path / "initial-admin-password").write_text("charlie-password-1\n")
+    assert HINT not in client.get(reverse("login")).content.decode()
+
+
+class CountingHasher(PBKDF2PasswordHasher):
+    """The site's hasher, counting how often a password is checked."""
+
+    iterations = 1000
+    verified = 0
+
+    def verify(self, password, encoded):
+        type(self).verified += 1
+        return super().verify(password, encoded)
+
+
+def test_visits_to_the_sign_in_page_do_not_each_cost_a_password_hash(client, settings, tmp_path):
+    settings.PASSWORD_HASHERS = ["tests.test_accounts.CountingHasher"]
+    settings.DATA_DIR = tmp_path
+    call_command("bootstrap", stdout=io.StringIO())
+    counting = type(get_hashers()[0])  # the class as Django imported it from the setting
+    counting.verified = 0
+    for _ in range(3):
+        assert HINT in client.get(reverse("login")).content.decode()
+    assert counting.verified == 1
+    admin = User.objects.get(username="admin")
+    admin.set_password("changed-password-7")
+    admin.save()
+    assert HINT not in client.get(reverse("login")).content.decode()  # a new hash is checked again

@@ -2,6 +2,8 @@
 owner, and another user's conversation is a 404 (or a refused socket), never a 403 that
 would confirm it exists. Staff review through the admin only."""
 
+import json
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -128,6 +130,19 @@ def test_the_sidebar_and_search_show_only_ones_own(client, alice, bobs_chat):
         body = client.get(reverse("chat:new"), {"q": query}).content.decode()
         assert "secret plans" not in body and "bob&#x27;s" not in body
         assert f'data-conversation-id="{bobs_chat.pk}"' not in body
+
+
+@pytest.mark.django_db
+def test_the_sidebars_search_as_you_type_lists_only_ones_own(client, alice, bobs_chat):
+    client.force_login(alice)
+    mine = Conversation.objects.create(user=alice, title="Alice's secret chat")
+    for query in ("", "secret", "bob"):
+        data = client.get(reverse("chat:list"), {"q": query}).json()
+        assert bobs_chat.pk not in [c["id"] for c in data["conversations"]]
+        assert "secret plans" not in json.dumps(data) and "bob question" not in json.dumps(data)
+    assert [c["id"] for c in client.get(reverse("chat:list"), {"q": "secret"}).json()["conversations"]] == [
+        mine.pk
+    ]
 
 
 @pytest.mark.django_db

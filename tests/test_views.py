@@ -489,6 +489,58 @@ def test_home_searches_the_sidebar(alice_client, alice):
     assert sidebar_ids(response) == [soup.pk]
 
 
+# --- the sidebar's list, as JSON for searching as you type ------------------------------------
+
+
+def test_it_lists_chats_as_json_newest_first_with_what_the_sidebar_needs(alice_client, alice):
+    older = Conversation.objects.create(user=alice, title="older")
+    newer = Conversation.objects.create(user=alice, title="")
+    Conversation.objects.filter(pk=older.pk).update(updated_at=newer.updated_at.replace(year=2020))
+    data = alice_client.get(reverse("chat:list")).json()
+    assert data["query"] == "" and [c["id"] for c in data["conversations"]] == [newer.pk, older.pk]
+    first = data["conversations"][0]
+    assert first["title"] == "" and first["url"] == reverse("chat:conversation", args=[newer.pk])
+    assert first["updated_at"] == newer.updated_at.isoformat()  # with its offset: grouped by the browser
+    assert first["delete_url"] == reverse("chat:delete", args=[newer.pk])
+    assert first["export_md_url"] == reverse("chat:export_md", args=[newer.pk])
+
+
+def test_the_json_list_searches_titles_and_message_text(alice_client, alice):
+    by_title = Conversation.objects.create(user=alice, title="Soup recipes")
+    by_text = Conversation.objects.create(user=alice, title="dinner")
+    reply(by_text, "a tomato SOUP")
+    Conversation.objects.create(user=alice, title="taxes")
+    data = alice_client.get(reverse("chat:list"), {"q": "  soup "}).json()
+    assert data["query"] == "soup"
+    assert sorted(c["id"] for c in data["conversations"]) == sorted([by_title.pk, by_text.pk])
+
+
+def test_the_json_list_needs_a_signed_in_user(client):
+    response = client.get(reverse("chat:list"))
+    assert response.status_code == 302 and "/accounts/login/" in response["Location"]
+
+
+def test_renaming_from_the_sidebar_says_what_was_wrong(alice_client, alice):
+    chat = Conversation.objects.create(user=alice, title="kept")
+    response = alice_client.post(
+        reverse("chat:rename", args=[chat.pk]), {"title": "x" * 201}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 400 and response.json()["errors"]["title"]
+    chat.refresh_from_db()
+    assert chat.title == "kept"
+    ok = alice_client.post(
+        reverse("chat:rename", args=[chat.pk]), {"title": "new"}, HTTP_ACCEPT="application/json"
+    )
+    assert ok.json() == {"id": chat.pk, "title": "new"}
+
+
+def test_deleting_from_the_sidebar_answers_json(alice_client, alice):
+    chat = Conversation.objects.create(user=alice)
+    response = alice_client.post(reverse("chat:delete", args=[chat.pk]), HTTP_ACCEPT="application/json")
+    assert response.json() == {"id": chat.pk, "deleted": True, "new_url": reverse("chat:new")}
+    assert not Conversation.objects.filter(pk=chat.pk).exists()
+
+
 # --- message JSON -----------------------------------------------------------------------------
 
 
@@ -506,6 +558,7 @@ def test_it_returns_a_rendered_message(alice_client, alice):
     )
     data = alice_client.get(reverse("chat:message", args=[chat.pk, answer.pk])).json()
     assert data["id"] == answer.pk
+    assert data["stats_quiet"] == "600 ms"  # all the stats line shows until hover or a tap
     assert "<table>" in data["html"]
     assert data["status"] == "cancelled"
     assert data["finish_reason"] == "cancelled"

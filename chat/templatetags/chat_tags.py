@@ -1,7 +1,7 @@
 from django import template
 from django.utils.safestring import SafeString, mark_safe
 
-from chat.rendering import duration_text, format_stats, render_markdown, stats_help, token_text
+from chat.rendering import duration_text, format_stats, quiet_stats, render_markdown, stats_help, token_text
 
 register = template.Library()
 
@@ -20,6 +20,11 @@ def stats(message) -> str:
 @register.filter(name="stats_help")
 def stats_help_filter(message) -> str:
     return stats_help(message)
+
+
+@register.filter
+def stats_quiet(message) -> str:
+    return quiet_stats(message)
 
 
 @register.filter

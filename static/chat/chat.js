@@ -7,11 +7,13 @@
 //   reconcile.js  catching up after a reconnect
 //   composer.js   send, edit, regenerate, copy
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
+//   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
 import { showBudget } from "./budget.js";
 import { autosize, cancelEdit, copyCode, copyReply, regenerate, send, startEdit } from "./composer.js";
 import { openSocket } from "./connection.js";
 import * as M from "./messages.js";
 import { $, focusComposer, toBottom, ui, watchScrolling, watchSidebarAndDialogs } from "./page.js";
+import { watchSidebar } from "./sidebar.js";
 import { config, state } from "./state.js";
 import { beginStreaming, stop } from "./stream.js";
 
@@ -46,10 +48,12 @@ $("messages").addEventListener("click", (event) => {
   else if (button.dataset.action === "copy" && el) copyReply(el);
   else if (button.dataset.action === "edit" && el) startEdit(el);
   else if (button.dataset.action === "copy-code") copyCode(button);
+  else if (button.dataset.action === "stats") M.toggleStats(button);
 });
 M.addCodeCopy($("messages"));
 watchScrolling();
 watchSidebarAndDialogs();
+watchSidebar();
 
 // ---------------------------------------------------------------- start
 

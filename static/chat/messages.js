@@ -183,12 +183,19 @@ export function setStatus(el, status) {
 }
 
 /** The line under a finished reply, as the server words it (chat.rendering.format_stats),
- * with its tooltip (how to have tokens counted, on a reply that was not). */
-export function setStats(el, text, help = "") {
+ * and its quiet form (quiet_stats), which is all that shows until hover, focus or a tap, and
+ * its tooltip (how to have tokens counted, on a reply that was not). */
+export function setStats(el, text, quiet = "", help = "") {
   const stats = el.querySelector('[data-testid="message-stats"]');
-  stats.textContent = text || "";
+  stats.querySelector(".stats-full").textContent = text || "";
+  stats.dataset.quiet = quiet || "";
   if (help) stats.title = help;
   else stats.removeAttribute("title");
+}
+
+/** A tap (or Enter) on the stats line shows all of it, or just the quiet part again. */
+export function toggleStats(button) {
+  button.setAttribute("aria-expanded", String(button.getAttribute("aria-expanded") !== "true"));
 }
 
 /** A Copy button on every code block under `root` (rendered replies only). */
@@ -222,7 +229,7 @@ export function finish(el, payload) {
     details.querySelector(".reasoning-text").textContent = payload.reasoning;
     details.hidden = !payload.reasoning;
   }
-  if (payload.stats !== undefined) setStats(el, payload.stats, payload.stats_help);
+  if (payload.stats !== undefined) setStats(el, payload.stats, payload.stats_quiet, payload.stats_help);
   el.querySelector('[data-testid="copy"]').hidden = !payload.content;
   if (payload.status === "failed" || payload.status === "interrupted") {
     showError(el, payload.error_detail || el.querySelector("[data-error-text]").textContent || "The reply did not finish.");

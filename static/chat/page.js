@@ -1,6 +1,9 @@
-// The page around the messages: toasts, focus, following the text as it grows, the sidebar
-// and dialogs.
+// The page around the messages: toasts, focus, following the text as it grows, opening the
+// sidebar (its list lives in sidebar.js) and dialogs.
+import { addConversation } from "./sidebar.js";
 import { state } from "./state.js";
+
+export { moveSidebarItemToTop } from "./sidebar.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -106,29 +109,9 @@ export function watchSidebarAndDialogs() {
   }
 }
 
-export function moveSidebarItemToTop() {
-  if (!state.conversation) return;
-  const item = document.querySelector(
-    `[data-testid="conversation-item"][data-conversation-id="${state.conversation.id}"]`,
-  );
-  if (item && item.parentElement.firstElementChild !== item) item.parentElement.prepend(item);
-}
-
 /** A chat created from this page: listed first and current, its dialogs pointed at it. */
 export function showNewConversation(created) {
-  const list = $("conv-list");
-  list.querySelector(".conv-empty")?.remove();
-  for (const li of list.querySelectorAll(".current")) li.classList.remove("current");
-  const li = document.createElement("li");
-  li.dataset.testid = "conversation-item";
-  li.dataset.conversationId = String(created.id);
-  li.className = "current";
-  const a = document.createElement("a");
-  a.href = created.url;
-  a.setAttribute("aria-current", "page");
-  a.textContent = created.title || "New chat";
-  li.append(a);
-  list.prepend(li);
+  addConversation(created);
 
   history.replaceState(null, "", created.url);
   document.title = `${created.title || "New chat"} · Chat`;

@@ -1,9 +1,10 @@
 import os
 import secrets
 
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+
+from chat.accounts import FIRST_ADMIN, initial_password_path
 
 
 class Command(BaseCommand):
@@ -14,8 +15,8 @@ class Command(BaseCommand):
         if User.objects.exists():
             return
         password = secrets.token_urlsafe(12)
-        User.objects.create_superuser("admin", "", password)
-        path = settings.DATA_DIR / "initial-admin-password"
+        User.objects.create_superuser(FIRST_ADMIN, "", password)
+        path = initial_password_path()
         site = f"http://{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}/"
         path.write_text(password + "\n")
         path.chmod(0o600)
