@@ -6,10 +6,12 @@
 //   stream.js     the reply being written: buttons, drawing deltas, finishing, rolling back
 //   reconcile.js  catching up after a reconnect
 //   composer.js   send, edit, regenerate, copy
+//   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 import { showBudget } from "./budget.js";
 import { autosize, cancelEdit, copyCode, copyReply, regenerate, send, startEdit } from "./composer.js";
 import { openSocket } from "./connection.js";
+import { watchHeader } from "./header.js";
 import * as M from "./messages.js";
 import { $, focusComposer, toBottom, ui, watchScrolling, watchSidebarAndDialogs } from "./page.js";
 import { config, state } from "./state.js";
@@ -50,6 +52,7 @@ $("messages").addEventListener("click", (event) => {
 M.addCodeCopy($("messages"));
 watchScrolling();
 watchSidebarAndDialogs();
+watchHeader();
 
 // ---------------------------------------------------------------- start
 
