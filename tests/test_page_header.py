@@ -272,3 +272,19 @@ def test_staff_see_an_admin_link_and_others_do_not(open_page):
     menu = open_menu(page)
     expect(menu.get_by_test_id("theme-auto")).to_be_visible()
     expect(page.get_by_test_id("admin-link")).to_have_count(0)
+
+
+def test_the_menu_works_from_the_keyboard(open_page):
+    page = open_page("erin")
+    button = page.get_by_test_id("menu")
+    button.focus()
+    page.keyboard.press("Enter")
+    menu = page.locator("#page-menu")
+    expect(button).to_have_attribute("aria-expanded", "true")
+    expect(menu.get_by_test_id("theme-auto")).to_be_focused()  # a new chat: the theme comes first
+    page.keyboard.press("ArrowDown")
+    expect(menu.get_by_test_id("theme-light")).to_be_focused()
+    page.keyboard.press("Escape")
+    expect(menu).to_be_hidden()
+    expect(button).to_be_focused()
+    expect(button).to_have_attribute("aria-expanded", "false")
