@@ -32,12 +32,13 @@ from tests.live_server import Site
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-SETUP = """
+SETUP = r"""
 provider = Provider.objects.create(name="loopback", base_url=BASE_URL, api_key=API_KEY)
 ChatModel.objects.create(provider=provider, name="llama3.2", display_name="Llama 3.2")
 chat("bob", "Soup recipes", "Which soup is quick?", "Leek and potato.")
 chat("dana", "Planning a weekend in Lisbon", "Where do I start?", "At the river.")
 User.objects.filter(username="carol").update(is_staff=True)
+chat("erin", "Some code", "Show me code", "```python\ndef greet():\n    return 1\n```")
 """
 
 WHITE = "rgb(255, 255, 255)"
@@ -248,6 +249,11 @@ def test_the_theme_menu_beats_the_system_setting_and_holds_from_the_first_paint(
     expect(page.get_by_test_id("composer")).to_be_visible()
     assert page.evaluate("() => window.themeAtFirstPaint") == "light"  # no dark flash first
     assert background(page) == WHITE
+    page.get_by_test_id("conversation-item").filter(has_text="Some code").get_by_role("link").click()
+    code = page.locator("#messages .md pre").first
+    expect(code).to_contain_text("def greet():")
+    # Highlighted code follows the choice too, not the system's dark.
+    assert code.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(248, 248, 248)"
     expect(open_menu(page).get_by_test_id("theme-light")).to_have_attribute("aria-checked", "true")
     page.get_by_test_id("theme-dark").click()
     page.reload()
