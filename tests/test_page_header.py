@@ -199,6 +199,18 @@ def test_the_demo_notice_belongs_to_the_demo_model_and_stays_dismissed(browser, 
     finally:
         context.close()
 
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        phone.add_cookies([{"name": "sessionid", "value": cookie, "url": demo_site.origin}])
+        page = phone.new_page()
+        page.goto(demo_site.url("/"))
+        notice = page.get_by_test_id("demo-label")
+        expect(notice).to_be_visible()
+        assert notice.bounding_box()["height"] <= 64  # it took ~150 px of a phone
+        shot(page, "header-demo-phone")
+    finally:
+        phone.close()
+
 
 # ---------------------------------------------------------------------------- phone
 
