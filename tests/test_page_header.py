@@ -140,6 +140,42 @@ def test_switching_the_model_shows_its_display_name_and_answers_the_next_message
     assert llm.requests[-1]["json"]["messages"][0]["role"] != "system"
 
 
+ADD_RETIRED_OPTION = """picker => {
+  // What a page loaded before the admin disabled a model still offers.
+  picker.add(new Option("GPT-5 (since disabled)", "gpt-5-secret"));
+}"""
+
+
+def test_a_model_no_longer_offered_is_refused_in_plain_words_and_nothing_is_lost(open_page, llm):
+    page = open_page("frank")
+    picker = page.get_by_test_id("model-picker")
+    picker.evaluate(ADD_RETIRED_OPTION)
+    picker.select_option("gpt-5-secret")
+    send(page, "My long first question")
+    toast = page.get_by_test_id("toast")
+    expect(toast).to_have_text(
+        "The chat was not started: “gpt-5-secret” is not a model this site offers. "
+        "Pick one from the list, or the default."
+    )
+    expect(page.get_by_test_id("composer")).to_have_value("My long first question")  # kept
+    expect(page.get_by_test_id("conversation-item")).to_have_count(0)  # nothing created
+    expect(page.get_by_test_id("conversation-title")).to_have_text("New chat")
+
+    picker.select_option(label="Llama 3.2")
+    llm.queue(reply(["Answered."]))
+    page.get_by_test_id("send").click()
+    wait_finished(page)
+    assert llm.requests[-1]["json"]["model"] == "llama3.2"
+
+    # In a chat: the switch is refused and the picker goes back to the model that answers.
+    picker.evaluate(ADD_RETIRED_OPTION)
+    picker.select_option("gpt-5-secret")
+    expect(toast).to_contain_text("“gpt-5-secret” is not a model this site offers")
+    expect(picker).to_have_value("llama3.2")
+    page.reload()
+    assert picked(page) == "Llama 3.2"
+
+
 # ---------------------------------------------------------------------------- demo notice
 
 
