@@ -19,14 +19,30 @@ class TitleForm(forms.ModelForm):
 
 
 class ConversationSettingsForm(forms.ModelForm):
-    """Model and system prompt. The model is one of providers.choices(), or "" for the default."""
+    """Model and system prompt, chosen in the page's header (issue #14) for a chat or for a new
+    one before its first message. The model is one of providers.choices(), or "" for the default.
+
+    The picker names models by their display names. The site's default is offered once, as ""
+    (the conversation follows the default, even when the admin changes it), and a default chosen
+    by name earlier shows as that same choice.
+    """
 
     NOT_OFFERED = "“%(value)s” is not a model this site offers. Pick one from the list, or the default."
 
-    model = forms.ChoiceField(
+    # A CharField with a Select: clean_model decides what is offered, so that the default's own
+    # name stays a valid choice although the picker lists the default once, as "".
+    model = forms.CharField(
         required=False,
-        error_messages={"invalid_choice": NOT_OFFERED},
-        widget=forms.Select(attrs={"id": "settings-model", "data-testid": "settings-model"}),
+        widget=forms.Select(
+            attrs={
+                "id": "settings-model",
+                "form": "settings-form",
+                "class": "model-picker",
+                "data-testid": "model-picker",
+                "aria-label": "Model",
+                "autocomplete": "off",  # a reload shows the saved choice, not the browser's memory
+            }
+        ),
     )
 
     class Meta:
@@ -39,6 +55,7 @@ class ConversationSettingsForm(forms.ModelForm):
                     "rows": 6,
                     "placeholder": "Blank: the site's default",
                     "data-testid": "settings-system-prompt",
+                    "autocomplete": "off",
                 }
             )
         }
@@ -46,15 +63,25 @@ class ConversationSettingsForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         options = providers.choices()
-        self.default_label = next((o["label"] for o in options if o["default"]), "")
+        default = next((o for o in options if o["default"]), None)
+        self.default_label = default["label"] if default else ""
         self.model_names = {o["name"] for o in options}
-        choices = [("", f"Default ({self.default_label})")] + [(o["name"], o["label"]) for o in options]
+        choices = [("", self.default_label)] + [(o["name"], o["label"]) for o in options if not o["default"]]
         current = self.instance.model
-        if current and current not in self.model_names:
-            # Shown so the dialog does not silently claim another model; saving asks for a choice.
+        if default and current == default["name"]:
+            self.initial["model"] = ""
+        elif current and current not in self.model_names:
+            # Shown so the picker does not silently claim another model; saving asks for a choice.
             choices.insert(1, (current, f"{current} (no longer offered)"))
-        self.fields["model"].choices = choices
+        self.fields["model"].widget.choices = choices
+        # The picker's values that mean the built-in demo model: the page shows its notice then.
+        self.demo_values = sorted("" if o["default"] else o["name"] for o in options if o["demo"])
         self.fields["system_prompt"].widget.attrs["maxlength"] = settings.CHAT_MAX_SYSTEM_PROMPT_CHARS
+
+    @property
+    def picked(self) -> str:
+        """The picker's value as the page shows it (what was posted, or the saved choice)."""
+        return self["model"].value() or ""
 
     def clean_system_prompt(self) -> str:
         """As long as a message may be (CHAT_MAX_SYSTEM_PROMPT_CHARS): it is sent, and counted,

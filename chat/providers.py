@@ -80,9 +80,14 @@ def resolve(conversation: Conversation) -> Target:
 
 
 def choices() -> list[dict]:
-    """Models a user may pick in the page: admin-configured ones, plus the environment's default."""
-    options = [{"name": m.name, "label": str(m), "default": m.is_default} for m in available_models()]
+    """Models a user may pick in the page: admin-configured ones, plus the environment's default.
+    `demo` marks the built-in demo model, which the page labels as not a real LLM (issue #14)."""
+    options = [
+        {"name": m.name, "label": str(m), "default": m.is_default, "demo": False} for m in available_models()
+    ]
     if not any(option["default"] for option in options):
-        label = "Built-in demo model" if settings.CHAT_DEMO else settings.CHAT_MODEL
-        options.insert(0, {"name": settings.CHAT_MODEL, "label": label, "default": True})
+        label = "Demo model (not a real LLM)" if settings.CHAT_DEMO else settings.CHAT_MODEL
+        options.insert(
+            0, {"name": settings.CHAT_MODEL, "label": label, "default": True, "demo": settings.CHAT_DEMO}
+        )
     return options

@@ -70,6 +70,8 @@ def _page(
     if settings_form is None:
         settings_form = ConversationSettingsForm(instance=conversation)
     config = {
+        # The picker's values that mean the demo model: its notice shows while one is picked.
+        "demo_models": settings_form.demo_values,
         "conversation": _urls(conversation) if conversation else None,
         "create_url": reverse("chat:create"),
         "max_chars": settings.CHAT_MAX_MESSAGE_CHARS,
@@ -89,9 +91,9 @@ def _page(
             "blank_item": sidebar.BLANK_ITEM,
             "chat_messages": messages,
             "last_reply_id": last_reply.pk if last_reply else None,
-            "default_model": settings_form.default_label,
             "settings_form": settings_form,
-            "demo": settings.CHAT_DEMO,
+            "demo_offered": bool(settings_form.demo_values),
+            "demo": settings_form.picked in settings_form.demo_values,
             "config": config,
             # Unsaved messages render the <template>s the page clones for new messages,
             # so a message has one markup whether the server or static/chat/messages.js draws it.
@@ -123,9 +125,17 @@ def _wants_json(request: HttpRequest) -> bool:
 @login_required
 @require_POST
 def create(request: HttpRequest) -> HttpResponse:
-    form = TitleForm(request.POST)
-    title = form.cleaned_data["title"] if form.is_valid() else ""
-    conversation = Conversation.objects.create(user=request.user, title=title)
+    """A new chat, with the model and system prompt picked in the header before its first
+    message (issue #14), so that message is answered by them. A model the site does not offer
+    creates nothing: the page gets the error and keeps the message."""
+    title_form = TitleForm(request.POST)
+    title = title_form.cleaned_data["title"] if title_form.is_valid() else ""
+    form = ConversationSettingsForm(request.POST, instance=Conversation(user=request.user, title=title))
+    if not form.is_valid():
+        if _wants_json(request):
+            return JsonResponse({"errors": form.errors.get_json_data()}, status=400)
+        return _page(request, None, settings_form=form, status=400)
+    conversation = form.save()
     if _wants_json(request):
         return JsonResponse({**_urls(conversation), "title": conversation.title}, status=201)
     return redirect(conversation_url(conversation))
@@ -170,7 +180,8 @@ def update_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
         return _page(request, conversation, settings_form=form, status=400)
     form.instance.save(update_fields=["model", "system_prompt"])
     if _wants_json(request):
-        return JsonResponse({"id": conversation.pk, "model": conversation.model})
+        label = dict(form.fields["model"].widget.choices).get(form.picked, conversation.model)
+        return JsonResponse({"id": conversation.pk, "model": conversation.model, "label": label})
     return redirect(conversation_url(conversation))
 
 

@@ -265,6 +265,7 @@ def test_it_renames_deletes_and_searches_chats(open_page):
 
     items.filter(has_text="Tax questions").get_by_role("link").click()
     expect(page.get_by_test_id("conversation-title")).to_have_text("Tax questions")
+    page.get_by_test_id("menu").click()  # the header's ⋯ menu (issue #14)
     page.get_by_test_id("rename").click()
     expect(page.get_by_test_id("rename-input")).to_be_visible()
     page.get_by_test_id("rename-input").fill("Taxes 2025")
@@ -272,6 +273,7 @@ def test_it_renames_deletes_and_searches_chats(open_page):
     expect(page.get_by_test_id("conversation-title")).to_have_text("Taxes 2025")
     expect(items).to_have_text(["Garden plans", "Taxes 2025", "Trip to Lisbon"])
 
+    page.get_by_test_id("menu").click()
     page.get_by_test_id("delete").click()
     dialog = page.locator("#delete-dialog")
     expect(dialog).to_be_visible()
@@ -279,6 +281,7 @@ def test_it_renames_deletes_and_searches_chats(open_page):
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     expect(items).to_have_count(3)
+    page.get_by_test_id("menu").click()
     page.get_by_test_id("delete").click()
     page.get_by_test_id("delete-confirm").click()
     expect(items).to_have_text(["Garden plans", "Trip to Lisbon"])
@@ -674,9 +677,9 @@ def test_the_model_and_system_prompt_are_chosen_per_conversation(open_page, llm)
     llm.queue(reply(["Hello."]))
     send(page, "First")
     wait_finished(page)
-    page.get_by_test_id("settings").click()
+    page.get_by_test_id("model-picker").select_option("tiny-window")  # a model from the admin, in the header
+    page.get_by_test_id("system-prompt-button").click()
     dialog = page.locator("#settings-dialog")
-    dialog.locator("select[name=model]").select_option("tiny-window")  # a model from the admin
     dialog.locator("textarea[name=system_prompt]").fill("Answer in French.")
     dialog.get_by_test_id("settings-submit").click()
     expect(dialog).to_be_hidden()

@@ -225,6 +225,16 @@ def test_it_labels_the_demo_model(alice_client, settings):
     assert "OPENAI_API_KEY" in body
 
 
+def test_the_demo_notice_is_hidden_while_a_real_model_is_picked(alice_client, alice, llama, settings):
+    settings.CHAT_DEMO = True
+    chat = Conversation.objects.create(user=alice, model="llama3.2")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert re.search(r'data-testid="demo-label" role="note" hidden>', body)
+    assert "Demo model (not a real LLM)</option>" in body  # still labelled in the picker
+    body = alice_client.get(reverse("chat:new")).content.decode()
+    assert re.search(r'data-testid="demo-label" role="note">', body)
+
+
 def test_it_has_no_demo_label_with_a_real_provider(alice_client, settings):
     settings.CHAT_DEMO = False
     settings.OPENAI_API_KEY = "sk-live-DO-NOT-LEAK"
@@ -324,13 +334,52 @@ def test_it_offers_the_sites_models_in_a_select(alice_client, alice, llama, sett
     chat = Conversation.objects.create(user=alice, model="llama3.2", system_prompt="Be brief.")
     body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
     select = body.split('<select name="model"', 1)[1].split("</select>", 1)[0]
-    assert 'data-testid="settings-model"' in select
-    assert re.findall(r'<option value="([^"]*)"', select) == ["", "gpt-4o-mini", "llama3.2"]
+    assert 'data-testid="model-picker"' in select
+    assert 'form="settings-form"' in select  # the header's picker saves with the system prompt
+    # The default once, as "" (it follows the site's default), by name; then the others.
+    assert re.findall(r'<option value="([^"]*)"', select) == ["", "llama3.2"]
+    assert '<option value="">gpt-4o-mini</option>' in select
     assert '<option value="llama3.2" selected>Llama 3.2</option>' in select
-    assert "Default (gpt-4o-mini)" in select
     assert re.search(
         r"<textarea[^>]*data-testid=\"settings-system-prompt\"[^>]*>\s*Be brief.</textarea>", body
     )
+
+
+def test_a_default_chosen_by_name_shows_as_the_default(alice_client, alice, llama, settings):
+    settings.CHAT_MODEL = "gpt-4o-mini"
+    settings.CHAT_DEMO = False
+    chat = Conversation.objects.create(user=alice, model="gpt-4o-mini")
+    body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
+    assert '<option value="" selected>gpt-4o-mini</option>' in body
+    response = alice_client.post(reverse("chat:settings", args=[chat.pk]), {"model": "gpt-4o-mini"})
+    assert response.status_code == 302  # still a model the site offers
+
+
+def test_a_new_chat_is_created_with_the_model_and_system_prompt_picked(alice_client, alice, llama):
+    response = alice_client.post(
+        reverse("chat:create"),
+        {"title": "Bonjour", "model": "llama3.2", "system_prompt": "Answer in French."},
+        HTTP_ACCEPT="application/json",
+    )
+    assert response.status_code == 201
+    chat = Conversation.objects.get(user=alice)
+    assert (chat.title, chat.model, chat.system_prompt) == ("Bonjour", "llama3.2", "Answer in French.")
+
+
+def test_a_new_chat_with_a_model_not_offered_is_not_created(alice_client, alice, llama):
+    llama.enabled = False
+    llama.save()
+    response = alice_client.post(
+        reverse("chat:create"), {"title": "x", "model": "llama3.2"}, HTTP_ACCEPT="application/json"
+    )
+    assert response.status_code == 400
+    assert "“llama3.2” is not a model this site offers" in response.json()["errors"]["model"][0]["message"]
+    response = alice_client.post(reverse("chat:create"), {"model": "llama3.2", "system_prompt": "kept"})
+    assert response.status_code == 400  # without JavaScript: the page, the error, the text kept
+    body = response.content.decode()
+    assert "“llama3.2” is not a model this site offers" in body
+    assert re.search(r">\s*kept</textarea>", body)
+    assert not Conversation.objects.filter(user=alice).exists()
 
 
 def test_it_goes_back_to_the_default_model(alice_client, alice, llama):
@@ -594,9 +643,13 @@ def test_it_renders_hostile_replies_inert_in_the_page(alice_client, alice):
     reply(chat, HOSTILE)
     Message.objects.create(conversation=chat, role="user", content=HOSTILE)
     body = alice_client.get(reverse("chat:conversation", args=[chat.pk])).content.decode()
-    # The page's own scripts are the module and the JSON config; nothing else.
+    # The page's own scripts are the module, the JSON config and the pre-paint preferences
+    # (a static file: static/chat/prefs.js); nothing else.
     scripts = re.findall(r"<script[^>]*>", body)
-    assert all('type="module"' in s or 'type="application/json"' in s for s in scripts)
+    assert all(
+        'type="module"' in s or 'type="application/json"' in s or s == '<script src="/static/chat/prefs.js">'
+        for s in scripts
+    )
     main = body.split('<div class="messages"', 1)[1].split('<div class="empty-state"', 1)[0]
     assert_inert(main)
     assert "&lt;script&gt;alert(&#x27;s&#x27;)" in main or "&lt;script&gt;alert('s')" in main

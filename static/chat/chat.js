@@ -6,11 +6,13 @@
 //   stream.js     the reply being written: buttons, drawing deltas, finishing, rolling back
 //   reconcile.js  catching up after a reconnect
 //   composer.js   send, edit, regenerate, copy
+//   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
 import { showBudget } from "./budget.js";
 import { autosize, cancelEdit, copyCode, copyReply, regenerate, send, startEdit } from "./composer.js";
 import { openSocket } from "./connection.js";
+import { watchHeader } from "./header.js";
 import * as M from "./messages.js";
 import { $, focusComposer, toBottom, ui, watchScrolling, watchSidebarAndDialogs } from "./page.js";
 import { watchSidebar } from "./sidebar.js";
@@ -54,6 +56,7 @@ M.addCodeCopy($("messages"));
 watchScrolling();
 watchSidebarAndDialogs();
 watchSidebar();
+watchHeader();
 
 // ---------------------------------------------------------------- start
 

@@ -2,6 +2,7 @@
 // `start` that answers it is recognised), and copying what was written.
 import { openSocket } from "./connection.js";
 import { FRAME_ERRORS } from "./frames.js";
+import { errorText, newChatChoice } from "./header.js";
 import * as M from "./messages.js";
 import { focusComposer, showEmptyState, showNewConversation, toast, toastOk, toBottom, ui } from "./page.js";
 import { config, requestId, state } from "./state.js";
@@ -17,15 +18,23 @@ function csrfToken() {
   return document.querySelector("#composer [name=csrfmiddlewaretoken]").value;
 }
 
+/** The chat, created with the model and system prompt picked in the header (issue #14). */
 async function createConversation(firstMessage) {
   const body = new FormData();
   body.append("title", firstMessage.split("\n").find((line) => line.trim()) || "");
+  for (const [name, value] of Object.entries(newChatChoice())) body.append(name, value);
   const response = await fetch(config.create_url, {
     method: "POST",
     body,
     headers: { Accept: "application/json", "X-CSRFToken": csrfToken() },
     credentials: "same-origin",
   });
+  if (response.status === 400) {
+    // A model the site stopped offering since the page was loaded, say: its words, nothing created.
+    const error = new Error("refused");
+    error.userMessage = `The chat was not started: ${errorText((await response.json()).errors)}`;
+    throw error;
+  }
   if (!response.ok) throw new Error(`HTTP ${response.status}`);
   const created = await response.json();
   showNewConversation(created);
@@ -75,9 +84,9 @@ export async function send() {
   if (!state.conversation) {
     try {
       state.conversation = await createConversation(content);
-    } catch {
+    } catch (error) {
       rollback();
-      toast("Could not start a new chat. Check your connection and try again.");
+      toast(error.userMessage || "Could not start a new chat. Check your connection and try again.");
       return;
     }
     openSocket();
