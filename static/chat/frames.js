@@ -5,7 +5,7 @@ import { afterGrowth, focusComposer, moveSidebarItemToTop, showEmptyState, toast
 import { reconcile } from "./reconcile.js";
 import { config, state } from "./state.js";
 import { beginStreaming, endStreaming, finishReply, flush, rollback, scheduleFlush, stop } from "./stream.js";
-import { showTitle } from "./titles.js";
+import { showTitle } from "./sidebar.js";
 
 export const FRAME_ERRORS = {
   busy: "A reply is already being written in this chat. Stop it or wait for it to finish.",

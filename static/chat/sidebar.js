@@ -106,9 +106,12 @@ export function moveSidebarItemToTop() {
 }
 
 /** A chat's new title (renamed here, or titled by the server): shown in the list. */
+/** A chat's new title (renamed here, or titled by the model: a `title` frame), shown in the
+ * list and, for the open chat, in the header, the window title and its dialogs. */
 export function showTitle(id, title) {
   const li = findItem(id);
   if (li) setTitle(li, title);
+  if (String(id) === String(openId())) showOpenTitle(title);
 }
 
 /** A chat created from this page: listed first, and current. */
@@ -294,7 +297,7 @@ function showOpenTitle(title) {
   const heading = $("title");
   if (heading) heading.textContent = shown;
   const input = $("rename-title");
-  if (input) input.value = title;
+  if (input && !input.closest("dialog")?.open) input.value = title; // not under the user's typing
   const name = $("delete-name");
   if (name) name.textContent = shown;
 }
@@ -306,7 +309,6 @@ $("conv-rename-form").addEventListener("submit", async (event) => {
   try {
     const data = await post(li.dataset.renameUrl, event.target);
     showTitle(data.id, data.title);
-    if (String(data.id) === String(openId())) showOpenTitle(data.title);
     renameDialog.close();
   } catch (error) {
     showError(renameDialog, `Not renamed: ${error.message}`); // the typed title stays in the box
