@@ -5,6 +5,7 @@ import { afterGrowth, focusComposer, moveSidebarItemToTop, showEmptyState, toast
 import { reconcile } from "./reconcile.js";
 import { config, state } from "./state.js";
 import { beginStreaming, endStreaming, finishReply, flush, rollback, scheduleFlush, stop } from "./stream.js";
+import { showBranch } from "./versions.js";
 
 export const FRAME_ERRORS = {
   busy: "A reply is already being written in this chat. Stop it or wait for it to finish.",
@@ -13,6 +14,7 @@ export const FRAME_ERRORS = {
   empty_content: "Type a message first.",
   nothing_to_regenerate: "There is no message to reply to yet.",
   not_streaming: "Nothing is being written right now.",
+  unknown_message: "That message is not in this chat as shown any more (changed in another tab?). Reload the page.",
   budget_exceeded: "You have used your token budget for now.",
   send_rate_exceeded: "You're sending messages faster than your plan allows. Wait a moment and try again.",
 };
@@ -46,6 +48,7 @@ const handlers = {
     }
     if (f.replaces) M.findMessage(f.replaces)?.remove();
     showEmptyState(false);
+    if (f.replaces || f.replaces_user) reconcile(); // the new version's `‹ 2/2 ›` switchers
     beginStreaming(replyEl, f.message_id);
     M.trimmedNote(replyEl, f.trimmed);
     showBudget(f.budget);
@@ -122,6 +125,10 @@ const handlers = {
     finishReply(el, f.message_id, f.status);
     spendBudget((f.prompt_tokens || 0) + (f.completion_tokens || 0));
     focusComposer();
+  },
+
+  branch(f) {
+    showBranch(f);
   },
 
   pong() {},
