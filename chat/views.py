@@ -213,7 +213,7 @@ def message_payload(message: Message, found: versions.Versions | None = None) ->
 @require_GET
 def message_detail(request: HttpRequest, conversation_id: int, message_id: int) -> JsonResponse:
     message = get_object_or_404(_owned(request, conversation_id).messages, pk=message_id)
-    return JsonResponse(message_payload(message))
+    return JsonResponse(message_payload(message, versions.of(conversation_id, [message.pk]).get(message.pk)))
 
 
 @login_required

@@ -268,3 +268,18 @@ async def test_another_users_message_cannot_be_switched_to_or_edited(use_upstrea
     await intruder.disconnect()
     assert await Message.objects.filter(conversation=bobs).acount() == 0
     assert not (await Message.objects.aget(pk=alices)).superseded
+
+
+# -- the page's list --------------------------------------------------------------------------------------
+@pytest.mark.django_db
+def test_the_message_list_says_where_each_message_stands_among_its_versions(client, conversation, alice):
+    (turn,) = talk(conversation, "Q")
+    answer(replies.begin_regenerate(conversation), "A again")
+    client.force_login(alice)
+    listed = client.get(f"/c/{conversation.id}/messages/").json()["messages"]
+    assert [(m["content"], m["versions"]) for m in listed] == [
+        ("Q", None),
+        ("A again", {"index": 2, "count": 2, "previous": turn.reply_id, "next": None}),
+    ]
+    page = client.get(f"/c/{conversation.id}/").content.decode()
+    assert 'data-testid="version-label">2/2<' in page
