@@ -130,6 +130,7 @@ def test_any_user_message_is_edited_in_place_with_a_quiet_hint(open_page, llm):
     ]
     edited = page.locator(USER_MESSAGES).nth(1)
     expect(label_of(edited)).to_have_text("2/2")
+    shot(page, "versions-after-an-edit")
 
     edited.get_by_role("button", name="Previous version").click()
     expect(page.locator(USER_TEXTS)).to_have_text(["Q1", "Q2", "Q3"])  # the old branch, all of it
@@ -170,3 +171,13 @@ def test_another_tab_follows_the_version_chosen(open_page, llm):
     expect(body(last_reply(page))).to_have_text("Seven.")
     expect(body(last_reply(other))).to_have_text("Seven.")
     expect(label_of(last_reply(other))).to_have_text("1/2")
+
+    # An edit being typed in one tab is kept when another tab switches versions.
+    question = other.locator(USER_MESSAGES).first
+    question.get_by_test_id("edit").click()
+    question.get_by_test_id("edit-input").fill("Pick a prime, half-typed")
+    last_reply(page).get_by_role("button", name="Next version").click()
+    expect(body(last_reply(other))).to_have_text("Three.")
+    expect(other.locator(USER_MESSAGES).first.get_by_test_id("edit-input")).to_have_value(
+        "Pick a prime, half-typed"
+    )

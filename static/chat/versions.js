@@ -2,7 +2,7 @@
 // (a `switch` frame); the server makes that branch the conversation's current one and tells
 // every tab (`branch`), and each tab draws the list the server now has, so tabs stay in step
 // and a reload shows the same branch.
-import { cancelEdit } from "./editor.js";
+import { cancelEdit, startEdit } from "./editor.js";
 import * as M from "./messages.js";
 import { afterGrowth, showEmptyState, toast } from "./page.js";
 import { requestId, state } from "./state.js";
@@ -41,10 +41,19 @@ export async function showBranch(f) {
     return;
   }
   if (ask !== drawn) return;
+  // An edit being typed here survives another tab's switch when its message is still shown.
+  const draft = state.editing && {
+    id: state.editing.el.dataset.messageId,
+    text: state.editing.form.querySelector("textarea").value,
+  };
   cancelEdit();
   const list = document.getElementById("messages");
   list.replaceChildren();
   for (const m of messages) {
+    if (state.streaming && state.streaming.id === m.id) {
+      list.append(state.streaming.el); // begun since the switch: keep drawing into the same element
+      continue;
+    }
     const el = m.role === "assistant" ? M.streamingReply(m.id) : M.userMessage(m.content, m.id);
     if (m.role === "assistant") {
       if (m.status === "streaming") M.setStreamingText(el, m.content, m.reasoning);
@@ -52,6 +61,9 @@ export async function showBranch(f) {
     }
     M.setVersions(el, m.versions);
   }
+  const pending = state.pending; // sent from here since; its `start` is still to come
+  if (pending?.userEl) list.append(pending.userEl);
+  if (pending?.replyEl) list.append(pending.replyEl);
   M.addCodeCopy(list);
   M.placeRegenerate(Boolean(state.streaming));
   M.placeEdit(Boolean(state.streaming));
@@ -66,4 +78,6 @@ export async function showBranch(f) {
     chosen.scrollIntoView({ block: "nearest" });
   } else afterGrowth();
   if (ours) state.switching = null;
+  const edited = draft && M.findMessage(draft.id);
+  if (edited) startEdit(edited, draft.text);
 }
