@@ -254,6 +254,15 @@ def _check_reply_cap(user_id: int) -> None:
         raise TooManyReplies
 
 
+def lock_conversation(conversation_id: int) -> None:
+    """Where transactions do not take the write lock at their start (PostgreSQL), lock the
+    conversation's row, so a regeneration and a version switch (chat.versions) in two
+    processes do not each read the branch the other is changing."""
+    if connection.vendor == "sqlite" or not connection.features.has_select_for_update:
+        return
+    list(Conversation.objects.filter(pk=conversation_id).select_for_update().values_list("pk", flat=True))
+
+
 def _lock_users(user_ids) -> None:
     """Where transactions do not take the write lock at their start (PostgreSQL), lock the
     users' rows, in id order so two batches cannot deadlock: two workers' sends of one user
@@ -320,6 +329,11 @@ def begin_turn(
     now = timezone.now()
 
     def write():
+        # First, so that on PostgreSQL this turn holds the conversation's row lock before it
+        # reads the branch: a version switch (chat.versions.switch) waits for it, or it for one.
+        with connection.cursor() as cursor:
+            updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
+            cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
         replaced = None
         if edit:
             current = Message.objects.current().filter(conversation_id=conversation.id)
@@ -351,9 +365,6 @@ def begin_turn(
         (user_id,) = _insert(Message, [user])
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
         (reply_id,) = _insert(Message, [reply])
-        with connection.cursor() as cursor:
-            updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
-            cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
         return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
 
     prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation, live_ids, write)
@@ -390,6 +401,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
     _, system_count = _counts(target, counted, None, system_prompt(conversation))
 
     def write():
+        lock_conversation(conversation.id)
         last_user = (
             Message.objects.current()
             .filter(conversation_id=conversation.id, role=Message.Role.USER)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from chat.models import Message
-from chat.replies import Busy, recover_stale
+from chat.replies import Busy, lock_conversation, recover_stale
 
 
 class NotAVersion(Exception):
@@ -118,6 +118,7 @@ def switch(conversation_id: int, message_id: int, live_ids=()) -> list[int]:
     shown when it began); NotAVersion for a message not in the conversation's tree.
     Returns the new branch's ids, oldest first."""
     with transaction.atomic():
+        lock_conversation(conversation_id)  # a turn begun meanwhile waits, or this waits for it
         streaming = Message.objects.filter(conversation_id=conversation_id, status=Message.Status.STREAMING)
         if streaming.exists():
             recover_stale(conversation_id, live_ids)  # one left by a dead process does not count
