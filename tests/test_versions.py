@@ -2,12 +2,14 @@
 branches, and what the model is sent afterwards (chat.versions, chat.replies)."""
 
 import importlib
+import json
 
 import pytest
 from django.contrib.auth.models import User
 
 from chat import replies, versions
 from chat.models import Conversation, Message
+from chat.protocol import BadFrame, parse
 from tests.chat_sockets import frames_until, open_socket, receive_frame, text_of
 from tests.upstream_server import Reply, chat_chunks, held_reply, sse
 
@@ -193,6 +195,22 @@ def test_the_migration_links_existing_messages(conversation):
     assert found == {ids["A1"]: versions.Versions(2, 2, ids["A1 old"], None)}  # Q2: no switcher
     with pytest.raises(versions.NotAVersion):
         versions.switch(conversation.id, ids["Q2 old"])
+
+
+# -- the frames -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("message_id", [None, 0, -3, "12", 1.5, True, 2**63])
+def test_a_switch_needs_a_message_id_and_an_edit_a_good_one_if_any(settings, message_id):
+    fields = {} if message_id is None else {"message_id": message_id}
+    with pytest.raises(BadFrame) as refused:
+        parse(json.dumps({"type": "switch", **fields}), None)
+    assert refused.value.code == "bad_field"
+    edit = {"type": "edit", "content": "Hi", **fields}
+    if message_id is None:  # the last user message, as before versions
+        assert parse(json.dumps(edit), None).message_id is None
+    else:
+        with pytest.raises(BadFrame):
+            parse(json.dumps(edit), None)
+    assert parse(json.dumps({"type": "switch", "message_id": 7, "id": "r"}), None).message_id == 7
 
 
 # -- over the socket ------------------------------------------------------------------------------------
