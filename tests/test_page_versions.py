@@ -4,6 +4,8 @@ with a quiet hint (fixtures and helpers: tests/browser.py)."""
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 import pytest
 
 from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
@@ -81,6 +83,12 @@ def test_regenerated_replies_keep_their_versions_across_reloads_and_the_next_sen
     page.reload()
     expect(label_of(last_reply(page))).to_have_text("1/3")
     expect(body(last_reply(page))).to_have_text("Red.")
+    phone = open_page("alice", urlparse(page.url).path, viewport={"width": 390, "height": 844})
+    following = last_reply(phone).get_by_test_id("version-next")  # it fits, and a finger can hit it
+    expect(following).to_be_in_viewport()
+    box = following.bounding_box()
+    assert box["x"] + box["width"] <= 390 and box["width"] >= 24 and box["height"] >= 24
+    shot(phone, "versions-phone")
 
     converse(page, llm, ("Why that one?", "Because."))
     assert llm.requests[-1]["json"]["messages"] == [
