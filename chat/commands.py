@@ -1,4 +1,4 @@
-"""What a socket's commands do: send, edit, regenerate, stop (docs/protocol.md).
+"""What a socket's commands do: send, edit, regenerate, switch, stop (docs/protocol.md).
 
 Each begins by counting the new text's tokens, then the process's turn writer
 (chat.writers.TurnWriter) saves the turn and starts its reply (chat.worker.Worker.start).
@@ -8,16 +8,20 @@ A refusal becomes an `error` frame on the socket that asked; the socket stays op
 import functools
 import logging
 
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import cluster, remote, replies, tokens, worker
+from chat import cluster, remote, replies, tokens, versions, worker
 from chat.budgets import BudgetExceeded
+from chat.frames import branch_frame
 from chat.models import Conversation
 
 log = logging.getLogger(__name__)
 
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
+SWITCH_BUSY = "A reply is still being written. Stop it or wait for it to finish, then switch versions."
 DELETED = "This conversation was deleted (in another tab?). Nothing was saved."
 DATABASE_ERROR = (
     "The server could not save your message just now (its database is busy). Nothing was saved; try again."
@@ -32,8 +36,44 @@ async def regenerate(socket, conversation, request_id: str | None = None) -> Non
     await _begin(socket, conversation, replies.begin_regenerate, (), request_id)
 
 
-async def edit(socket, conversation, content: str, request_id: str | None = None) -> None:
-    await _begin(socket, conversation, replies.begin_edit, (content,), request_id)
+async def edit(
+    socket, conversation, content: str, request_id: str | None = None, message_id: int | None = None
+) -> None:
+    begin = functools.partial(replies.begin_edit, message_id=message_id)
+    await _begin(socket, conversation, begin, (content,), request_id)
+
+
+async def switch(socket, conversation, message_id: int, request_id: str | None = None) -> None:
+    """Show another version of a message (chat.versions); every tab on the conversation is
+    told, so they all show the same branch."""
+    here = worker.current()
+    if here.busy(conversation.id):
+        await socket.send_error("busy", SWITCH_BUSY)
+        return
+    try:
+        await database_sync_to_async(versions.switch)(conversation.id, message_id, here.live_ids())
+    except replies.Busy:
+        await socket.send_error("busy", SWITCH_BUSY)
+        return
+    except versions.NotAVersion:
+        await socket.send_error("unknown_message", "That version is not in this conversation.")
+        return
+    except DatabaseError:
+        log.exception("Could not switch versions in conversation %s", conversation.id)
+        await socket.send_error("database_error", DATABASE_ERROR)
+        return
+    await _tell_every_tab(conversation.id, branch_frame(message_id, request_id))
+
+
+async def _tell_every_tab(conversation_id: int, text: str) -> None:
+    """A frame to every socket on the conversation, in this process or (Redis) any other:
+    the conversation's group reaches this process's sockets too, so it is one or the other."""
+    if cluster.single_process():
+        await worker.current().watchers.send(conversation_id, text)
+    else:
+        await get_channel_layer().group_send(
+            cluster.conversation_group(conversation_id), {"type": "chat.branch", "frame": text}
+        )
 
 
 async def stop(socket, conversation_id: int) -> None:
@@ -86,6 +126,11 @@ async def _begin(socket, conversation, begin, args: tuple, request_id: str | Non
         )
     except replies.NothingToRegenerate:
         await socket.send_error("nothing_to_regenerate", "There is no message to answer again or edit yet.")
+    except replies.NotEditable:
+        await socket.send_error(
+            "unknown_message",
+            "That message is not one of yours in the conversation as shown; nothing was sent.",
+        )
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
     except Conversation.DoesNotExist:  # replies._fresh: deleted in another tab since this socket opened

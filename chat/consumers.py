@@ -90,7 +90,11 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
         if command.type == "send":
             await commands.send(self, self.conversation, command.content, command.request_id)
         elif command.type == "edit":
-            await commands.edit(self, self.conversation, command.content, command.request_id)
+            await commands.edit(
+                self, self.conversation, command.content, command.request_id, command.message_id
+            )
+        elif command.type == "switch":
+            await commands.switch(self, self.conversation, command.message_id, command.request_id)
         elif command.type == "regenerate":
             await commands.regenerate(self, self.conversation, command.request_id)
         elif command.type == "stop":
@@ -141,6 +145,10 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
         if event.get("final") and self.remote_watchdog is not None:
             self.remote_watchdog.cancel()
             self.remote_watchdog = None
+
+    async def chat_branch(self, event) -> None:
+        """Another version was chosen, in a tab on any process (chat.commands.switch)."""
+        await self.send_frame(event["frame"])
 
     def watch_remote_reply(self, reply_id: int) -> None:
         if self.remote_watchdog is not None:

@@ -58,6 +58,13 @@ def start_frame(turn, request_id: str | None) -> str:
     )
 
 
+def branch_frame(message_id: int, request_id: str | None) -> str:
+    """The conversation now shows the branch through version `message_id` (chat.versions):
+    sent to every tab on it, which then reload the message list. `request_id` is the id the
+    tab that asked sent with its `switch`."""
+    return frame(type="branch", message_id=message_id, request_id=request_id)
+
+
 def render_frame(message_id: int, start: int, chars: int, html: str) -> str:
     """Sanitised HTML of the reply's text from UTF-16 offset `start` up to `chars`."""
     return frame(type="render", message_id=message_id, chars=chars, html=html, **{"from": start})

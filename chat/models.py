@@ -108,7 +108,7 @@ class Conversation(models.Model):
 
 class MessageQuerySet(models.QuerySet):
     def current(self):
-        """The conversation as it stands: earlier versions of regenerated replies left out."""
+        """The conversation as it stands: its current branch, other versions left out."""
         return self.filter(superseded=False)
 
 
@@ -126,6 +126,13 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # The message before this one on its branch (issue #14): messages form a tree, and the
+    # children of one parent are versions of each other (an edited message and the one it
+    # replaced; a reply and its regenerations). Null for a conversation's first messages,
+    # and for earlier versions saved before the tree existed whose place is not known.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", editable=False
+    )
     role = models.CharField(max_length=16, choices=Role.choices)
     content = models.TextField(blank=True)
     # Tokens of this message's content alone (tiktoken). Null: the vocabulary could
@@ -134,15 +141,20 @@ class Message(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     # A running total, so a prompt's count is not a sum over the whole history each turn:
     # the tokens (framing included) and the number of the conversation's messages before
-    # this one, as they stood when it was written. Messages are only ever added at the end
-    # (edits and regenerations supersede the tail), so these stay true; null on rows from
-    # before they existed, and a count is then summed (chat.replies._tally).
+    # this one, as they stood when it was written. They count the message's ancestors
+    # (the branch above it), which never change, so these stay true whichever branch is
+    # shown; null on rows from before they existed, and a count is then summed
+    # (chat.replies._tally).
     tokens_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
     messages_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     # Assistant replies only.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)
-    superseded = models.BooleanField(default=False, help_text="An earlier version of a regenerated reply.")
+    superseded = models.BooleanField(
+        default=False,
+        help_text="Not on the conversation's current branch: another version of it (or of a message "
+        "before it) is shown.",
+    )
     model = models.CharField(max_length=200, blank=True)
     finish_reason = models.CharField(max_length=32, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

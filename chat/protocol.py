@@ -12,8 +12,8 @@ from django.conf import settings
 
 from chat.text import storable
 
-COMMANDS = {"send", "edit", "stop", "regenerate", "ping"}
-STARTS_A_REPLY = {"send", "edit", "regenerate"}  # these may carry a request "id"
+COMMANDS = {"send", "edit", "stop", "regenerate", "switch", "ping"}
+TAKES_AN_ID = {"send", "edit", "regenerate", "switch"}  # these may carry a request "id"
 MAX_REQUEST_ID_CHARS = 64
 
 
@@ -28,6 +28,7 @@ class Command:
     type: str
     content: str = ""
     request_id: str | None = None  # echoed in the `start` frame of the reply it began
+    message_id: int | None = None  # the message an `edit` changes; the version a `switch` shows
 
 
 def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
@@ -52,9 +53,12 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of {sorted(COMMANDS)}."
         )
-    request_id = _request_id(obj) if kind in STARTS_A_REPLY else None
+    request_id = _request_id(obj) if kind in TAKES_AN_ID else None
+    if kind == "switch":
+        return Command(kind, request_id=request_id, message_id=_message_id(obj, required=True))
     if kind not in ("send", "edit"):
         return Command(kind, request_id=request_id)
+    message_id = _message_id(obj, required=False) if kind == "edit" else None
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
@@ -67,7 +71,17 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
         raise BadFrame(
             "content_too_long", f"The message is {len(content):,} characters; the limit is {maximum:,}."
         )
-    return Command(kind, content, request_id)
+    return Command(kind, content, request_id, message_id)
+
+
+def _message_id(obj: dict, required: bool) -> int | None:
+    value = obj.get("message_id")
+    if value is None and not required:
+        return None
+    # bool is an int in Python, not a message id.
+    if type(value) is not int or not 0 < value < 2**63:
+        raise BadFrame("bad_field", '"message_id" must be a message\'s id (a positive integer).')
+    return value
 
 
 def _request_id(obj: dict) -> str | None:

@@ -1,8 +1,8 @@
 """The database side of a reply: begin, checkpoint, finish, recover.
 
 Plain synchronous functions, called from the async generation code through
-`database_sync_to_async`. A reply costs three writes (one statement inserting
-the user message and the reply placeholder together, one bumping the
+`database_sync_to_async`. A reply costs four writes (the user message, the reply
+placeholder that points to it (Message.parent, chat.versions), one bumping the
 conversation, one finishing), plus one batched checkpoint a second while it
 streams.
 """
@@ -30,6 +30,10 @@ class Busy(Exception):
 
 class NothingToRegenerate(Exception):
     """The conversation has no user message to answer again."""
+
+
+class NotEditable(Exception):
+    """The message to edit is not one of the user's messages on the branch shown."""
 
 
 class TooManyReplies(Exception):
@@ -202,6 +206,16 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[Row]:
         return cursor.fetchall()
 
 
+def _last_current(conversation_id: int, below: int | None = None) -> int | None:
+    """The id of the last message on the conversation's current branch (before id `below`):
+    the parent of a message added there."""
+    sql, params = _sql("last_current"), [conversation_id, False, below if below is not None else 2**63 - 1]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        row = cursor.fetchone()
+    return row[0] if row else None
+
+
 def _claim(conversation: Conversation, live_ids, write):
     """Run `write` (which creates a streaming reply) in a transaction; Busy if one streams,
     TooManyReplies if the user has CHAT_MAX_REPLIES_PER_USER streaming already.
@@ -240,6 +254,15 @@ def _check_reply_cap(user_id: int) -> None:
         raise TooManyReplies
 
 
+def lock_conversation(conversation_id: int) -> None:
+    """Where transactions do not take the write lock at their start (PostgreSQL), lock the
+    conversation's row, so a regeneration and a version switch (chat.versions) in two
+    processes do not each read the branch the other is changing."""
+    if connection.vendor == "sqlite" or not connection.features.has_select_for_update:
+        return
+    list(Conversation.objects.filter(pk=conversation_id).select_for_update().values_list("pk", flat=True))
+
+
 def _lock_users(user_ids) -> None:
     """Where transactions do not take the write lock at their start (PostgreSQL), lock the
     users' rows, in id order so two batches cannot deadlock: two workers' sends of one user
@@ -264,11 +287,13 @@ def _fresh(conversation: Conversation) -> Conversation:
 
 
 def _placeholder(
-    conversation: Conversation, target: Target, prompt_tokens: int | None, now, total: dict
+    conversation: Conversation, target: Target, prompt_tokens: int | None, now, total: dict, parent: int
 ) -> dict:
-    """The streaming reply's row, for _insert; `total` is its running total (_total)."""
+    """The streaming reply's row, for _insert; `total` is its running total (_total), `parent`
+    the user message it answers."""
     return {
         **total,
+        "parent_id": parent,
         "conversation_id": conversation.id,
         "role": Message.Role.ASSISTANT,
         "status": Message.Status.STREAMING,
@@ -285,14 +310,17 @@ def begin_turn(
     live_ids=(),
     *,
     edit: bool = False,
+    edit_id: int | None = None,
     counted: Counted | None = None,
 ) -> Turn:
     """Save the user's message and a streaming reply placeholder, atomically.
 
-    With `edit`, the last user message and the replies after it first become earlier
-    versions (kept, never deleted). Raises Busy if a reply streams, TooManyReplies if the
+    With `edit`, user message `edit_id` (or the last one) and everything after it on the
+    current branch first become another version (kept, never deleted): the new message is
+    a sibling of it (chat.versions). Raises Busy if a reply streams, TooManyReplies if the
     user has too many streaming, BudgetExceeded if the user may not send now, Uncounted
-    if `counted` lacks a count; in each case nothing is written and no model is called.
+    if `counted` lacks a count, NotEditable if `edit_id` is not a user message on the
+    current branch; in each case nothing is written and no model is called.
     """
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
@@ -301,17 +329,29 @@ def begin_turn(
     now = timezone.now()
 
     def write():
+        # First, so that on PostgreSQL this turn holds the conversation's row lock before it
+        # reads the branch: a version switch (chat.versions.switch) waits for it, or it for one.
+        with connection.cursor() as cursor:
+            updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
+            cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
         replaced = None
         if edit:
             current = Message.objects.current().filter(conversation_id=conversation.id)
-            last_user = current.filter(role=Message.Role.USER).order_by("-id").first()
-            if last_user is None:
-                raise NothingToRegenerate
-            current.filter(id__gte=last_user.id).update(superseded=True)
-            replaced = last_user.id
+            users = current.filter(role=Message.Role.USER)
+            edited = users.filter(pk=edit_id) if edit_id is not None else users.order_by("-id")
+            replaced = edited.values_list("id", flat=True).first()
+            if replaced is None:
+                raise NotEditable if edit_id is not None else NothingToRegenerate
+            # The current branch is in id order (a child is written after its parent), so
+            # the edited message's parent is the last current message before it.
+            parent = _last_current(conversation.id, replaced)
+            current.filter(id__gte=replaced).update(superseded=True)
+        else:
+            parent = _last_current(conversation.id)
         history = _history(conversation.id)
         user = {
             **_append(history, Message.Role.USER, content, content_tokens, target),
+            "parent_id": parent,
             "conversation_id": conversation.id,
             "role": Message.Role.USER,
             "content": content,
@@ -322,11 +362,9 @@ def begin_turn(
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count
         )
-        reply = _placeholder(conversation, target, prompt_tokens, now, reply_total)
-        user_id, reply_id = _insert(Message, [user, reply])
-        with connection.cursor() as cursor:
-            updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
-            cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
+        (user_id,) = _insert(Message, [user])
+        reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
+        (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
 
     prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation, live_ids, write)
@@ -344,10 +382,15 @@ def begin_turn(
 
 
 def begin_edit(
-    conversation: Conversation, content: str, live_ids=(), *, counted: Counted | None = None
+    conversation: Conversation,
+    content: str,
+    live_ids=(),
+    *,
+    message_id: int | None = None,
+    counted: Counted | None = None,
 ) -> Turn:
-    """The last user message, edited and sent again (see begin_turn)."""
-    return begin_turn(conversation, content, live_ids, edit=True, counted=counted)
+    """User message `message_id` (default: the last), edited and sent again (see begin_turn)."""
+    return begin_turn(conversation, content, live_ids, edit=True, edit_id=message_id, counted=counted)
 
 
 def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counted | None = None) -> Turn:
@@ -358,6 +401,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
     _, system_count = _counts(target, counted, None, system_prompt(conversation))
 
     def write():
+        lock_conversation(conversation.id)
         last_user = (
             Message.objects.current()
             .filter(conversation_id=conversation.id, role=Message.Role.USER)
@@ -377,7 +421,9 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count
         )
-        reply = _placeholder(conversation, target, prompt_tokens, timezone.now(), reply_total)
+        reply = _placeholder(
+            conversation, target, prompt_tokens, timezone.now(), reply_total, parent=last_user.id
+        )
         (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, previous, reply_id
 
@@ -625,6 +671,10 @@ def _statements(vendor: str) -> dict[str, str]:
             f"{message}.{m('conversation')}) = %s"
         ),
         "history_up_to": f"{history} AND {m('id')} <= %s ORDER BY {m('id')}",
+        "last_current": (
+            f"SELECT {m('id')} FROM {message} WHERE {m('conversation')} = %s AND {m('superseded')} = %s "
+            f"AND {m('id')} < %s ORDER BY {m('id')} DESC LIMIT 1"
+        ),
         "touch_conversation": (
             f"UPDATE {conversation} SET {c('updated_at')} = %s, "
             f"{c('title')} = CASE WHEN {c('title')} = '' THEN %s ELSE {c('title')} END WHERE {c('id')} = %s"

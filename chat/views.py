@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports, providers, replies, sidebar, tokens, worker
+from chat import budgets, exports, providers, replies, sidebar, tokens, versions, worker
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
 from chat.rendering import format_stats, quiet_stats, render_markdown, stats_help
@@ -65,6 +65,10 @@ def _page(
     if conversation is not None:  # a reply left "streaming" by a dead server shows as interrupted
         replies.recover_stale(conversation.pk, worker.live_ids())
     messages = list(conversation.messages.current()) if conversation else []
+    if conversation is not None:
+        found = versions.of(conversation.pk, [m.pk for m in messages])
+        for message in messages:
+            message.versions = found.get(message.pk)
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
     budget = budgets.remaining(request.user.pk)
     if settings_form is None:
@@ -205,8 +209,9 @@ def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return response
 
 
-def message_payload(message: Message) -> dict:
-    """One message as the page needs it; ``html`` is sanitised (user text is shown verbatim)."""
+def message_payload(message: Message, found: versions.Versions | None = None) -> dict:
+    """One message as the page needs it; ``html`` is sanitised (user text is shown verbatim).
+    ``versions``: where it stands among its versions (chat.versions), null with only one."""
     is_reply = message.role == Message.Role.ASSISTANT
     return {
         "id": message.pk,
@@ -228,6 +233,7 @@ def message_payload(message: Message) -> dict:
         "stats_help": stats_help(message) if is_reply else "",
         "stats_quiet": quiet_stats(message) if is_reply else "",
         "usage": message.usage,
+        "versions": found.as_dict() if found else None,
     }
 
 
@@ -235,12 +241,14 @@ def message_payload(message: Message) -> dict:
 @require_GET
 def message_detail(request: HttpRequest, conversation_id: int, message_id: int) -> JsonResponse:
     message = get_object_or_404(_owned(request, conversation_id).messages, pk=message_id)
-    return JsonResponse(message_payload(message))
+    return JsonResponse(message_payload(message, versions.of(conversation_id, [message.pk]).get(message.pk)))
 
 
 @login_required
 @require_GET
 def message_list(request: HttpRequest, conversation_id: int) -> JsonResponse:
-    """The conversation as it stands, for a page that was offline and must catch up."""
-    messages = _owned(request, conversation_id).messages.current()
-    return JsonResponse({"messages": [message_payload(m) for m in messages]})
+    """The conversation as it stands (the branch shown), for a page that was offline and must
+    catch up, or that was told another version was chosen."""
+    messages = list(_owned(request, conversation_id).messages.current())
+    found = versions.of(conversation_id, [m.pk for m in messages])
+    return JsonResponse({"messages": [message_payload(m, found.get(m.pk)) for m in messages]})

@@ -615,11 +615,13 @@ def test_the_last_message_can_be_edited_and_sent_again(open_page, llm):
     edit = page.locator(USER_TEXTS).last.locator("..").get_by_test_id("edit")
     expect(edit).to_be_visible()
     edit.click()
-    composer = page.get_by_test_id("composer")
-    expect(composer).to_have_value("Tell me about cats")
-    composer.fill("Tell me about dogs")
+    # In place (issue #14): the message itself becomes the editor; the composer stays empty.
+    editor = page.locator(USER_MESSAGES).last.get_by_test_id("edit-input")
+    expect(editor).to_have_value("Tell me about cats")
+    expect(page.get_by_test_id("composer")).to_have_value("")
+    editor.fill("Tell me about dogs")
     llm.queue(reply(["Dogs", " bark."]))
-    composer.press("Enter")
+    editor.press("Enter")
     expect(body(last_reply(page))).to_have_text("Dogs bark.")
     wait_finished(page)
     expect(page.locator(USER_TEXTS)).to_have_text(["Tell me about dogs"])  # the old one is a version now

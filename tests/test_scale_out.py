@@ -342,3 +342,33 @@ async def test_signing_out_on_one_process_closes_the_sessions_socket_on_the_othe
         assert closed.value.rcvd.code == SIGNED_OUT
         await kept.send({"type": "ping"})
         assert await kept.recv(timeout=5) == {"type": "pong"}
+
+
+async def test_a_version_chosen_on_one_process_is_shown_once_on_both_and_the_next_send_follows_it(
+    site, upstream, servers, conversation_id, cookie
+):
+    """Issue #14: a `switch` reaches every tab on the conversation, on any process, once."""
+    a, b = servers
+    upstream.queue(*(Reply(body=sse(*chat_chunks([text]))) for text in ("First.", "Second.", "Sure.")))
+    async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+        await on_a.send({"type": "send", "content": "Q"})
+        first = (await on_a.frames_until("done"))[-1]["message_id"]
+        await on_b.frames_until("done")
+        await on_b.send({"type": "regenerate"})
+        for ws in (on_a, on_b):
+            assert (await ws.frames_until("done"))[-1]["status"] == "finished"
+        await on_b.send({"type": "switch", "message_id": first, "id": "back"})
+        for ws in (on_a, on_b):
+            branch = (await ws.frames_until("branch"))[-1]
+            assert branch == {"type": "branch", "message_id": first, "request_id": "back"}
+        await on_a.send({"type": "send", "content": "Really?"})
+        for ws in (on_a, on_b):
+            await ws.frames_until("done")
+            assert [f["type"] for f in ws.frames].count("branch") == 1
+    assert upstream.requests[-1]["json"]["messages"] == [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "First."},
+        {"role": "user", "content": "Really?"},
+    ]
+    shown = [(m["content"], m["superseded"]) for m in site.messages(conversation_id)]
+    assert shown == [("Q", False), ("First.", False), ("Second.", True), ("Really?", False), ("Sure.", False)]

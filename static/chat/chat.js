@@ -5,19 +5,22 @@
 //   frames.js     what each server frame does
 //   stream.js     the reply being written: buttons, drawing deltas, finishing, rolling back
 //   reconcile.js  catching up after a reconnect
-//   composer.js   send, edit, regenerate, copy
+//   composer.js   send, regenerate, copy;  editor.js  editing a message in place
+//   versions.js   the ‹ 2/3 › switcher between versions of a message
 //   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
 import { showBudget } from "./budget.js";
-import { autosize, cancelEdit, copyCode, copyReply, regenerate, send, startEdit } from "./composer.js";
+import { autosize, copyCode, copyReply, regenerate, send } from "./composer.js";
 import { openSocket } from "./connection.js";
+import { cancelEdit, startEdit } from "./editor.js";
 import { watchHeader } from "./header.js";
 import * as M from "./messages.js";
 import { $, focusComposer, toBottom, ui, watchScrolling, watchSidebarAndDialogs } from "./page.js";
 import { watchSidebar } from "./sidebar.js";
 import { config, state } from "./state.js";
 import { beginStreaming, stop } from "./stream.js";
+import { chooseVersion } from "./versions.js";
 
 ui.input.addEventListener("input", autosize);
 ui.input.addEventListener("keydown", (event) => {
@@ -51,6 +54,7 @@ $("messages").addEventListener("click", (event) => {
   else if (button.dataset.action === "edit" && el) startEdit(el);
   else if (button.dataset.action === "copy-code") copyCode(button);
   else if (button.dataset.action === "stats") M.toggleStats(button);
+  else if (button.dataset.action === "version") chooseVersion(button);
 });
 M.addCodeCopy($("messages"));
 watchScrolling();

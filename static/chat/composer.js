@@ -1,5 +1,5 @@
-// Asking for replies: send, edit and regenerate (each frame with a fresh request id, so the
-// `start` that answers it is recognised), and copying what was written.
+// Asking for replies: send and regenerate (each frame with a fresh request id, so the
+// `start` that answers it is recognised; editing is editor.js's), and copying what was written.
 import { openSocket } from "./connection.js";
 import { FRAME_ERRORS } from "./frames.js";
 import { errorText, newChatChoice } from "./header.js";
@@ -42,7 +42,7 @@ async function createConversation(firstMessage) {
 }
 
 /** Draw what this tab asks for before the server answers; `start` or an error settles it. */
-function expect(kind, fields) {
+export function expect(kind, fields) {
   state.pending = { kind, id: requestId(), sentOk: true, ...fields };
   setStreamingUi(true);
   toBottom();
@@ -68,17 +68,6 @@ export async function send() {
   input.value = "";
   autosize();
   showEmptyState(false);
-  const edited = state.editing;
-  state.editing = null;
-  if (edited && state.conversation && edited.isConnected) {
-    const replacedEls = M.messagesFrom(edited);
-    replacedEls.forEach((el) => (el.hidden = true));
-    const userEl = M.userMessage(content);
-    const { id } = expect("edit", { content, replacedEls, userEl, replyEl: M.streamingReply() });
-    state.socket.send({ type: "edit", content, id });
-    focusComposer();
-    return;
-  }
   const userEl = M.userMessage(content);
   const { id } = expect("send", { content, userEl, replyEl: M.streamingReply() });
   if (!state.conversation) {
@@ -107,21 +96,6 @@ export function regenerate() {
   if (old) old.hidden = true;
   const { id } = expect("regenerate", { replacedEl: old, replyEl: M.streamingReply() });
   state.socket.send({ type: "regenerate", id });
-}
-
-export function startEdit(el) {
-  if (state.streaming || state.pending) return;
-  state.editing = el;
-  ui.input.value = M.body(el).textContent;
-  autosize();
-  focusComposer();
-  toast("Editing your last message: Enter sends it again, Esc cancels.");
-}
-
-export function cancelEdit() {
-  state.editing = null;
-  ui.input.value = "";
-  autosize();
 }
 
 export async function copyReply(el) {

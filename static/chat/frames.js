@@ -6,6 +6,7 @@ import { reconcile } from "./reconcile.js";
 import { config, state } from "./state.js";
 import { beginStreaming, endStreaming, finishReply, flush, rollback, scheduleFlush, stop } from "./stream.js";
 import { showTitle } from "./sidebar.js";
+import { showBranch } from "./versions.js";
 
 export const FRAME_ERRORS = {
   busy: "A reply is already being written in this chat. Stop it or wait for it to finish.",
@@ -14,6 +15,7 @@ export const FRAME_ERRORS = {
   empty_content: "Type a message first.",
   nothing_to_regenerate: "There is no message to reply to yet.",
   not_streaming: "Nothing is being written right now.",
+  unknown_message: "That message is not in this chat as shown any more (changed in another tab?). Reload the page.",
   budget_exceeded: "You have used your token budget for now.",
   send_rate_exceeded: "You're sending messages faster than your plan allows. Wait a moment and try again.",
 };
@@ -47,6 +49,7 @@ const handlers = {
     }
     if (f.replaces) M.findMessage(f.replaces)?.remove();
     showEmptyState(false);
+    if (f.replaces || f.replaces_user) reconcile(); // the new version's `‹ 2/2 ›` switchers
     beginStreaming(replyEl, f.message_id);
     M.trimmedNote(replyEl, f.trimmed);
     showBudget(f.budget);
@@ -127,6 +130,10 @@ const handlers = {
 
   title(f) {
     showTitle(f.conversation_id, f.title);
+  },
+
+  branch(f) {
+    showBranch(f);
   },
 
   pong() {},

@@ -257,13 +257,29 @@ function showUnsaved(el, tail) {
   body(el).after(box);
 }
 
-/** Only the last user message offers Edit, and not while anything streams. */
+/** Every saved user message offers Edit (issue #14), but not while anything streams. */
 export function placeEdit(streaming) {
-  const users = [...list().querySelectorAll('[data-role="user"]')];
-  const last = users[users.length - 1];
-  for (const el of users) {
+  for (const el of list().querySelectorAll('[data-role="user"]')) {
     const button = el.querySelector('[data-testid="edit"]');
-    if (button) button.hidden = streaming || el !== last || !el.dataset.messageId;
+    if (button) button.hidden = streaming || !el.dataset.messageId || el.classList.contains("editing");
+  }
+}
+
+/** The `‹ 2/3 ›` switcher under a message with other versions (`versions` from the server:
+ * {index, count, previous, next}, or null with only one version). */
+export function setVersions(el, versions) {
+  const nav = el.querySelector("[data-versions]");
+  if (!nav) return;
+  nav.hidden = !versions;
+  if (!versions) return;
+  nav.querySelector('[data-testid="version-label"]').textContent = `${versions.index}/${versions.count}`;
+  for (const [testid, id] of [
+    ["version-previous", versions.previous],
+    ["version-next", versions.next],
+  ]) {
+    const button = nav.querySelector(`[data-testid="${testid}"]`);
+    button.dataset.version = id ?? "";
+    button.disabled = id == null;
   }
 }
 

@@ -30,6 +30,7 @@ export async function reconcile() {
         }
         M.finish(el, m);
       }
+      M.setVersions(el, m.versions);
       before = el;
     }
     if (!state.streaming) {

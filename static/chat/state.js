@@ -11,7 +11,8 @@ export const state = {
   // What this tab asked for and has not seen a `start` for: rolled back on a frame error.
   // Its `id` went out with the frame; the `start` that carries it back as `request_id` is ours.
   pending: null,
-  editing: null, // the user message being edited (Edit, then Enter resends it)
+  editing: null, // the user message open in its editor: {el, form} (editor.js)
+  switching: null, // this tab's last `switch` request: {id, direction} (versions.js)
   reconciling: false,
   // Tokens left as of the last `start` frame ({tokens_left_today, tokens_left_this_month},
   // either null when unlimited), less what replies since then used; null: no budget applies.

@@ -82,7 +82,12 @@ export function rollback() {
   p.replyEl?.remove();
   if (p.replacedEl) p.replacedEl.hidden = false;
   p.replacedEls?.forEach((el) => (el.hidden = false));
-  if ((p.kind === "send" || p.kind === "edit") && !ui.input.value) ui.input.value = p.content;
+  if (p.kind === "send" && !ui.input.value) ui.input.value = p.content;
+  if (p.undo) {
+    p.undo(); // an edit: its editor opens again with the text, nothing lost
+    setStreamingUi(Boolean(state.streaming));
+    return;
+  }
   setStreamingUi(Boolean(state.streaming));
   showEmptyState(M.allMessages().length === 0);
   focusComposer();
