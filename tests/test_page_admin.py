@@ -10,7 +10,6 @@ import re
 import pytest
 
 from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
-    PASSWORD,
     browser,
     expect,
     gates,
@@ -36,7 +35,7 @@ from django.utils import timezone
 from chat.models import Conversation, Message
 
 def staff(name, *perms):
-    user = User.objects.create_user(name, password=PASSWORD, is_staff=True)
+    user = User.objects.create_user(name, is_staff=True)  # signed in below: no password to hash
     for perm in perms:
         app, codename = perm.split(".")
         user.user_permissions.add(Permission.objects.get(content_type__app_label=app, codename=codename))
@@ -50,8 +49,8 @@ def staff(name, *perms):
 # rosa reviews conversations; nils is staff who may only look after invites.
 staff("rosa", "chat.view_conversation", "chat.view_message")
 staff("nils", "chat.view_invite")
-olga = User.objects.create_user("olga", password=PASSWORD)
-pavel = User.objects.create_user("pavel", password=PASSWORD)
+olga = User.objects.create_user("olga")
+pavel = User.objects.create_user("pavel")
 
 def message(conversation, role, content, **fields):
     return Message.objects.create(conversation=conversation, role=role, content=content, **fields)
@@ -95,6 +94,16 @@ message(
     uncounted, "assistant", "Hi again.", status="finished", finish_reason="stop", model="tiny-window",
     token_count=None, prompt_tokens=None, completion_tokens=None, created_at=later,
 )
+# sven: a week of drafts, for a chart with more than one day.
+sven = User.objects.create_user("sven")
+weekly = Conversation.objects.create(user=sven, title="Weekly report drafts", model="big-model")
+drafts = [(5200, 900), (8100, 1500), (3000, 700), (12000, 2600), (6400, 1100)]  # 34,700 and 6,800
+for days_ago, (prompt, completion) in enumerate(drafts, start=1):
+    message(
+        weekly, "assistant", "Draft.", status="finished", finish_reason="stop", model="big-model",
+        token_count=completion, prompt_tokens=prompt, completion_tokens=completion,
+        created_at=timezone.now() - timedelta(days=days_ago),
+    )
 result["_ids"] = {"reviewed": conversation.pk, "uncounted": uncounted.pk}
 """
 
@@ -266,7 +275,7 @@ def test_the_conversation_and_message_lists_fit_a_1280_px_window(open_page, revi
     fits(page, "#changelist-form .results")
     shot(page, "admin-conversations")
     page = open_page("rosa", "/admin/chat/message/")
-    expect(page.locator("#result_list tbody tr")).to_have_count(8)
+    expect(page.locator("#result_list tbody tr")).to_have_count(13)
     fits(page, "#changelist-form .results")
     shot(page, "admin-messages")
 
@@ -297,7 +306,7 @@ def test_counts_never_made_read_unknown_with_how_to_fix_it_never_0(open_page, re
     expect(pavel.locator("td").nth(4)).to_have_text("unknown")
     expect(pavel.locator("td").nth(5)).to_have_text("unknown")
     total = page.get_by_test_id("usage-total")
-    expect(total.locator("td").nth(2)).to_have_text("37,035 + 2 unknown")
+    expect(total.locator("td").nth(2)).to_have_text("71,735 + 2 unknown")  # 37,035 + 34,700
     expect(page.get_by_test_id("unknown-hint")).to_contain_text("manage.py fetch_vocabularies")
     expect(table).not_to_contain_text(re.compile(r"(^|\s)0(\s|$)"))
 
@@ -332,7 +341,7 @@ def test_the_usage_report_charts_tokens_per_day_by_user_and_model_and_fits_the_p
     expect(chart.locator("desc")).to_contain_text("pavel · other-model")
     expect(page.get_by_role("img", name="Tokens per day by user and model")).to_be_visible()
     # One series per user and model in the table, each with bars and a legend entry.
-    series = ["olga · tiny-window", "pavel · other-model", "pavel · tiny-window"]
+    series = ["olga · tiny-window", "pavel · other-model", "pavel · tiny-window", "sven · big-model"]
     drawn = chart.locator("g.series")
     assert sorted(drawn.evaluate_all("gs => gs.map(g => g.dataset.series)")) == series
     legend = page.get_by_test_id("usage-legend").locator("li")
@@ -348,6 +357,8 @@ def test_the_usage_report_charts_tokens_per_day_by_user_and_model_and_fits_the_p
     expect(olga.locator("title")).to_contain_text("olga · tiny-window")
     # Pavel's replies were not counted: in the legend, unknown, not 0.
     expect(legend.filter(has_text="pavel · other-model")).to_contain_text("unknown")
+    expect(chart.locator('g.series[data-series="sven · big-model"] rect')).to_have_count(5)  # one a day
+    expect(legend.filter(has_text="sven · big-model")).to_contain_text("41,500 tokens")
     fits(page)
     table = page.get_by_test_id("usage-table")
     assert table.evaluate(
