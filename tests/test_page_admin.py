@@ -11,6 +11,7 @@ import pytest
 
 from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
     browser,
+    contrast,
     expect,
     gates,
     llm,
@@ -217,6 +218,20 @@ def test_the_transcript_renders_like_the_chat_page_and_model_text_stays_inert(op
     body.get_by_text("bold?").hover()
     assert page.evaluate("window.__pwned") is None
     shot(page, "admin-transcript-code")
+
+
+@pytest.mark.parametrize("scheme,admin_theme", [("dark", "auto"), ("light", "dark"), ("dark", "light")])
+def test_code_in_the_transcript_stays_legible_in_every_theme(open_page, reviewed, scheme, admin_theme):
+    """code.css follows the system's theme, the admin its own switch: they may disagree."""
+    path = f"/admin/chat/conversation/{reviewed['reviewed']}/change/"
+    page = open_page("rosa", path, color_scheme=scheme)
+    page.evaluate(f"localStorage.setItem('theme', '{admin_theme}')")  # what the admin's switch stores
+    page.reload()
+    expect(page.locator("html")).to_have_attribute("data-theme", admin_theme)
+    code = message_in(page, "Revenue grew.").locator("pre").first
+    expect(code).to_be_visible()
+    assert contrast(code) >= 4.5  # the block's own text on its own background
+    shot(page, f"admin-transcript-{scheme}-system-{admin_theme}-admin")
 
 
 def test_messages_and_the_old_transcript_address_lead_to_the_conversations_page(open_page, reviewed):
