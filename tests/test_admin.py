@@ -118,6 +118,18 @@ def test_conversations_are_not_edited_in_the_admin_and_messages_are_read_only(st
     assert message.content.startswith("<script>")
 
 
+def test_counts_never_made_read_unknown_in_the_lists_and_the_transcript(staff_client, conversation):
+    Message.objects.create(conversation=conversation, role="user", content="More?", token_count=None)
+    Message.objects.create(conversation=conversation, role="assistant", content="Yes.", status="finished")
+    page = staff_client.get(reverse("admin:chat_conversation_changelist")).content.decode()
+    assert "10 + 1 unknown" in page and "30 + 1 unknown" in page
+    page = staff_client.get(
+        reverse("admin:chat_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert '<dt>tokens</dt><dd class="unknown"' in page and "fetch_vocabularies" in page
+    assert "<dt>Prompt tokens</dt><dd>10 + 1 unknown</dd>" in page
+
+
 def test_staff_export_markdown_and_json(staff_client, conversation):
     md = staff_client.get(reverse("admin:chat_conversation_export_md", args=[conversation.pk]))
     assert md["Content-Disposition"].endswith(f'conversation-{conversation.pk}.md"')
