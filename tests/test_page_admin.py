@@ -239,7 +239,8 @@ def test_messages_and_the_old_transcript_address_lead_to_the_conversations_page(
     page = open_page("rosa", "/admin/chat/message/")
     page.locator("#result_list td.field-written a").first.click()
     expect(page).to_have_url(re.compile(r"/admin/chat/conversation/\d+/change/#message-\d+$"))
-    expect(page.get_by_test_id("transcript")).to_be_visible()
+    target = page.url.rsplit("#", 1)[1]
+    expect(page.locator(f"article#{target}")).to_have_css("outline-style", "solid")  # the one it led to
     old = open_page("rosa", f"/admin/chat/conversation/{reviewed['reviewed']}/transcript/")
     expect(old).to_have_url(re.compile(rf"/admin/chat/conversation/{reviewed['reviewed']}/change/$"))
     expect(old.locator("#content h1")).to_have_text("Quarterly figures")
