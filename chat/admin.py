@@ -1,29 +1,26 @@
-"""Staff review: conversations, read-only transcripts, usage, and an audit trail of who looked."""
+"""Staff review: conversations (their transcripts), messages, usage, the audit trail of who
+looked; and providers, models, budgets and invites. The transcript is built in chat/review.py,
+the usage report in chat/usage.py, the provider form in chat/provider_form.py."""
 
 import csv
 import json
-import re
-from urllib.parse import urlsplit
 
 from asgiref.sync import async_to_sync
-from django import forms
 from django.contrib import admin
 from django.contrib import messages as admin_messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Subquery, Sum
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.constants import LOOKUP_SEP
-from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast, Coalesce, TruncDate
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.formats import date_format
 from django.utils.html import format_html
-from django.utils.safestring import mark_safe
+from django.utils.timezone import localtime
 
-from chat import exports, upstream
+from chat import exports, review, upstream, usage
 from chat.models import (
-    KEY_ENV_PREFIX,
     Budget,
     ChatModel,
     Conversation,
@@ -31,9 +28,10 @@ from chat.models import (
     Message,
     Provider,
     TranscriptAccess,
-    key_env_allowed,
 )
-from chat.rendering import duration_text, render_markdown, token_text
+from chat.provider_form import ProviderForm, masked_headers
+from chat.rendering import token_text
+from chat.usage import total_text
 
 # Fields no admin list may be filtered on (?api_key__startswith=sk-a): a filter that shows
 # whether a row matches reads a secret, or message text, one guess at a time, unlogged.
@@ -73,71 +71,43 @@ def _log_access(request, conversation, kind, query: str = "") -> None:
     )
 
 
-def _tokens(count: int | None) -> str | None:
-    """A token figure as a reviewer reads it ("12,345"); None shows the admin's blank mark."""
-    return None if count is None else token_text(count)
-
-
-def _duration(ms: float | None) -> str | None:
-    return None if ms is None else duration_text(ms)
+def _when(moment) -> str:
+    """A time as a reviewer reads it in a list: "30 Nov 2026, 10:16", in the site's zone."""
+    return date_format(localtime(moment), "j M Y, H:i")
 
 
 class ReviewFigures:
     """A message's figures formatted for a reviewer: the admin would print the stored floats
-    (3248.337167000045) and bare integers. The streaming machinery (seq, lease_until) and
-    the history counts kept for budgets (tokens_before, messages_before) are never listed."""
+    (3248.337167000045) and bare integers, and 0 or a blank for a count never made. The
+    streaming machinery (seq, lease_until) and the history counts kept for budgets
+    (tokens_before, messages_before) are never listed."""
 
     @admin.display(description="tokens", ordering="token_count")
     def tokens(self, obj):
-        return _tokens(obj.token_count)
+        return None if obj.status == Message.Status.STREAMING else token_text(obj.token_count)
 
     @admin.display(description="prompt tokens", ordering="prompt_tokens")
     def prompt(self, obj):
-        return _tokens(obj.prompt_tokens)
+        return self._reply_tokens(obj, obj.prompt_tokens)
 
     @admin.display(description="completion tokens", ordering="completion_tokens")
     def completion(self, obj):
-        return _tokens(obj.completion_tokens)
+        return self._reply_tokens(obj, obj.completion_tokens)
 
-    @admin.display(description="first token")
-    def first_token(self, obj):
-        return _duration(obj.ttft_ms)
-
-    @admin.display(description="total time")
-    def total_time(self, obj):
-        return _duration(obj.duration_ms)
-
-
-class MessageInline(ReviewFigures, admin.TabularInline):
-    model = Message
-    extra = 0
-    can_delete = False
-    show_change_link = False
-    fields = readonly_fields = (
-        "role",
-        "content",
-        "status",
-        "finish_reason",
-        "model",
-        "tokens",
-        "prompt",
-        "completion",
-        "first_token",
-        "total_time",
-        "error_code",
-        "superseded",
-        "created_at",
-    )
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
+    @staticmethod
+    def _reply_tokens(obj, count: int | None) -> str | None:
+        """A reply's count, "unknown" when it was not made; nothing for a person's message."""
+        if obj.role != Message.Role.ASSISTANT or obj.status == Message.Status.STREAMING:
+            return None
+        return token_text(count)
 
 
 @admin.register(Conversation)
 class ConversationAdmin(ChatAdmin):
+    """A conversation's page is its transcript, read-only (issue #14): a reviewer reads, and
+    the owner, not staff, decides its title, model and system prompt. Staff who may delete
+    conversations still can, from the transcript or the list."""
+
     list_display = (
         "__str__",
         "user",
@@ -145,8 +115,7 @@ class ConversationAdmin(ChatAdmin):
         "messages",
         "prompt_tokens",
         "completion_tokens",
-        "updated_at",
-        "transcript_link",
+        "updated",
     )
     list_select_related = ("user",)
     list_filter = ("updated_at", "model", ("user", admin.RelatedOnlyFieldListFilter))
@@ -156,11 +125,9 @@ class ConversationAdmin(ChatAdmin):
     search_fields = ("title", "user__username")
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
     date_hierarchy = "updated_at"
-    readonly_fields = ("user", "created_at", "updated_at")
-    fields = ("user", "title", "model", "system_prompt", "created_at", "updated_at")
-    inlines = [MessageInline]
 
     def get_queryset(self, request):
+        replies = Q(role=Message.Role.ASSISTANT) & ~Q(status=Message.Status.STREAMING)
         return (
             super()
             .get_queryset(request)
@@ -168,8 +135,22 @@ class ConversationAdmin(ChatAdmin):
                 message_count=_per_conversation(Count("id")),
                 prompt_total=_per_conversation(Sum("prompt_tokens")),
                 completion_total=_per_conversation(Sum("completion_tokens")),
+                prompt_unknown=_per_conversation(Count("id", filter=replies & Q(prompt_tokens__isnull=True))),
+                completion_unknown=_per_conversation(
+                    Count("id", filter=replies & Q(completion_tokens__isnull=True))
+                ),
             )
         )
+
+    def has_add_permission(self, request) -> bool:
+        return False  # conversations are started on the chat page, by their owner
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    @admin.display(description="last activity", ordering="updated_at")
+    def updated(self, obj):
+        return _when(obj.updated_at)
 
     @admin.display(description="model", ordering="model")
     def model_or_default(self, obj):
@@ -181,53 +162,51 @@ class ConversationAdmin(ChatAdmin):
 
     @admin.display(description="prompt tokens", ordering="prompt_total")
     def prompt_tokens(self, obj):
-        return token_text(obj.prompt_total or 0)
+        return total_text(obj.prompt_total, obj.prompt_unknown or 0)
 
     @admin.display(description="completion tokens", ordering="completion_total")
     def completion_tokens(self, obj):
-        return token_text(obj.completion_total or 0)
-
-    @admin.display(description="transcript")
-    def transcript_link(self, obj):
-        return format_html(
-            '<a href="{}">read</a>', reverse("admin:chat_conversation_transcript", args=[obj.pk])
-        )
+        return total_text(obj.completion_total, obj.completion_unknown or 0)
 
     def get_urls(self):
         view = self.admin_site.admin_view
         return [
-            path("<int:pk>/transcript/", view(self.transcript_view), name="chat_conversation_transcript"),
+            # The transcript had a page of its own before issue #14: old links still lead to it.
+            path("<int:pk>/transcript/", view(self.transcript_redirect), name="chat_conversation_transcript"),
             path("<int:pk>/export.md", view(self.export_markdown), name="chat_conversation_export_md"),
             path("<int:pk>/export.json", view(self.export_json), name="chat_conversation_export_json"),
             *super().get_urls(),
         ]
-
-    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
-        # Logged wherever the page is drawn with its messages inline: on opening it, and
-        # when a refused save draws it again.
-        if obj is not None:
-            _log_access(request, obj, TranscriptAccess.Kind.VIEW)
-        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def _conversation(self, request, pk):
         if not self.has_view_permission(request):
             raise PermissionDenied
         return get_object_or_404(Conversation.objects.select_related("user"), pk=pk)
 
-    def transcript_view(self, request, pk):
-        conversation = self._conversation(request, pk)
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """The transcript, in place of Django's change form; opening it is logged."""
+        if request.method not in ("GET", "HEAD"):
+            return HttpResponseNotAllowed(["GET", "HEAD"])
+        if not str(object_id).isdigit():
+            raise Http404
+        conversation = self._conversation(request, object_id)
         _log_access(request, conversation, TranscriptAccess.Kind.VIEW)
-        messages = list(conversation.messages.order_by("id"))
-        for message in messages:
-            message.html = mark_safe(render_markdown(message.content))  # nh3-sanitised
+        transcript = review.entries(conversation)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "conversation": conversation,
-            "transcript": messages,
-            "title": f"Transcript: {conversation}",
+            "transcript": transcript,
+            "totals": review.totals(conversation),
+            "unknown_hint": review.UNKNOWN_HINT if any(entry.unknown for entry in transcript) else "",
+            "has_delete_permission": self.has_delete_permission(request, conversation),
+            "title": str(conversation),
+            **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/chat/conversation/transcript.html", context)
+
+    def transcript_redirect(self, request, pk):
+        return redirect(reverse("admin:chat_conversation_change", args=[pk]))
 
     def export_markdown(self, request, pk):
         conversation = self._conversation(request, pk)
@@ -278,20 +257,19 @@ class MessageAdmin(ReviewFigures, ChatAdmin):
     """Message metadata. Text is read in the conversation's transcript, where the read is
     logged; a search of the text is logged against every conversation it shows."""
 
+    # What a reviewer asks of a message, narrow enough for a 1280 px window: no row id; a
+    # reply's status and finish reason beside its role.
     list_display = (
-        "id",
+        "written",
         "conversation",
         "owner",
-        "role",
-        "status",
-        "finish_reason",
+        "kind",
         "model",
         "tokens",
         "prompt",
         "completion",
-        "created_at",
-        "in_transcript",
     )
+    list_display_links = None  # a message is read in its conversation: `written` links there
     list_select_related = ("conversation__user",)
     # Fixed choices only: a plain field filter runs SELECT DISTINCT over the whole table,
     # and date_hierarchy truncates every row's date, so each would scan every message on
@@ -331,13 +309,24 @@ class MessageAdmin(ReviewFigures, ChatAdmin):
             return super().change_view(request, object_id, form_url, extra_context)
         if not self.has_view_permission(request, message):
             raise PermissionDenied
-        url = reverse("admin:chat_conversation_transcript", args=[message.conversation_id])
+        url = reverse("admin:chat_conversation_change", args=[message.conversation_id])
         return redirect(f"{url}#message-{message.pk}")
 
-    @admin.display(description="transcript")
-    def in_transcript(self, obj):
-        url = reverse("admin:chat_conversation_transcript", args=[obj.conversation_id])
-        return format_html('<a href="{}#message-{}">read in context</a>', url, obj.pk)
+    @admin.display(description="written", ordering="created_at")
+    def written(self, obj):
+        """When, linked to the message in its conversation's transcript (where reads are logged)."""
+        url = reverse("admin:chat_conversation_change", args=[obj.conversation_id])
+        return format_html(
+            '<a href="{}#message-{}" title="Read in context">{}</a>', url, obj.pk, _when(obj.created_at)
+        )
+
+    @admin.display(description="message", ordering="role")
+    def kind(self, obj):
+        """ "user", or "assistant: finished (stop)": a person's message has no status."""
+        if obj.role != Message.Role.ASSISTANT:
+            return obj.get_role_display().lower()
+        status = obj.get_status_display().lower()
+        return f"assistant: {status} ({obj.finish_reason})" if obj.finish_reason else f"assistant: {status}"
 
     @admin.display(ordering="conversation__user__username")
     def owner(self, obj):
@@ -353,70 +342,29 @@ class MessageAdmin(ReviewFigures, ChatAdmin):
         """Tokens by user, model and day: ours (tiktoken) beside the provider's own figures."""
         if not self.has_view_permission(request):
             raise PermissionDenied
-        rows = usage_rows(request.GET.get("days"))
+        rows = usage.usage_rows(request.GET.get("days"))
         if request.GET.get("format") == "csv":
             response = HttpResponse(content_type="text/csv; charset=utf-8")
             response["Content-Disposition"] = 'attachment; filename="usage.csv"'
             writer = csv.writer(response)
-            writer.writerow(USAGE_COLUMNS)
+            writer.writerow(usage.USAGE_COLUMNS)
             for row in rows:
-                writer.writerow([row[column] for column in USAGE_COLUMNS])
+                writer.writerow(["" if row[c] is None else row[c] for c in usage.USAGE_COLUMNS])
             return response
+        totals = usage.usage_totals(rows)
+        unknown = totals["prompt_not_counted"] or totals["completion_not_counted"]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": "Token usage",
             "rows": rows,
-            "columns": USAGE_COLUMNS,
+            "totals": totals,
+            "headings": usage.USAGE_HEADINGS.values(),
+            "chart": usage.usage_chart(rows),
+            "unknown_hint": review.UNKNOWN_HINT if unknown else "",
+            "days": request.GET.get("days", ""),
         }
         return TemplateResponse(request, "admin/chat/message/usage.html", context)
-
-
-USAGE_COLUMNS = (
-    "day",
-    "user",
-    "model",
-    "replies",
-    "prompt_tokens",
-    "completion_tokens",
-    "upstream_prompt_tokens",
-    "upstream_completion_tokens",
-    "mismatch",
-)
-
-
-def _usage_key(key):
-    return Cast(KeyTextTransform(key, "usage"), IntegerField())
-
-
-def usage_rows(days: str | None = None) -> list[dict]:
-    replies = Message.objects.filter(role=Message.Role.ASSISTANT).exclude(status=Message.Status.STREAMING)
-    if days and days.isdigit():
-        from datetime import timedelta
-
-        from django.utils import timezone
-
-        replies = replies.filter(created_at__gte=timezone.now() - timedelta(days=int(days)))
-    rows = (
-        replies.annotate(day=TruncDate("created_at"))
-        .values("day", "conversation__user__username", "model")
-        .annotate(
-            replies=Count("id"),
-            prompt_tokens=Coalesce(Sum("prompt_tokens"), 0),
-            completion_tokens=Coalesce(Sum("completion_tokens"), 0),
-            upstream_prompt_tokens=Sum(_usage_key("prompt_tokens")),
-            upstream_completion_tokens=Sum(_usage_key("completion_tokens")),
-        )
-        .order_by("-day", "conversation__user__username", "model")
-    )
-    result = []
-    for row in rows:
-        row["user"] = row.pop("conversation__user__username")
-        upstream = (row["upstream_prompt_tokens"], row["upstream_completion_tokens"])
-        ours = (row["prompt_tokens"], row["completion_tokens"])
-        row["mismatch"] = upstream != (None, None) and upstream != ours
-        result.append(row)
-    return result
 
 
 @admin.register(TranscriptAccess)
@@ -435,104 +383,6 @@ class TranscriptAccessAdmin(ChatAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
-
-
-# Header names that carry credentials (Azure's api-key, Authorization, X-Goog-Api-Key, ...):
-# their values are write-only, like the API key.
-SECRET_HEADER = re.compile(r"auth|key|token|secret|password|cookie|signature", re.IGNORECASE)
-STORED = "(stored, unchanged)"
-
-
-def masked_headers(headers: dict | None) -> dict:
-    return {name: STORED if SECRET_HEADER.search(name) else value for name, value in (headers or {}).items()}
-
-
-def origin(url: str) -> tuple[str, str, int | None]:
-    """Scheme, host and port: what decides which server a request (and its key) reaches."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
-
-
-class ProviderForm(forms.ModelForm):
-    """The API key and secret headers are write-only: never rendered back; leave the key
-    blank (and a header as "(stored, unchanged)") to keep the stored one. Neither follows
-    the provider to another server: changing the scheme, host or port of its URL needs the
-    key typed again (or removed) in the same save."""
-
-    api_key = forms.CharField(
-        required=False,
-        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
-        help_text="Write-only. Leave blank to keep the current key. "
-        "Changing the server (scheme, host or port of the base URL) needs the key entered again.",
-    )
-    clear_api_key = forms.BooleanField(required=False, help_text="Remove the stored key.")
-    base_url = forms.URLField(assume_scheme="https", help_text="Ends in /v1, e.g. http://localhost:11434/v1")
-
-    class Meta:
-        model = Provider
-        fields = ("name", "base_url", "api_key", "clear_api_key", "api_key_env", "extra_headers", "enabled")
-        help_texts = {
-            "extra_headers": f'e.g. {{"X-Title": "Chat"}}. Values of credential headers (api-key, '
-            f"Authorization, …) are write-only: {STORED} keeps the stored value.",
-        }
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stored = Provider.objects.get(pk=self.instance.pk) if self.instance.pk else None
-        if self.stored is not None:
-            self.initial["extra_headers"] = masked_headers(self.stored.extra_headers)
-
-    def clean_api_key_env(self) -> str:
-        name = self.cleaned_data["api_key_env"].strip()
-        if name and not key_env_allowed(name):
-            raise forms.ValidationError(
-                f"Only variables whose names start with {KEY_ENV_PREFIX} (e.g. {KEY_ENV_PREFIX}GROQ) "
-                "can hold a provider key, so no other secret of the server can be sent to a provider."
-            )
-        return name
-
-    def clean_extra_headers(self):
-        headers = self.cleaned_data["extra_headers"] or {}
-        if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-            raise forms.ValidationError('Headers must be a JSON object of strings, e.g. {"X-Title": "Chat"}.')
-        stored = (self.stored.extra_headers or {}) if self.stored is not None else {}
-        kept = [name for name, value in headers.items() if value == STORED]
-        if missing := [name for name in kept if name not in stored]:
-            raise forms.ValidationError(f"No stored value to keep for {', '.join(missing)}: type it.")
-        return {name: stored[name] if value == STORED else value for name, value in headers.items()}
-
-    def clean(self):
-        cleaned = super().clean()
-        base_url = cleaned.get("base_url")
-        if self.stored is None or not base_url or origin(base_url) == origin(self.stored.base_url):
-            return cleaned
-        moved = f"The server changed ({_origin_text(self.stored.base_url)} → {_origin_text(base_url)})"
-        if self.stored.api_key and not cleaned.get("api_key") and not cleaned.get("clear_api_key"):
-            self.add_error(
-                "api_key",
-                f"{moved}: enter the key again for the new server, or tick “Remove the stored key”. "
-                "A stored key is never sent to a server it was not entered for.",
-            )
-        raw = self.data.get(self.add_prefix("extra_headers"), "")
-        if STORED in raw and "extra_headers" in cleaned:
-            self.add_error("extra_headers", f"{moved}: type the values of credential headers again.")
-        return cleaned
-
-    def save(self, commit=True):
-        provider = super().save(commit=False)
-        if self.cleaned_data.get("clear_api_key"):
-            provider.api_key = ""
-        elif not self.cleaned_data.get("api_key") and self.stored is not None:
-            provider.api_key = self.stored.api_key
-        if commit:
-            provider.save()
-        return provider
-
-
-def _origin_text(url: str) -> str:
-    scheme, host, port = origin(url)
-    return f"{scheme}://{host}:{port}"
 
 
 class ChatModelInline(admin.TabularInline):

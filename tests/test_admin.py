@@ -65,7 +65,7 @@ def test_message_search_finds_content_and_links_to_the_transcript(staff_client, 
     response = staff_client.get(reverse("admin:chat_message_changelist"), {"q": "bold"})
     found = response.context["cl"].result_list
     assert [m.role for m in found] == ["assistant"] and found[0].conversation == conversation
-    transcript = reverse("admin:chat_conversation_transcript", args=[conversation.pk])
+    transcript = reverse("admin:chat_conversation_change", args=[conversation.pk])
     assert f'href="{transcript}#message-{found[0].pk}"' in response.content.decode()
 
 
@@ -82,23 +82,33 @@ def test_message_filters_are_fixed_choices(staff_client, conversation):
     assert [m.finish_reason for m in response.context["cl"].result_list] == ["stop"]
 
 
-def test_the_transcript_is_readable_inert_and_audited(staff_client, staff, conversation):
-    response = staff_client.get(reverse("admin:chat_conversation_transcript", args=[conversation.pk]))
+def test_the_conversation_page_is_the_transcript_readable_inert_and_audited(
+    staff_client, staff, conversation
+):
+    response = staff_client.get(reverse("admin:chat_conversation_change", args=[conversation.pk]))
     html = response.content.decode()
     assert response.status_code == 200
     assert "<strong>bold</strong>" in html
     assert "<script>alert" not in html and "<img" not in html and 'href="javascript:' not in html
     assert "&lt;script&gt;alert(1)" in html  # shown as text, not run
     assert html.count("Question") == 1  # the transcript is not echoed into the admin's message list
-    assert "first token 120 ms" in html or "first token 121 ms" in html
+    assert "<dt>first token</dt><dd>120 ms</dd>" in html or "<dt>first token</dt><dd>121 ms</dd>" in html
+    assert "<input" not in html.split('id="content"')[1] and "<textarea" not in html  # nothing to edit
     access = TranscriptAccess.objects.get()
     assert (access.staff, access.conversation_ref, access.kind) == (staff, conversation.pk, "view")
 
 
-def test_opening_the_change_page_is_audited_and_messages_are_read_only(staff_client, conversation):
-    response = staff_client.get(reverse("admin:chat_conversation_change", args=[conversation.pk]))
-    assert response.status_code == 200
-    assert TranscriptAccess.objects.filter(kind="view", conversation=conversation).count() == 1
+def test_conversations_are_not_edited_in_the_admin_and_messages_are_read_only(staff_client, conversation):
+    change = reverse("admin:chat_conversation_change", args=[conversation.pk])
+    response = staff_client.post(change, {"title": "renamed", "user": conversation.user.pk})
+    assert response.status_code == 405
+    conversation.refresh_from_db()
+    assert conversation.title == "Alice's chat"
+    assert staff_client.get(reverse("admin:chat_conversation_add")).status_code == 403
+    # The transcript's old address leads to the conversation's page; the redirect is not the read.
+    old = staff_client.get(reverse("admin:chat_conversation_transcript", args=[conversation.pk]))
+    assert old.status_code == 302 and old["Location"] == change
+    assert not TranscriptAccess.objects.exists()
     message = conversation.messages.last()
     response = staff_client.post(
         reverse("admin:chat_message_change", args=[message.pk]), {"content": "edited"}
@@ -106,6 +116,18 @@ def test_opening_the_change_page_is_audited_and_messages_are_read_only(staff_cli
     assert response.status_code == 403
     message.refresh_from_db()
     assert message.content.startswith("<script>")
+
+
+def test_counts_never_made_read_unknown_in_the_lists_and_the_transcript(staff_client, conversation):
+    Message.objects.create(conversation=conversation, role="user", content="More?", token_count=None)
+    Message.objects.create(conversation=conversation, role="assistant", content="Yes.", status="finished")
+    page = staff_client.get(reverse("admin:chat_conversation_changelist")).content.decode()
+    assert "10 + 1 unknown" in page and "30 + 1 unknown" in page
+    page = staff_client.get(
+        reverse("admin:chat_conversation_change", args=[conversation.pk])
+    ).content.decode()
+    assert '<dt>tokens</dt><dd class="unknown"' in page and "fetch_vocabularies" in page
+    assert "<dt>Prompt tokens</dt><dd>10 + 1 unknown</dd>" in page
 
 
 def test_staff_export_markdown_and_json(staff_client, conversation):
@@ -158,7 +180,11 @@ def test_usage_saved_before_the_fix_is_cleaned_so_the_report_keeps_working(staff
 
 def test_non_staff_cannot_open_transcripts_or_exports(client, conversation):
     client.force_login(conversation.user)
-    for name in ("admin:chat_conversation_transcript", "admin:chat_conversation_export_json"):
+    for name in (
+        "admin:chat_conversation_change",
+        "admin:chat_conversation_transcript",
+        "admin:chat_conversation_export_json",
+    ):
         response = client.get(reverse(name, args=[conversation.pk]))
         assert response.status_code == 302 and "/admin/login/" in response["Location"]
     assert not TranscriptAccess.objects.exists()
@@ -396,7 +422,7 @@ def test_the_message_page_sends_staff_to_the_logged_transcript(conversation):
     reader = as_staff("chat.view_message", "chat.view_conversation")
     message = conversation.messages.last()
     response = reader.get(reverse("admin:chat_message_change", args=[message.pk]))
-    transcript = reverse("admin:chat_conversation_transcript", args=[conversation.pk])
+    transcript = reverse("admin:chat_conversation_change", args=[conversation.pk])
     assert response.status_code == 302 and response["Location"] == f"{transcript}#message-{message.pk}"
     assert "bold" not in response.content.decode()
     for suffix in ("?_popup=1", "?_to_field=id&_popup=1"):

@@ -74,7 +74,7 @@ def test_nothing_a_signed_in_user_sees_is_stored_by_caches(client, alice, chat):
         reverse("chat:export_md", args=[chat.pk]),
         reverse("chat:export_json", args=[chat.pk]),
         reverse("chat:messages", args=[chat.pk]),
-        reverse("admin:chat_conversation_transcript", args=[chat.pk]),
+        reverse("admin:chat_conversation_change", args=[chat.pk]),
         reverse("admin:chat_conversation_export_md", args=[chat.pk]),
     ):
         response = client.get(url)
@@ -107,11 +107,11 @@ def test_pages_style_themselves_from_files_the_policy_allows(client, alice, chat
     client.force_login(alice)
     for url in (
         reverse("chat:conversation", args=[chat.pk]),
-        reverse("admin:chat_conversation_transcript", args=[chat.pk]),
+        reverse("admin:chat_conversation_change", args=[chat.pk]),
         reverse("admin:chat_message_usage"),
         "/admin/",
     ):
         body = client.get(url).content.decode()
         assert "<style" not in body, url
-    transcript = client.get(reverse("admin:chat_conversation_transcript", args=[chat.pk])).content.decode()
+    transcript = client.get(reverse("admin:chat_conversation_change", args=[chat.pk])).content.decode()
     assert "chat/transcript.css" in transcript

@@ -157,7 +157,7 @@ def test_home_never_lands_on_someone_elses_conversation(client, charlie, bobs_ch
 def test_staff_review_through_the_admin_and_leave_a_trace(client, charlie, bobs_chat):
     client.force_login(charlie)
     assert client.get(reverse("chat:conversation", args=[bobs_chat.pk])).status_code == 404
-    transcript = client.get(reverse("admin:chat_conversation_transcript", args=[bobs_chat.pk]))
+    transcript = client.get(reverse("admin:chat_conversation_change", args=[bobs_chat.pk]))
     assert transcript.status_code == 200
     assert "bob&#x27;s answer" in transcript.content.decode() or "bob's answer" in transcript.content.decode()
     assert TranscriptAccess.objects.filter(staff=charlie, conversation=bobs_chat, kind="view").exists()

@@ -1,7 +1,9 @@
 from django import template
+from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from chat.rendering import duration_text, format_stats, quiet_stats, render_markdown, stats_help, token_text
+from chat.usage import total_text
 
 register = template.Library()
 
@@ -36,3 +38,13 @@ def duration(ms: float | None) -> str:
 @register.filter
 def tokens(count: int | None) -> str:
     return token_text(count)
+
+
+@register.simple_tag
+def total_tokens(total: int | None, not_counted: int = 0, hint: str = "") -> str:
+    """A sum of token counts ("1,234"), saying "unknown" (with the hint how to fix it as its
+    title) when it leaves out messages that were not counted."""
+    text = total_text(total, not_counted)
+    if not not_counted:
+        return text
+    return format_html('<span class="unknown" title="{}">{}</span>', hint, text)
