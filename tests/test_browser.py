@@ -814,3 +814,57 @@ def test_two_tabs_sending_the_same_words_each_know_their_own(browser, server, si
             expect(tab.locator(USER_MESSAGES).last).to_have_attribute("data-message-id", again)
     finally:
         context.close()
+
+
+# The page's websocket opens only when the test says so: a message typed while the page is
+# still connecting must wait for the socket, not be refused as "offline".
+HOLD_SOCKET_OPEN = """
+(() => {
+  const Real = window.WebSocket;
+  const held = [];
+  window.__holding = true;
+  window.__openSockets = () => { window.__holding = false; for (const go of held.splice(0)) go(); };
+  class Held extends Real {
+    constructor(...args) {
+      super(...args);
+      this.__opened = false;
+      super.addEventListener("open", (event) => {
+        const go = () => { this.__opened = true; this.__onopen?.(event); };
+        if (window.__holding) held.push(go); else go();
+      });
+    }
+    get readyState() {
+      const real = super.readyState;
+      return real === Real.OPEN && !this.__opened ? Real.CONNECTING : real;
+    }
+    get onopen() { return this.__onopen; }
+    set onopen(handler) { this.__onopen = handler; }
+  }
+  window.WebSocket = Held;
+})();
+"""
+
+
+def test_a_message_sent_while_the_page_is_still_connecting_goes_once_it_connects(browser, server, site, llm):
+    conversation_id = site.create_conversation("pat")
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    try:
+        context.add_cookies([{"name": "sessionid", "value": site.sessions["pat"], "url": server.origin}])
+        context.add_init_script(HOLD_SOCKET_OPEN)
+        page = context.new_page()
+        page.goto(server.url(f"/c/{conversation_id}/"))
+        expect(page.get_by_test_id("composer")).to_be_focused()  # the page's scripts run
+        llm.queue(reply(["Here", " already."]))
+        send(page, "Typed as the page loaded")
+        expect(page.locator(USER_TEXTS)).to_have_text(["Typed as the page loaded"])
+        expect(page.get_by_test_id("toast")).to_be_hidden()  # not refused as offline
+        expect(page.get_by_test_id("composer")).to_have_value("")
+        page.evaluate("window.__openSockets()")
+        wait_finished(page)
+        expect(body(last_reply(page))).to_have_text("Here already.")
+        assert llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "Typed as the page loaded"}
+        page.reload()
+        expect(page.locator(USER_TEXTS)).to_have_text(["Typed as the page loaded"])
+    finally:
+        context.close()

@@ -61,7 +61,9 @@ export async function send() {
     toast(FRAME_ERRORS.busy);
     return;
   }
-  if (state.conversation && !state.socket.isOpen) {
+  // Offline after having been connected: say so. Still connecting for the first time (a
+  // message typed as the page loads): it goes as soon as the socket opens, as a new chat's does.
+  if (state.conversation && !state.socket.isOpen && state.opened) {
     toast("You're offline, so the message was not sent. It's still in the box; send it again once reconnected.");
     return;
   }
@@ -81,7 +83,7 @@ export async function send() {
     openSocket();
     state.socket.sendWhenOpen({ type: "send", content, id });
   } else {
-    state.socket.send({ type: "send", content, id });
+    state.socket.sendWhenOpen({ type: "send", content, id });
   }
   focusComposer();
 }
