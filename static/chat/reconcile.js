@@ -35,7 +35,9 @@ export async function reconcile() {
     }
     if (!state.streaming) {
       const live = messages.find((m) => m.status === "streaming");
-      if (live) beginStreaming(M.findMessage(live.id), live.id, -1);
+      // A list fetched while the reply streamed can arrive after its `done` finished it here.
+      const el = live && M.findMessage(live.id);
+      if (el && el.dataset.status === "streaming") beginStreaming(el, live.id, -1);
     }
     M.placeRegenerate(Boolean(state.streaming));
     M.placeEdit(Boolean(state.streaming));
