@@ -53,7 +53,10 @@ now = timezone.now()
 
 def dated(user, title, days_ago, model="gpt-4o-mini"):
     c = chat(user, title, "A question", "An answer.", model=model)
-    Conversation.objects.filter(pk=c.pk).update(updated_at=now - timedelta(days=days_ago, hours=1))
+    when = now - timedelta(days=days_ago, hours=1)
+    Conversation.objects.filter(pk=c.pk).update(updated_at=when)
+    c.messages.update(created_at=when)
+    c.messages.filter(role="assistant").update(model=model, prompt_tokens=1200, completion_tokens=350)
 
 for user in ("alice", "bob", "carol"):
     dated(user, "Onboarding checklist for Maria", 0.1)
@@ -65,13 +68,13 @@ for user in ("alice", "bob", "carol"):
 
 # Replies over the last week, for the usage report's chart.
 for days_ago, user, model, prompt, completion in [
-    (6, "bob", "gpt-4o-mini", 5200, 900), (6, "carol", "llama3.2", 3100, 1400),
-    (5, "bob", "gpt-4o-mini", 8200, 2100), (5, "dana", "gpt-4o-mini", 2400, 600),
-    (4, "carol", "llama3.2", 9900, 3300), (4, "bob", "llama3.2", 1800, 500),
-    (3, "dana", "gpt-4o-mini", 6100, 1700), (3, "carol", "gpt-4o-mini", 4000, 1200),
-    (2, "bob", "gpt-4o-mini", 12100, 2600), (2, "carol", "llama3.2", 5300, 2000),
-    (1, "dana", "gpt-4o-mini", 7300, 1900), (1, "bob", "llama3.2", 2600, 800),
-    (0, "carol", "gpt-4o-mini", 6800, 1500), (0, "bob", "gpt-4o-mini", 4400, 1300),
+    (6, "sam", "gpt-4o-mini", 5200, 900), (6, "tom", "llama3.2", 3100, 1400),
+    (5, "sam", "gpt-4o-mini", 8200, 2100), (5, "uma", "gpt-4o-mini", 2400, 600),
+    (4, "tom", "llama3.2", 9900, 3300), (4, "sam", "llama3.2", 1800, 500),
+    (3, "uma", "gpt-4o-mini", 6100, 1700), (3, "tom", "gpt-4o-mini", 4000, 1200),
+    (2, "sam", "gpt-4o-mini", 12100, 2600), (2, "tom", "llama3.2", 5300, 2000),
+    (1, "uma", "gpt-4o-mini", 7300, 1900), (1, "sam", "llama3.2", 2600, 800),
+    (0, "tom", "gpt-4o-mini", 6800, 1500), (0, "sam", "gpt-4o-mini", 4400, 1300),
 ]:
     c = Conversation.objects.create(user=User.objects.get(username=user), title="Work", model=model)
     Message.objects.create(conversation=c, role="user", content="…", token_count=prompt - 20,
@@ -103,11 +106,19 @@ FOLLOW_UP = "And with pandas?"
 FOLLOW_UP_ANSWER = [
     "`pd.read_csv(path)[column].sum()` — pandas skips empty cells (NaN) when it sums.",
 ]
+TITLE = "Summing a CSV column in Python"
 
 
 @pytest.fixture(scope="module")
 def site_setup():
     return SETUP
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    """The site as a team runs it: the model titles each new chat after its first reply."""
+    with site.server(env={"CHAT_MODEL_TITLES": "true"}) as server:
+        yield server
 
 
 def save(page, name: str) -> None:
@@ -117,17 +128,19 @@ def save(page, name: str) -> None:
 
 def answered(page, llm) -> None:
     """A question and a follow-up, answered by the default model, as a user sees them."""
-    usage = {"prompt_tokens": 36, "completion_tokens": 118, "total_tokens": 154}
+    # What tiktoken counts for them (o200k_base), so the provider's figures agree with ours.
+    usage = {"prompt_tokens": 26, "completion_tokens": 100, "total_tokens": 126}
     llm.queue(reply(ANSWER, usage=usage))
+    llm.queue(reply([TITLE]))  # asked for after the first reply
     send(page, QUESTION)
     wait_finished(page)
-    llm.queue(reply(FOLLOW_UP_ANSWER, usage={"prompt_tokens": 170, "completion_tokens": 21}))
+    expect(page.get_by_test_id("conversation-title")).to_have_text(TITLE)
+    llm.queue(reply(FOLLOW_UP_ANSWER))
     send(page, FOLLOW_UP)
     wait_finished(page)
     expect(page.locator(USER_TEXTS)).to_have_text([QUESTION, FOLLOW_UP])
     first = page.locator(REPLIES).first
     expect(body(first).locator("pre code")).to_contain_text("def column_total(path, column):")
-    expect(page.get_by_test_id("conversation-title")).not_to_have_text("New chat")
     page.mouse.move(0, 0)
 
 
@@ -168,8 +181,10 @@ def test_the_chat_page_on_a_phone(open_page, llm):
 def test_the_version_switcher(open_page, llm):
     page = open_page("dana", color_scheme="light")
     llm.queue(reply(["Tuesdays at 10:00 suit most of the team."]))
+    llm.queue(reply(["Weekly planning meeting time"]))  # the title
     send(page, "When should we hold the weekly planning meeting?")
     wait_finished(page)
+    expect(page.get_by_test_id("conversation-title")).to_have_text("Weekly planning meeting time")
     for answer in (
         "Monday afternoons, so the week's work is fresh.",
         "Tuesdays at 10:00, after the stand-up.",
@@ -205,6 +220,6 @@ def test_the_admin_transcript_and_usage_chart(open_page, llm, site):
     usage = open_page("rosa", "/admin/chat/message/usage/?days=30", color_scheme="light")
     chart = usage.locator("#content svg").first
     expect(chart).to_be_visible()
-    expect(usage.locator("#content")).to_contain_text("bob")
+    expect(usage.locator("#content")).to_contain_text("sam")
     expect(usage.locator("#content")).to_contain_text("llama3.2")
     save(usage, "admin-usage")
