@@ -49,16 +49,21 @@ export function expect(kind, fields) {
   return state.pending;
 }
 
+/** Why `content` cannot be sent now (as the server would word it), or null. */
+export function refusal(content) {
+  if (!content.trim()) return FRAME_ERRORS.empty_content;
+  if (content.length > config.max_chars) return FRAME_ERRORS.content_too_long;
+  if (state.streaming || state.pending) return FRAME_ERRORS.busy;
+  return null;
+}
+
 export async function send() {
   const input = ui.input;
   const content = input.value;
-  if (!content.trim()) return;
-  if (content.length > config.max_chars) {
-    toast(FRAME_ERRORS.content_too_long);
-    return;
-  }
-  if (state.streaming || state.pending) {
-    toast(FRAME_ERRORS.busy);
+  if (!content.trim()) return; // Enter in an empty box: nothing to say
+  const refused = refusal(content);
+  if (refused) {
+    toast(refused);
     return;
   }
   // Offline after having been connected: say so. Still connecting for the first time (a

@@ -1,8 +1,7 @@
 // Editing a user message in place (issue #14): any of them, not only the last. The message
 // becomes an editor (Save & send, Cancel; Enter sends, Esc cancels); sending writes a new
 // version of it, and the earlier one stays a click away in the `‹ ›` switcher.
-import { expect } from "./composer.js";
-import { FRAME_ERRORS } from "./frames.js";
+import { expect, refusal } from "./composer.js";
 import * as M from "./messages.js";
 import { focusComposer, toast } from "./page.js";
 import { config, state } from "./state.js";
@@ -93,16 +92,9 @@ export function cancelEdit() {
 function saveEdit() {
   const { el, form } = state.editing;
   const content = form.querySelector("textarea").value;
-  if (!content.trim()) {
-    toast(FRAME_ERRORS.empty_content);
-    return;
-  }
-  if (content.length > config.max_chars) {
-    toast(FRAME_ERRORS.content_too_long);
-    return;
-  }
-  if (state.streaming || state.pending) {
-    toast(FRAME_ERRORS.busy);
+  const refused = refusal(content);
+  if (refused) {
+    toast(refused);
     return;
   }
   if (!state.socket?.isOpen) {
