@@ -80,6 +80,9 @@ def _load(name: str, allow_download: bool):
         return None
     try:
         return tiktoken.get_encoding(name)
+    except OSError as error:  # no network, a refused download, an unreadable file (requests' errors too)
+        log.error("Token counts are unavailable: the %s vocabulary could not be loaded: %s", name, error)
+        return None
     except Exception:
         log.exception("Token counts are unavailable: the %s vocabulary could not be loaded", name)
         return None
