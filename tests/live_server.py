@@ -84,6 +84,7 @@ class Site:
     UpstreamServer) sets OPENAI_BASE_URL and OPENAI_API_KEY. The database defaults to
     SQLite inside the data directory; pass `database_url` for PostgreSQL and
     `redis_url` for the Redis channel layer (both needed to run several servers).
+    `daphne_args` go on each server's daphne command line (`("--proxy-headers",)` behind nginx).
     The rest of the test run's environment passes through (TIKTOKEN_CACHE_DIR, so
     token counts work offline) except the app's own CHAT_/DJANGO_/OPENAI_ variables.
     """
@@ -97,8 +98,10 @@ class Site:
         api_key: str = TEST_API_KEY,
         database_url: str | None = None,
         redis_url: str | None = None,
+        daphne_args: tuple[str, ...] = (),
     ) -> None:
         self.root = Path(root)
+        self.daphne_args = tuple(daphne_args)  # added to every server's command line
         self.data_dir = self.root / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.database_url = database_url or f"sqlite:///{self.data_dir / 'db.sqlite3'}"
@@ -298,7 +301,8 @@ class LiveServer:
         if self.before_start:
             entry = "from daphne.cli import CommandLineInterface\nCommandLineInterface.entrypoint()"
             command = [sys.executable, "-c", f"{self.before_start}\n{entry}"]
-        command += ["-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
+        command += ["-b", "127.0.0.1", "-p", str(self.port), *self.site.daphne_args]
+        command.append("chatsite.asgi:application")
         with open(self.log_path, "ab") as log:
             log.write(f"--- {self.name}: {' '.join(command)}\n".encode())
             log.flush()
