@@ -15,7 +15,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from chat import cluster, replies, shutdown
+from chat import cluster, metrics, replies, shutdown
 from chat.generation import Generation
 from chat.relay import Watchers
 from chat.remote import RemoteTabs
@@ -62,6 +62,7 @@ class Worker:
 
     def ended(self, generation: Generation) -> None:
         """The reply is saved (or could not be): no longer this process's to run."""
+        metrics.relay.ended_deltas += generation.seq  # no longer summed from the running replies
         if self.running.get(generation.conversation_id) is generation:
             del self.running[generation.conversation_id]
         self.live = tuple(i for i in self.live if i != generation.reply_id)
