@@ -16,7 +16,7 @@ from chat import conf
 from tests.conftest import TEST_API_KEY
 from tests.live_server import Site
 from tests.test_scale_out import database_url, redis_url, services  # noqa: F401 (fixtures)
-from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
+from tests.upstream_server import Reply, UpstreamServer, held_reply
 
 TOKEN = "metrics-token-0123456789abcdef"
 PASSWORD = "correct horse battery staple"
@@ -191,9 +191,12 @@ async def test_the_fanout_lag_is_observed_on_the_worker_with_the_remote_tab(
     a, b = site.start_servers(2)
     try:
         before = samples(scrape(b))
-        upstream.queue(Reply(body=sse(*chat_chunks([f"tok{i} " for i in range(20)])), delay=0.01))
+        reply, release = held_reply(["tok0 "], [f"tok{i} " for i in range(1, 20)])
+        upstream.queue(reply)
         async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
             await on_a.send({"type": "send", "content": "Count"})
+            await on_b.until_text("tok0 ")  # B's tab follows A's reply live, through Redis
+            release.set()
             await on_b.frames_until("done")
             await on_a.frames_until("done")
             streamed = [f for f in on_a.frames if f["type"] == "delta"][-1]["seq"]
