@@ -62,22 +62,21 @@ FANOUT_LAG = Histogram(
 
 
 class _Relay:
-    """What the relay keeps anyway, read when Prometheus asks (chat.worker's replies)."""
-
-    def __init__(self) -> None:
-        self.ended_deltas = 0  # pieces of replies no longer running (chat.worker.Worker.ended)
+    """What the relay keeps anyway, read when Prometheus asks: chat.worker.Worker's running
+    replies and their `seq`, and the pieces of those that ended (`ended_deltas`)."""
 
     def describe(self):
         # Without this, registering would call collect(), importing chat.worker too early.
         return self._families(0, 0, 0)
 
     def collect(self):
-        from chat import worker  # chat.worker imports this module
+        from chat import worker  # imported late: chat.worker imports chat.generation, which imports this
 
         workers = worker.workers()
         running = [g for w in workers for g in list(w.running.values())]
         sockets = sum(len(sockets) for w in workers for sockets in list(w.watchers.sockets.values()))
-        return self._families(self.ended_deltas + sum(g.seq for g in running), len(running), sockets)
+        deltas = sum(w.ended_deltas for w in workers) + sum(g.seq for g in running)
+        return self._families(deltas, len(running), sockets)
 
     @staticmethod
     def _families(deltas: int, streams: int, sockets: int):
@@ -92,8 +91,7 @@ class _Relay:
         ]
 
 
-relay = _Relay()
-REGISTRY.register(relay)
+REGISTRY.register(_Relay())
 
 
 def upstream_error(error) -> None:
