@@ -10,16 +10,19 @@ import json
 import httpx
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from chat import conf
+from chat.upstream import ChatStream, UpstreamError
 from tests.conftest import TEST_API_KEY
 from tests.live_server import Site
 from tests.test_scale_out import database_url, redis_url, services  # noqa: F401 (fixtures)
-from tests.upstream_server import Reply, UpstreamServer, held_reply
+from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
 
 TOKEN = "metrics-token-0123456789abcdef"
 PASSWORD = "correct horse battery staple"
+HELLO = [{"role": "user", "content": "Hello"}]
 
 
 def prepare(site: Site, conversations: int) -> list[int]:
@@ -83,6 +86,40 @@ def test_a_scrape_from_outside_the_allow_list_is_refused(client, settings):
 def test_a_bad_metrics_setting_stops_start_up(name, bad, says):
     with pytest.raises(ImproperlyConfigured, match=says):
         conf.check_chat_settings({**conf.DEFAULTS, name: bad})
+
+
+# -- upstream errors, counted where the client meets them -------------------------------------
+def errors(code: str, status: str) -> float:
+    return REGISTRY.get_sample_value("chat_upstream_errors_total", {"code": code, "status": status}) or 0.0
+
+
+async def read_all(provider) -> str:
+    return "".join([piece.content async for piece in ChatStream(provider, "test-model", HELLO)])
+
+
+async def test_every_attempt_is_counted_even_one_retried(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 1
+    before = errors("upstream_unavailable", "503")
+    overloaded = json.dumps({"error": {"message": "Overloaded", "code": None}}).encode()
+    upstream.queue(
+        Reply(
+            status=503,
+            headers={"content-type": "application/json", "retry-after-ms": "10"},
+            body=[overloaded],
+        ),
+        Reply(body=sse(*chat_chunks(["Fine"]))),
+    )
+    assert await read_all(provider) == "Fine"
+    assert errors("upstream_unavailable", "503") - before == 1
+
+
+async def test_a_stream_cut_mid_reply_is_counted_once_without_a_status(upstream, provider, settings):
+    settings.CHAT_UPSTREAM_RETRIES = 0
+    before = errors("upstream_interrupted", "")
+    upstream.queue(Reply(body=sse(*chat_chunks(["Half"], None), done=False), cut=True))
+    with pytest.raises(UpstreamError):
+        await read_all(provider)
+    assert errors("upstream_interrupted", "") - before == 1
 
 
 # -- one daphne worker -------------------------------------------------------------------------
