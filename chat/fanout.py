@@ -83,13 +83,13 @@ async def _read(state: _State, channel: str) -> None:
     while True:
         try:
             message = await layer.receive(channel)
-            metrics.fanout_arrived(message.get("oldest"))
         except asyncio.CancelledError:
             raise
         except Exception:  # Redis away: try again shortly; the tabs' watchdogs show what they missed
             log.exception("Could not read this process's fan-out inbox")
             await asyncio.sleep(1)
             continue
+        metrics.fanout_arrived(message.get("oldest"))
         for item in message.get("items", ()):
             socket = state.sockets.get(item["channel"])
             if socket is None:
