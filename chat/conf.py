@@ -16,6 +16,7 @@ tests/test_conf.py proves every setting here is listed in .env.example, the READ
 Settings table and docs/reusable-app.md, with this default.
 """
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -74,7 +75,13 @@ SETTINGS: tuple[Setting, ...] = (
     # Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
     # socket re-reads its session before a send/edit/regenerate/stop at most this often.
     Setting("CHAT_SESSION_RECHECK_SECONDS", "float", 5.0, 0, "seconds between session re-reads"),
+    # /metrics (chat.metrics) is served only when one of these is set; with both, both must pass.
+    Setting("CHAT_METRICS_TOKEN", "str", "", help="bearer token a Prometheus scrape must send"),
+    Setting("CHAT_METRICS_ALLOW", "str", "", help="addresses/networks that may scrape /metrics"),
 )
+
+# Shorter tokens are refused at start-up: /metrics shows how busy the site is.
+MIN_METRICS_TOKEN_CHARS = 16
 
 DEFAULTS: dict[str, object] = {setting.name: setting.default for setting in SETTINGS}
 
@@ -112,6 +119,28 @@ def check_chat_settings(values: Mapping[str, object]) -> None:
         )
     if not 0 < values["CHAT_CHECKPOINT_INTERVAL"] < values["CHAT_LEASE_SECONDS"]:
         raise ImproperlyConfigured("CHAT_LEASE_SECONDS must be longer than CHAT_CHECKPOINT_INTERVAL")
+    token = values["CHAT_METRICS_TOKEN"]
+    if token and (len(token) < MIN_METRICS_TOKEN_CHARS or token != token.strip()):
+        raise ImproperlyConfigured(
+            f"CHAT_METRICS_TOKEN must be at least {MIN_METRICS_TOKEN_CHARS} characters, without spaces "
+            "around it (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    try:
+        allowed_networks(values["CHAT_METRICS_ALLOW"])
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"CHAT_METRICS_ALLOW: {exc}") from None
+
+
+def allowed_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """CHAT_METRICS_ALLOW's addresses and networks (comma or space separated); ValueError
+    naming a bad one."""
+    networks = []
+    for item in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an address or a network such as 10.0.0.0/8") from None
+    return networks
 
 
 def install_defaults() -> None:

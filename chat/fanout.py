@@ -11,6 +11,10 @@ one message holding them all. The inbox's reader hands each frame to its socket.
 Rounds run at once when the last was ROUND_INTERVAL ago or more, else when it is: an
 idle process sends at once, a busy one at most 1 / ROUND_INTERVAL messages a second to
 each other process, however many replies and tabs.
+
+Each message carries `oldest`, the wall-clock time its oldest frame was ready to go (the
+first wake after the last round), so the receiver can observe the fan-out lag
+(chat.metrics.FANOUT_LAG) once per message, never per frame.
 """
 
 import asyncio
@@ -21,6 +25,7 @@ from collections import defaultdict
 
 from channels.layers import get_channel_layer
 
+from chat import metrics
 from chat.writers import keep_running
 
 log = logging.getLogger(__name__)
@@ -39,6 +44,7 @@ class _State:
         self.replies: set = set()  # chat.remote.RemoteTabs with frames for other processes' tabs
         self.wakeup = asyncio.Event()
         self.sender: asyncio.Task | None = None
+        self.oldest: float | None = None  # time.time() of the first wake since the last round
 
 
 _states: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _State]" = weakref.WeakKeyDictionary()
@@ -83,6 +89,7 @@ async def _read(state: _State, channel: str) -> None:
             log.exception("Could not read this process's fan-out inbox")
             await asyncio.sleep(1)
             continue
+        metrics.fanout_arrived(message.get("oldest"))
         for item in message.get("items", ()):
             socket = state.sockets.get(item["channel"])
             if socket is None:
@@ -98,6 +105,8 @@ def wake(tabs) -> None:
     """A reply has frames for its remote tabs (new text, a new tab, or its end)."""
     state = _state()
     state.replies.add(tabs)
+    if state.oldest is None:
+        state.oldest = time.time()
     state.wakeup.set()
     state.sender = keep_running(state.sender, lambda: _send_rounds(state), "fanout-sender")
 
@@ -128,6 +137,7 @@ async def _send_rounds(state: _State) -> None:
 
 async def _round(state: _State) -> None:
     outbox: dict[str, list[dict]] = defaultdict(list)
+    oldest, state.oldest = state.oldest, None
     done = []
     for tabs in list(state.replies):
         if tabs.collect(outbox):
@@ -139,7 +149,7 @@ async def _round(state: _State) -> None:
                 for item in items:
                     await layer.send(target[7:], {"type": "chat.frame", **item})
             else:
-                await layer.send(target, {"type": "chat.frames", "items": items})
+                await layer.send(target, {"type": "chat.frames", "items": items, "oldest": oldest})
         except Exception:  # ChannelFull: that process stopped reading; its tabs settle from the DB
             log.info("Dropped the remote tabs behind %s", target, exc_info=True)
             for tabs in list(state.replies):

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from chat import fanout, frames, titles, tokens
+from chat import fanout, frames, metrics, titles, tokens
 from chat.frames import text_delta
 from chat.models import Message
 from chat.relay import Watchers
@@ -130,7 +130,9 @@ class Generation:
     async def _append(self, piece) -> None:
         """One piece from the model: the hot path of every delta."""
         if self.ttft_ms is None:
-            self.ttft_ms = (time.monotonic() - self.started) * 1000
+            waited = time.monotonic() - self.started
+            self.ttft_ms = waited * 1000
+            metrics.TIME_TO_FIRST_TOKEN.observe(waited)
         self.seq += 1
         self.content.append(piece.content)
         self.reasoning.append(piece.reasoning)
@@ -190,6 +192,8 @@ class Generation:
         await self.broadcast(frames.retrying_frame(self.reply_id, retry.attempt, retry.delay, retry.reason))
 
     async def _finish(self, stream: ChatStream, status: str, finish_reason: str, error) -> None:
+        duration = time.monotonic() - self.started
+        metrics.REPLY_DURATION.labels(status).observe(duration)
         fields = dict(
             status=status,
             finish_reason=finish_reason,
@@ -199,7 +203,7 @@ class Generation:
             seq=self.seq,
             usage=stream.usage,
             ttft_ms=self.ttft_ms,
-            duration_ms=(time.monotonic() - self.started) * 1000,
+            duration_ms=duration * 1000,
             error_code=error[0] if error else "",
             error_detail=error[1] if error else "",
             target=self.turn.target,

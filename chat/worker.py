@@ -29,6 +29,7 @@ class Worker:
         self.loop = loop
         self.running: dict[int, Generation] = {}  # conversation id -> the reply streaming there
         self.live: tuple[int, ...] = ()  # their reply ids; replaced whole, so other threads may read it
+        self.ended_deltas = 0  # pieces of the replies that ran here and ended (chat.metrics)
         self.watchers = Watchers()
         self.turns = TurnWriter(self.start, self.live_ids)
         self.finishes = Batched(replies.finish_many)
@@ -62,6 +63,7 @@ class Worker:
 
     def ended(self, generation: Generation) -> None:
         """The reply is saved (or could not be): no longer this process's to run."""
+        self.ended_deltas += generation.seq  # chat.metrics: from now on not summed from `running`
         if self.running.get(generation.conversation_id) is generation:
             del self.running[generation.conversation_id]
         self.live = tuple(i for i in self.live if i != generation.reply_id)

@@ -12,13 +12,14 @@ Why batching: one trip and one commit instead of one per call (docs/benchmark.md
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from channels.db import database_sync_to_async
 from django.conf import settings
 
-from chat import replies
+from chat import metrics, replies
 
 log = logging.getLogger(__name__)
 
@@ -146,11 +147,15 @@ async def checkpoints(running: dict) -> None:
         leases = [g.reply_id for g in list(running.values()) if g.reply_id not in saving]
         if not states and not leases:
             continue
+        began = time.monotonic()
         try:
             failed = await database_sync_to_async(replies.checkpoint)(states, leases)
         except Exception:
+            metrics.CHECKPOINT_FAILURES.inc()
             log.exception("Could not checkpoint %d streaming replies", len(states) + len(leases))
             continue
+        finally:
+            metrics.CHECKPOINT_DURATION.observe(time.monotonic() - began)
         for reply_id, exc in failed:
             log.error("Could not checkpoint reply %s", reply_id, exc_info=exc)
 

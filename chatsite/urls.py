@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat.health import healthz
+from chat.metrics import metrics_view
 from chat.throttle import password_reset
 
 # The site's name, not Django's: named here, in the project, so that a host site that mounts
@@ -11,6 +12,7 @@ admin.site.index_title = "Conversations, usage and settings"
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
     # Django's view with a limit on requests (chat/throttle.py); the rest are Django's own.
     path("accounts/password_reset/", password_reset, name="password_reset"),

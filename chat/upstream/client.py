@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from chat import metrics
 from chat.text import StorableStream, storable
 from chat.upstream.chunks import parse_chunk
 from chat.upstream.demo import DEMO_ORIGIN
@@ -215,6 +216,7 @@ class ChatStream:
             if error.code == "upstream_usage_option_rejected":
                 _rejects_usage_option.add(self.provider.base_url)
                 continue
+            metrics.upstream_error(error)
             delay = self._retry_delay(error, attempt)
             if delay is None:
                 raise error
@@ -324,6 +326,9 @@ class ChatStream:
             tail = self._flush()
             if tail:
                 yield tail
+        except UpstreamError as error:  # after the answer began (those before: _open)
+            metrics.upstream_error(error)
+            raise
         finally:
             await response.close()
 
