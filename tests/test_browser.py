@@ -863,7 +863,10 @@ def test_a_message_sent_while_the_page_is_still_connecting_goes_once_it_connects
         page.evaluate("window.__openSockets()")
         wait_finished(page)
         expect(body(last_reply(page))).to_have_text("Here already.")
-        assert llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "Typed as the page loaded"}
+        assert llm.requests[-1]["json"]["messages"][-1] == {
+            "role": "user",
+            "content": "Typed as the page loaded",
+        }
         page.reload()
         expect(page.locator(USER_TEXTS)).to_have_text(["Typed as the page loaded"])
     finally:
