@@ -538,6 +538,10 @@ class ShareViewInline(admin.TabularInline):
     can_delete = False
     verbose_name_plural = "opened by"
 
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Part of the share, not a model of its own in the admin: whoever may see shares sees this.
+        return request.user.has_perm("chat.view_share") or request.user.has_perm("chat.change_share")
+
     def has_add_permission(self, request, obj=None) -> bool:
         return False
 
