@@ -66,10 +66,12 @@ function show(data) {
 async function request(url, fields) {
   const options = { headers: { Accept: "application/json" }, credentials: "same-origin" };
   if (fields) {
-    const body = new FormData();
-    for (const [name, value] of Object.entries(fields)) body.append(name, value);
     options.method = "POST";
-    options.body = body;
+    // No body at all rather than an empty multipart one, which Django refuses (400).
+    if (Object.keys(fields).length) {
+      options.body = new FormData();
+      for (const [name, value] of Object.entries(fields)) options.body.append(name, value);
+    }
     options.headers["X-CSRFToken"] = form.querySelector("[name=csrfmiddlewaretoken]").value;
   }
   let response;
@@ -82,7 +84,7 @@ async function request(url, fields) {
   if (response.ok) {
     showError("");
     show(await response.json());
-  } else if (response.status === 400) {
+  } else if (response.status === 400 && response.headers.get("Content-Type")?.startsWith("application/json")) {
     showError(errorText((await response.json()).errors));
   } else {
     showError(`The server answered ${response.status}. Try again.`);
@@ -90,7 +92,7 @@ async function request(url, fields) {
 }
 
 function choice() {
-  return showPrompt.checked ? { show_system_prompt: "on" } : {};
+  return { show_system_prompt: showPrompt.checked ? "on" : "off" };
 }
 
 async function copyLink() {
