@@ -90,6 +90,7 @@ def test_a_link_is_made_opened_watched_and_revoked(open_page, site, server):
 
     # Showing the system prompt is the owner's choice, made on the same link.
     dialog.get_by_test_id("share-show-prompt").check()
+    expect(dialog).not_to_have_attribute("aria-busy", "true")  # saved
     expect(dialog.get_by_test_id("share-url")).to_have_value(link)
     reader.reload()
     expect(reader.get_by_test_id("shared-system-prompt")).to_have_text("You are Bob's secret planner.")

@@ -15,6 +15,7 @@ const copyButton = dialog.querySelector("[data-action=copy-share]");
 const errorLine = dialog.querySelector("[data-share-error]");
 const viewers = dialog.querySelector(".share-viewers");
 const nobody = dialog.querySelector("[data-share-nobody]");
+const controls = [showPrompt, createButton, revokeButton];
 
 let current = null; // the last state the server sent
 
@@ -74,6 +75,18 @@ async function request(url, fields) {
     }
     options.headers["X-CSRFToken"] = form.querySelector("[name=csrfmiddlewaretoken]").value;
   }
+  // One change at a time: the controls wait while one is on its way.
+  dialog.setAttribute("aria-busy", "true");
+  for (const control of controls) control.disabled = true;
+  try {
+    await send(url, options);
+  } finally {
+    dialog.removeAttribute("aria-busy");
+    for (const control of controls) control.disabled = false;
+  }
+}
+
+async function send(url, options) {
   let response;
   try {
     response = await fetch(url, options);
