@@ -182,3 +182,14 @@ def test_deleting_the_chat_ends_its_links(bob, alice, bobs_chat):
     owner.post(reverse("chat:delete", args=[bobs_chat.pk]))
     assert client_for(alice).get(link).status_code == 404
     assert not Share.objects.exists()
+
+
+def test_a_reply_still_being_written_says_so(bob, alice, bobs_chat):
+    """The page is a snapshot (no socket): a reply streaming when it was opened is marked."""
+    Message.objects.create(conversation=bobs_chat, role="user", content="And in June?")
+    Message.objects.create(conversation=bobs_chat, role="assistant", content="Maybe Mad", status="streaming")
+    link = path_of(make_link(client_for(bob), bobs_chat)["share"]["url"])
+    html = client_for(alice).get(link).content.decode()
+    assert "Maybe Mad" in html
+    assert "Still being written: reload for more." in html
+    assert "Waiting for first token" not in html
