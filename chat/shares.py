@@ -63,7 +63,7 @@ def _iso(moment) -> str | None:
     return moment.isoformat() if moment else None
 
 
-def state(request: HttpRequest, conversation: Conversation) -> dict:
+def dialog_state(request: HttpRequest, conversation: Conversation) -> dict:
     """What the owner's dialog shows: the live link, if any, and everyone who opened any link
     of this chat (a revoked one too: who has read it does not change when the link ends)."""
     share = live_share(conversation)
@@ -113,7 +113,7 @@ def _flag(value: str | None) -> bool:
 
 def _reply(request: HttpRequest, conversation: Conversation, status: int = 200) -> HttpResponse:
     if request.headers.get("Accept", "").startswith("application/json"):
-        return JsonResponse(state(request, conversation), status=status)
+        return JsonResponse(dialog_state(request, conversation), status=status)
     return redirect(reverse("chat:conversation", args=[conversation.pk]))
 
 
@@ -124,7 +124,7 @@ def share(request: HttpRequest, conversation_id: int) -> HttpResponse:
     (show_system_prompt: a checkbox)."""
     conversation = _owned(request, conversation_id)
     if request.method == "GET":
-        return JsonResponse(state(request, conversation))
+        return JsonResponse(dialog_state(request, conversation))
     try:
         show = _flag(request.POST.get("show_system_prompt"))
     except ValueError:
