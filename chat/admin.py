@@ -19,7 +19,7 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.timezone import localtime
 
-from chat import exports, review, upstream, usage
+from chat import exports, review, shares, upstream, usage
 from chat.models import (
     Budget,
     ChatModel,
@@ -27,6 +27,8 @@ from chat.models import (
     Invite,
     Message,
     Provider,
+    Share,
+    ShareView,
     TranscriptAccess,
 )
 from chat.provider_form import ProviderForm, masked_headers
@@ -526,3 +528,85 @@ class InviteAdmin(ChatAdmin):
         if obj is not None and self.shares_links(request):
             context["invite_link"] = request.build_absolute_uri(obj.link_path())
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+
+class ShareViewInline(admin.TabularInline):
+    model = ShareView
+    fields = ("viewer", "first_seen", "last_seen", "count")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name_plural = "opened by"
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        # Part of the share, not a model of its own in the admin: whoever may see shares sees this.
+        return request.user.has_perm("chat.view_share") or request.user.has_perm("chat.change_share")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class ShareStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("live", "live"), ("revoked", "revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() in ("live", "revoked"):
+            return queryset.filter(revoked_at__isnull=self.value() == "live")
+        return queryset
+
+
+@admin.register(Share)
+class ShareAdmin(ChatAdmin):
+    """Shared links (issue #15): who shared which conversation, who opened it; staff who may
+    change shares revoke them. The link itself is never shown, nor any of the conversation's
+    text: with it, staff could read a conversation the transcript's audit trail never sees."""
+
+    list_display = ("__str__", "owner", "conversation_ref", "status", "opened_by", "created_at", "revoked_at")
+    list_select_related = ("conversation__user", "revoked_by")
+    list_filter = (ShareStatusFilter, "created_at", "show_system_prompt")
+    search_fields = ("conversation__user__username", "=conversation__id")
+    fields = (
+        "conversation_ref",
+        "owner",
+        "created_by",
+        "created_at",
+        "show_system_prompt",
+        "status",
+        "revoked_at",
+        "revoked_by",
+    )
+    readonly_fields = fields
+    inlines = [ShareViewInline]
+    actions = ["revoke"]
+    show_full_result_count = False
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(viewer_count=Count("views"))
+
+    def has_add_permission(self, request) -> bool:
+        return False  # made by a conversation's owner, on the chat page
+
+    @admin.display(description="owner", ordering="conversation__user__username")
+    def owner(self, obj):
+        return obj.conversation.user
+
+    @admin.display(description="conversation", ordering="conversation_id")
+    def conversation_ref(self, obj):
+        return obj.conversation_id
+
+    @admin.display(description="opened by", ordering="viewer_count")
+    def opened_by(self, obj):
+        count = getattr(obj, "viewer_count", None)
+        return obj.views.count() if count is None else count
+
+    @admin.action(description="Revoke the selected links", permissions=["change"])
+    def revoke(self, request, queryset):
+        ended = shares.revoke(queryset, request.user)
+        self.message_user(request, f"{ended} link{'s' if ended != 1 else ''} revoked.")

@@ -314,3 +314,77 @@ class Invite(models.Model):
         if self.expires_at <= timezone.now():
             return "expired"
         return "open"
+
+
+def new_share_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class ShareQuerySet(models.QuerySet):
+    def live(self):
+        """Shares not revoked: their links open the conversation for any signed-in user."""
+        return self.filter(revoked_at__isnull=True)
+
+
+class Share(models.Model):
+    """A read-only link to a conversation for the signed-in users of this site (issue #15).
+
+    The token is the link: whoever signed in holds it sees the conversation as it stands
+    when they open it. A conversation has at most one live link; revoking it ends it for good
+    (a new link gets a new token), so a copy passed on never opens again.
+    """
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="shares")
+    token = models.CharField(max_length=64, unique=True, default=new_share_token, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    show_system_prompt = models.BooleanField(
+        default=False, help_text="The link shows the chat's system prompt and model too."
+    )
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    objects = ShareQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["conversation"],
+                condition=Q(revoked_at__isnull=True),
+                name="one_live_share_per_conversation",
+            )
+        ]
+
+    def __str__(self) -> str:
+        # No title: it is the conversation's first words when the owner did not choose one.
+        return f"Share {self.pk} of conversation {self.conversation_id}"
+
+    def link_path(self) -> str:
+        """Not get_absolute_url: the admin's "view on site" would hand the link to any staff member."""
+        return reverse("chat:shared", args=[self.token])
+
+    @property
+    def status(self) -> str:
+        return "revoked" if self.revoked_at else "live"
+
+
+class ShareView(models.Model):
+    """Who opened a shared link: one row per person and link, counted, not one per visit."""
+
+    share = models.ForeignKey(Share, on_delete=models.CASCADE, related_name="views")
+    viewer = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    first_seen = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    count = models.PositiveIntegerField(default=1)
+
+    class Meta:
+        ordering = ["-last_seen"]
+        constraints = [models.UniqueConstraint(fields=["share", "viewer"], name="one_view_row_per_viewer")]
+
+    def __str__(self) -> str:
+        return f"{self.viewer} opened share {self.share_id}"

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import views
+from chat import shares, views
 
 app_name = "chat"
 
@@ -15,6 +15,9 @@ urlpatterns = [
     path("c/<int:conversation_id>/settings/", views.update_settings, name="settings"),
     path("c/<int:conversation_id>/export.md", views.export_markdown, name="export_md"),
     path("c/<int:conversation_id>/export.json", views.export_json, name="export_json"),
+    path("c/<int:conversation_id>/share/", shares.share, name="share"),
+    path("c/<int:conversation_id>/share/revoke/", shares.revoke_view, name="share_revoke"),
+    path("s/<str:token>/", shares.shared, name="shared"),
     path("c/<int:conversation_id>/messages/", views.message_list, name="messages"),
     path("c/<int:conversation_id>/messages/<int:message_id>/", views.message_detail, name="message"),
 ]

@@ -43,6 +43,8 @@ def _urls(conversation: Conversation) -> dict:
         "settings_url": reverse("chat:settings", args=[conversation.pk]),
         "export_md_url": reverse("chat:export_md", args=[conversation.pk]),
         "export_json_url": reverse("chat:export_json", args=[conversation.pk]),
+        "share_url": reverse("chat:share", args=[conversation.pk]),
+        "revoke_share_url": reverse("chat:share_revoke", args=[conversation.pk]),
     }
 
 

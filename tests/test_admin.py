@@ -11,19 +11,19 @@ from django.contrib.contenttypes.models import ContentType
 from django.test import Client, RequestFactory
 from django.urls import resolve, reverse
 
-from chat.models import ChatModel, Conversation, Invite, Message, Provider, TranscriptAccess
+from chat.models import ChatModel, Conversation, Invite, Message, Provider, Share, ShareView, TranscriptAccess
 
 HOSTILE = '<script>alert(1)</script><img src=x onerror="alert(2)"> [click](javascript:alert(3))'
 
 
 @pytest.fixture
 def staff(db):
-    return User.objects.create_superuser("charlie", password="x")
+    return User.objects.create_superuser("charlie", password=None)
 
 
 @pytest.fixture
 def conversation(db):
-    alice = User.objects.create_user("alice", password="x")
+    alice = User.objects.create_user("alice")
     conversation = Conversation.objects.create(user=alice, title="Alice's chat", model="gpt-4o-mini")
     Message.objects.create(conversation=conversation, role="user", content="Question", token_count=1)
     Message.objects.create(
@@ -198,7 +198,7 @@ HEADER_SECRET = "azure-header-secret-24680"
 
 def staff_with(*perms: str, username: str = "dana") -> User:
     """A staff member holding only the named permissions, e.g. "chat.view_provider"."""
-    user = User.objects.create_user(username, password="x", is_staff=True)
+    user = User.objects.create_user(username, is_staff=True)
     for perm in perms:
         app_label, codename = perm.split(".")
         user.user_permissions.add(
@@ -306,6 +306,9 @@ def test_view_only_staff_never_see_secret_provider_headers(stored_provider):
         ("admin:chat_message_changelist", "reasoning__icontains"),
         ("admin:chat_conversation_changelist", "system_prompt__icontains"),
         ("admin:chat_conversation_changelist", "messages__content__icontains"),
+        ("admin:chat_share_changelist", "token__startswith"),
+        ("admin:chat_share_changelist", "conversation__system_prompt__icontains"),
+        ("admin:chat_share_changelist", "conversation__messages__content__icontains"),
     ],
 )
 def test_no_list_filters_on_a_secret_or_on_message_text(staff_client, conversation, url_name, lookup):
@@ -505,3 +508,76 @@ def test_only_staff_who_may_make_invites_see_invite_links(staff):
     maker = Client()
     maker.force_login(staff_with("chat.view_invite", "chat.change_invite", username="frank"))
     assert invite.token in maker.get(change).content.decode()
+
+
+# --- shared links (issue #15) -------------------------------------------------------------------
+
+
+@pytest.fixture
+def shared(conversation):
+    """Alice's chat shared, opened by bob twice; and an older link of hers, revoked."""
+    bob = User.objects.create_user("bob")
+    Share.objects.create(
+        conversation=conversation, created_by=conversation.user, revoked_at="2026-01-01T00:00Z"
+    )
+    share = Share.objects.create(
+        conversation=conversation, created_by=conversation.user, show_system_prompt=True
+    )
+    ShareView.objects.create(share=share, viewer=bob, count=2)
+    return share
+
+
+def test_staff_list_shares_without_the_link_or_any_text(shared, conversation, django_assert_max_num_queries):
+    viewer = as_staff("chat.view_share")
+    for n in range(10):
+        other = Conversation.objects.create(user=conversation.user, title=f"chat {n}")
+        Share.objects.create(conversation=other)
+    with django_assert_max_num_queries(8):
+        page = viewer.get(reverse("admin:chat_share_changelist"))
+    html = page.content.decode()
+    assert page.status_code == 200
+    row = next(r for r in page.context["cl"].result_list if r.pk == shared.pk)
+    assert row.viewer_count == 1
+    assert "alice" in html and "revoked" in html and "live" in html
+    change = viewer.get(reverse("admin:chat_share_change", args=[shared.pk])).content.decode()
+    assert "bob" in change  # who opened it
+    for url in (
+        reverse("admin:chat_share_changelist"),
+        reverse("admin:chat_share_change", args=[shared.pk]),
+        reverse("admin:chat_share_history", args=[shared.pk]),
+    ):
+        html = viewer.get(url).content.decode()
+        assert shared.token not in html, url
+        assert "Alice&#x27;s chat" not in html and "Question" not in html and "bold" not in html, url
+    live = viewer.get(reverse("admin:chat_share_changelist"), {"status": "live"}).context["cl"].result_list
+    assert shared in live and all(s.revoked_at is None for s in live)
+    assert not TranscriptAccess.objects.exists()
+    assert viewer.get(reverse("admin:chat_share_add")).status_code == 403  # made by owners only
+
+
+def test_staff_who_may_change_shares_revoke_them(shared, conversation):
+    reader = Client()
+    reader.force_login(User.objects.get(username="bob"))
+    assert reader.get(shared.link_path()).status_code == 200
+    action = {"action": "revoke", "_selected_action": [shared.pk], "index": 0}
+    changelist = reverse("admin:chat_share_changelist")
+
+    viewer = as_staff("chat.view_share")
+    assert 'value="revoke"' not in viewer.get(changelist).content.decode()
+    viewer.post(changelist, action)
+    assert reader.get(shared.link_path()).status_code == 200
+
+    changer = staff_with("chat.view_share", "chat.change_share", username="erin")
+    client = Client()
+    client.force_login(changer)
+    response = client.post(changelist, action, follow=True)
+    assert "1 link revoked." in response.content.decode()
+    shared.refresh_from_db()
+    assert shared.revoked_at is not None and shared.revoked_by == changer
+    assert reader.get(shared.link_path()).status_code == 404
+
+
+def test_shares_are_not_for_staff_without_permission(shared):
+    nobody = as_staff()
+    assert nobody.get(reverse("admin:chat_share_changelist")).status_code == 403
+    assert nobody.get(reverse("admin:chat_share_change", args=[shared.pk])).status_code == 403

@@ -10,7 +10,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
 from django.urls import reverse
 
-from chat.models import Conversation, Message, TranscriptAccess
+from chat.models import Conversation, Message, Share, ShareView, TranscriptAccess
 from chatsite.asgi import application
 from tests.chat_sockets import frames_until, open_socket, receive_frame, session_cookie, text_of
 from tests.upstream_server import held_reply
@@ -18,17 +18,17 @@ from tests.upstream_server import held_reply
 
 @pytest.fixture
 def alice(db) -> User:
-    return User.objects.create_user("alice", password="x")
+    return User.objects.create_user("alice")  # signed in with force_login: no password to hash
 
 
 @pytest.fixture
 def bob(db) -> User:
-    return User.objects.create_user("bob", password="x")
+    return User.objects.create_user("bob")
 
 
 @pytest.fixture
 def charlie(db) -> User:
-    return User.objects.create_superuser("charlie", password="x")
+    return User.objects.create_superuser("charlie", password=None)
 
 
 @pytest.fixture
@@ -36,6 +36,8 @@ def bobs_chat(bob) -> Conversation:
     chat = Conversation.objects.create(user=bob, title="Bob's secret plans", system_prompt="bob's prompt")
     Message.objects.create(conversation=chat, role="user", content="bob's question")
     Message.objects.create(conversation=chat, role="assistant", content="bob's answer")
+    # Shared (issue #15): a link must change nothing below; only /s/<token>/ reads through it.
+    Share.objects.create(conversation=chat, created_by=bob)
     return chat
 
 
@@ -48,6 +50,7 @@ def snapshot(conversation: Conversation) -> tuple:
         conversation.system_prompt,
         conversation.updated_at,
         messages,
+        tuple(Share.objects.filter(conversation=conversation).order_by("id").values_list()),
     )
 
 
@@ -63,6 +66,9 @@ def requests_for(chat: Conversation) -> list[tuple[str, str, dict]]:
         ("get", reverse("chat:export_json", args=[pk]), {}),
         ("get", reverse("chat:messages", args=[pk]), {}),
         ("get", reverse("chat:message", args=[pk, message.pk]), {}),
+        ("get", reverse("chat:share", args=[pk]), {}),
+        ("post", reverse("chat:share", args=[pk]), {"show_system_prompt": "on"}),
+        ("post", reverse("chat:share_revoke", args=[pk]), {}),
     ]
 
 
@@ -96,7 +102,7 @@ def test_json_requests_get_the_same_404(client, alice, bobs_chat):
 def test_another_users_conversation_looks_like_one_that_does_not_exist(client, alice, bobs_chat):
     client.force_login(alice)
     missing = bobs_chat.pk + 1000
-    for name in ("chat:conversation", "chat:export_md", "chat:export_json", "chat:messages"):
+    for name in ("chat:conversation", "chat:export_md", "chat:export_json", "chat:messages", "chat:share"):
         theirs = client.get(reverse(name, args=[bobs_chat.pk]))
         nothing = client.get(reverse(name, args=[missing]))
         assert (theirs.status_code, theirs.content) == (nothing.status_code, nothing.content)
@@ -175,6 +181,71 @@ def test_users_without_staff_rights_cannot_use_the_admin(client, alice, bobs_cha
         assert response.status_code == 302 and "/admin/login/" in response["Location"], url
 
 
+# --- through a shared link (issue #15) --------------------------------------------------------
+
+
+def shared_link(chat: Conversation) -> str:
+    return reverse("chat:shared", args=[chat.shares.live().get().token])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("who", ["alice", "charlie"])
+def test_a_shared_link_lets_others_read_and_nothing_more(client, request, who, bob, bobs_chat):
+    user = request.getfixturevalue(who)
+    client.force_login(user)
+    Conversation.objects.create(user=bob, title="Bob's other chat")
+    before = snapshot(bobs_chat)
+    page = client.get(shared_link(bobs_chat)).content.decode()
+    assert "s answer</p>" in page  # the reply, rendered
+    assert "bob&#x27;s prompt" not in page and "bob's prompt" not in page  # not chosen
+    assert "Bob&#x27;s other chat" not in page
+    assert ShareView.objects.filter(viewer=user, share__conversation=bobs_chat).exists()
+    for method, url, data in requests_for(bobs_chat):  # the owner's pages stay the owner's
+        assert getattr(client, method)(url, data).status_code == 404, (method, url)
+    assert snapshot(bobs_chat) == before
+
+
+@pytest.mark.django_db
+def test_a_shared_link_shows_the_reader_nothing_of_their_own(client, alice, bobs_chat):
+    """No sidebar: the reader's chats are not listed on a page whose address they may pass on."""
+    Conversation.objects.create(user=alice, title="Alice's diary")
+    client.force_login(alice)
+    assert "Alice&#x27;s diary" not in client.get(shared_link(bobs_chat)).content.decode()
+
+
+@pytest.mark.django_db
+def test_a_link_opens_only_its_own_conversation(client, alice, bob, bobs_chat):
+    client.force_login(alice)
+    other = Conversation.objects.create(user=bob, title="Bob's unshared chat")
+    Message.objects.create(conversation=other, role="user", content="unshared words")
+    token = bobs_chat.shares.get().token
+    for path in (f"/s/{token}/{other.pk}/", f"/s/{token}{other.pk}/", f"/s/{token[:-1]}/", "/s/%20/"):
+        response = client.get(path)
+        assert response.status_code == 404, path
+        assert b"unshared words" not in response.content and b"bob&#x27;s" not in response.content
+
+
+@pytest.mark.django_db
+def test_who_opened_a_link_is_the_owners_to_see(client, alice, charlie, bob, bobs_chat):
+    client.force_login(alice)
+    client.get(shared_link(bobs_chat))
+    client.force_login(charlie)
+    assert client.get(reverse("chat:share", args=[bobs_chat.pk])).status_code == 404
+    client.force_login(bob)
+    viewers = client.get(reverse("chat:share", args=[bobs_chat.pk])).json()["viewers"]
+    assert [v["username"] for v in viewers] == ["alice"]
+
+
+@pytest.mark.django_db
+def test_a_revoked_link_reads_nothing(client, alice, bob, bobs_chat):
+    link = shared_link(bobs_chat)
+    client.force_login(bob)
+    client.post(reverse("chat:share_revoke", args=[bobs_chat.pk]))
+    client.force_login(alice)
+    response = client.get(link)
+    assert response.status_code == 404 and b"bob&#x27;s" not in response.content
+
+
 # --- over the websocket ------------------------------------------------------------------------
 
 
@@ -190,6 +261,8 @@ def message_count(conversation: Conversation) -> int:
 
 @pytest.mark.django_db(transaction=True)
 async def test_nobody_else_can_open_a_socket_on_a_conversation(alice, charlie, bobs_chat):
+    """Not even with the conversation shared (bobs_chat has a live link): a link reads, never
+    watches or writes."""
     before = await message_count(bobs_chat)
     for user in (alice, charlie, None):
         connected, _ = await open_socket(bobs_chat.pk, user)

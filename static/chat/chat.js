@@ -8,6 +8,7 @@
 //   composer.js   send, regenerate, copy;  editor.js  editing a message in place
 //   versions.js   the ‹ 2/3 › switcher between versions of a message
 //   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
+//   share.js      the Share… dialog: a read-only link, revoking it, who opened it
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
 import { showBudget } from "./budget.js";
@@ -17,6 +18,7 @@ import { cancelEdit, startEdit } from "./editor.js";
 import { watchHeader } from "./header.js";
 import * as M from "./messages.js";
 import { $, focusComposer, toBottom, ui, watchScrolling, watchSidebarAndDialogs } from "./page.js";
+import { watchShare } from "./share.js";
 import { watchSidebar } from "./sidebar.js";
 import { config, state } from "./state.js";
 import { beginStreaming, stop } from "./stream.js";
@@ -61,6 +63,7 @@ watchScrolling();
 watchSidebarAndDialogs();
 watchSidebar();
 watchHeader();
+watchShare();
 
 // ---------------------------------------------------------------- start
 

@@ -119,6 +119,7 @@ export function showNewConversation(created) {
   $("rename-form").action = created.rename_url;
   $("delete-form").action = created.delete_url;
   $("settings-form").action = created.settings_url;
+  $("share-form").action = created.share_url;
   $("export-md").href = created.export_md_url;
   $("export-json").href = created.export_json_url;
   $("rename-title").value = created.title || "";
