@@ -871,3 +871,32 @@ def test_a_message_sent_while_the_page_is_still_connecting_goes_once_it_connects
         expect(page.locator(USER_TEXTS)).to_have_text(["Typed as the page loaded"])
     finally:
         context.close()
+
+
+def test_send_waits_for_the_page_scripts_so_an_early_click_cannot_lose_the_message(
+    browser, server, site, llm
+):
+    """Before static/chat/chat.js runs, a click on Send would submit the form natively: a
+    navigation that drops the typed message. Send is enabled only once the page can send."""
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    context.set_default_timeout(WAIT_MS)
+    held = []
+    try:
+        context.add_cookies([{"name": "sessionid", "value": site.sessions["pat"], "url": server.origin}])
+        context.route(re.compile(r"/static/chat/chat[.\w]*\.js$"), lambda route: held.append(route))
+        page = context.new_page()
+        page.goto(server.url("/new/"), wait_until="commit")  # "load" would wait for the held script
+        expect(page.get_by_test_id("send")).to_be_disabled()
+        page.get_by_test_id("composer").fill("Typed before the scripts ran")
+        page.get_by_test_id("send").click(force=True)  # a click on the disabled button: nothing
+        expect(page).to_have_url(re.compile(r"/new/$"))
+        expect(page.get_by_test_id("composer")).to_have_value("Typed before the scripts ran")
+        assert held, "the page asked for chat.js"
+        for route in held:
+            route.continue_()
+        llm.queue(reply(["Received."]))
+        page.get_by_test_id("send").click()  # waits until enabled
+        wait_finished(page)
+        expect(page.locator(USER_TEXTS)).to_have_text(["Typed before the scripts ran"])
+    finally:
+        context.close()

@@ -76,3 +76,4 @@ if (state.conversation) openSocket();
 toBottom();
 autosize();
 focusComposer();
+ui.sendButton.disabled = false; // the page is ready to send (see page.html)
