@@ -71,4 +71,3 @@ class ChannelLayer(RedisChannelLayer):
             pipe.zadd(group_key, {channel: time.time()})  # the score channels_redis expires by
             pipe.expire(group_key, self.group_expiry)
             await pipe.execute()
-
