@@ -35,10 +35,16 @@ def storm_site(tmp_path_factory, upstream, database_url, redis_url):  # noqa: F8
         env={**ENV, "CHAT_MAX_REPLIES_PER_USER": "0"},  # one user sends in all 8 at once
     )
     site.migrate()
-    site.create_user("alice", PASSWORD)
+    # One manage.py run for the user and its conversations (each run costs about a second).
+    conversations = site.shell(
+        "from chat.models import Conversation\n"
+        "from django.contrib.auth.models import User\n"
+        f"user = User.objects.create_user('alice', password={PASSWORD!r})\n"
+        f"result = [Conversation.objects.create(user=user).pk for _ in range({CONVERSATIONS})]"
+    )
     servers = site.start_servers(2)
     try:
-        yield site, servers
+        yield site, servers, conversations
     finally:
         site.stop()
 
@@ -54,8 +60,7 @@ async def _open_all(server, conversations: list[int], cookie: str) -> tuple[list
 
 
 async def test_four_hundred_tabs_connecting_at_once_all_get_in_and_see_replies(storm_site, upstream):  # noqa: F811
-    site, (worker, other) = storm_site
-    conversations = [site.create_conversation("alice") for _ in range(CONVERSATIONS)]
+    site, (worker, other), conversations = storm_site
     cookie = worker.login("alice", PASSWORD)
 
     opened, failures = await _open_all(worker, conversations, cookie)
