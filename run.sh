@@ -25,4 +25,6 @@ fi
 # HOST and PORT (where daphne listens), from the environment or .env like the rest.
 address=$(.venv/bin/python -m chatsite.env)  # a bad PORT stops here, naming it
 read -r host port <<<"$address"
-exec .venv/bin/daphne -b "$host" -p "$port" chatsite.asgi:application
+# Tabs reconnecting together after a restart queue for their handshakes; daphne drops one
+# not done in 5 s by default (docs/deploy.md, "Redis connections").
+exec .venv/bin/daphne -b "$host" -p "$port" --websocket_connect_timeout 30 chatsite.asgi:application

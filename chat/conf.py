@@ -56,6 +56,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     # Past this, a socket's deltas are skipped and it is caught up as it drains.
     Setting("CHAT_SOCKET_BUFFER_BYTES", "int", 512 * 1024, 4096, "bytes daphne may hold for one socket"),
+    # With REDIS_URL (chat/layers.py): a worker's connections to Redis; a command finding all
+    # busy waits for one, up to CHAT_REDIS_POOL_TIMEOUT, then fails naming this setting.
+    Setting("CHAT_REDIS_MAX_CONNECTIONS", "int", 50, 2, "Redis connections per worker"),
+    Setting("CHAT_REDIS_POOL_TIMEOUT", "float", 10.0, 0.1, "seconds to wait for a free Redis connection"),
     Setting("CHAT_MAX_MESSAGE_CHARS", "int", 32000, 1, "longest user message"),
     # Over every conversation and worker; 0: no cap.
     Setting("CHAT_MAX_REPLIES_PER_USER", "int", 5, 0, "replies one user may have streaming at once"),

@@ -155,22 +155,7 @@ DATABASES = {"default": _database()}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env_url("REDIS_URL", "", ("redis", "rediss", "unix"))
-if REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                # channels_redis waits for messages with a 5 s BZPOPMIN; redis-py 8 reads
-                # with a 5 s socket timeout by default, so idle sockets died every ~5 s
-                # (redis/redis-py#4091, django/channels_redis#422). Read longer than that.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
-                "capacity": 1000,
-                "expiry": 30,
-            },
-        }
-    }
-else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# CHANNEL_LAYERS: below, after the chat settings that size its Redis pool.
 
 # The cache holds django-ratelimit's counters (sign-up, password reset). They must be
 # shared by every worker: Redis when there is one (several workers need it anyway); else
@@ -260,6 +245,27 @@ OPENAI_BASE_URL = _provider.base_url
 _chat.update(CHAT_DEMO=_provider.demo, CHAT_MODEL=_provider.model)
 check_chat_settings(_chat)
 globals().update(_chat)
+# The channel layer: Redis with several workers (chat/layers.py: channels_redis's layer
+# with a pool that waits for a free connection instead of failing, sized by
+# CHAT_REDIS_MAX_CONNECTIONS per worker; docs/deploy.md), else in this process's memory.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "chat.layers.ChannelLayer",
+            "CONFIG": {
+                # channels_redis waits for messages with a 5 s BZPOPMIN; redis-py 8 reads
+                # with a 5 s socket timeout by default, so idle sockets died every ~5 s
+                # (redis/redis-py#4091, django/channels_redis#422). Read longer than that.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "capacity": 1000,
+                "expiry": 30,
+                "max_connections": _chat["CHAT_REDIS_MAX_CONNECTIONS"],
+                "pool_timeout": _chat["CHAT_REDIS_POOL_TIMEOUT"],
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 del _chat, _provider
 
 # tiktoken reads its vocabulary cache from this variable; keep it in the data

@@ -301,8 +301,9 @@ class LiveServer:
         if self.before_start:
             entry = "from daphne.cli import CommandLineInterface\nCommandLineInterface.entrypoint()"
             command = [sys.executable, "-c", f"{self.before_start}\n{entry}"]
-        command += ["-b", "127.0.0.1", "-p", str(self.port), *self.site.daphne_args]
-        command.append("chatsite.asgi:application")
+        # As run.sh and docs/deploy.md run it: a storm of handshakes may take longer than 5 s.
+        command += ["-b", "127.0.0.1", "-p", str(self.port), "--websocket_connect_timeout", "30"]
+        command += [*self.site.daphne_args, "chatsite.asgi:application"]
         with open(self.log_path, "ab") as log:
             log.write(f"--- {self.name}: {' '.join(command)}\n".encode())
             log.flush()

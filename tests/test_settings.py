@@ -53,7 +53,7 @@ def test_an_api_key_switches_to_openai_and_gpt_4o_mini(tmp_path):
         "False",
         "gpt-4o-mini",
         "django.db.backends.sqlite3",
-        "channels_redis.core.RedisChannelLayer",
+        "chat.layers.ChannelLayer",  # channels_redis with a waiting pool (issue #15)
     ]
 
 
@@ -65,6 +65,7 @@ def test_an_api_key_switches_to_openai_and_gpt_4o_mini(tmp_path):
         ("CHAT_ENV_FILE", "/nonexistent/chat.env"),
         ("CHAT_UPSTREAM_IDLE_TIMEOUT", "soon"),
         ("CHAT_MAX_MESSAGE_CHARS", "-5"),
+        ("CHAT_REDIS_MAX_CONNECTIONS", "1"),
         ("DATABASE_URL", "mysql-ish://nowhere"),
         ("OPENAI_BASE_URL", "api.openai.com/v1"),
         ("REDIS_URL", "localhost:6379"),
