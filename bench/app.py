@@ -204,7 +204,7 @@ class AppServer:
     def _start(self, cpus: set[int] | None) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "--websocket_connect_timeout", "30", "chatsite.asgi:application"],
             cwd=ROOT,
             env=self.env,
             stdout=log,

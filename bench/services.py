@@ -80,7 +80,7 @@ class Peer:
         self.log_path = app.dir / "peer.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "--websocket_connect_timeout", "30", "chatsite.asgi:application"],
             cwd=ROOT,
             env=app.env,
             stdout=log,

@@ -17,7 +17,7 @@ from chat import conf
 from chat.upstream import ChatStream, UpstreamError
 from tests.conftest import TEST_API_KEY
 from tests.live_server import Site
-from tests.test_scale_out import database_url, redis_url, services  # noqa: F401 (fixtures)
+from tests.services import database_url, redis_url, services  # noqa: F401 (fixtures)
 from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
 
 TOKEN = "metrics-token-0123456789abcdef"

@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import TEST_API_KEY
 from tests.live_server import REPO, ChatSocket, free_port, port_open
-from tests.test_scale_out import (  # noqa: F401 (fixtures)
+from tests.services import (  # noqa: F401 (fixtures)
     ENV,
     PASSWORD,
     assert_exact,

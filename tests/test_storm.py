@@ -15,7 +15,7 @@ import asyncio
 import pytest
 
 from tests.live_server import Site
-from tests.test_scale_out import ENV, PASSWORD, database_url, redis_url, services, upstream  # noqa: F401
+from tests.services import ENV, PASSWORD, database_url, redis_url, services, upstream  # noqa: F401
 from tests.upstream_server import Reply, chat_chunks, sse
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
