@@ -162,6 +162,9 @@ class AppServer:
             "CHAT_ENV_FILE": os.devnull,  # a repo .env must not change what is measured
             # One user runs every stream: a cap it never reaches, so each send still pays its query.
             "CHAT_MAX_REPLIES_PER_USER": "1000000",
+            # The relay is measured, not titles: a title request after each chat's first reply
+            # would be one more upstream request the load generator answers as a long reply.
+            "CHAT_MODEL_TITLES": "false",
             "DJANGO_DEBUG": "false",
             "DJANGO_LOG_LEVEL": "WARNING",
             "DJANGO_SECRET_KEY": "bench-" + os.urandom(16).hex(),
