@@ -17,7 +17,7 @@ from chat import conf
 from chat.upstream import ChatStream, UpstreamError
 from tests.conftest import TEST_API_KEY
 from tests.live_server import Site
-from tests.services import database_url, redis_url, services  # noqa: F401 (fixtures)
+from tests.services import database_url, redis_url, services, upstream  # noqa: F401 (fixtures)
 from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
 
 TOKEN = "metrics-token-0123456789abcdef"
@@ -123,15 +123,6 @@ async def test_a_stream_cut_mid_reply_is_counted_once_without_a_status(upstream,
 
 
 # -- one daphne worker -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, upstream):
     env = {"CHAT_METRICS_TOKEN": TOKEN, "CHAT_CHECKPOINT_INTERVAL": "0.05", "CHAT_UPSTREAM_RETRIES": "0"}

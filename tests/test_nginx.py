@@ -34,6 +34,7 @@ from tests.services import (  # noqa: F401 (fixtures)
     redis_url,
     services,
     text_of,
+    upstream,
 )
 from tests.upstream_server import Reply, UpstreamServer, chat_chunks, held_reply, sse
 
@@ -158,15 +159,6 @@ def worker_of(ws: ChatSocket, workers) -> object:
 def nginx_binary():
     if not Path(NGINX).exists():
         pytest.skip(f"nginx is not installed ({NGINX}; Debian: apt-get install nginx)")
-
-
-@pytest.fixture(scope="module")
-def upstream():
-    server = UpstreamServer()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 @pytest.fixture(scope="module")
