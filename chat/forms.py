@@ -6,6 +6,14 @@ from django.contrib.auth.forms import UserCreationForm
 from chat import providers
 from chat.models import Conversation
 
+TITLE_LONGEST = 80  # characters a title chosen in the page may have
+
+
+def title_text(text: str) -> str:
+    """A title as the page's form keeps it: whitespace runs made one space, at most
+    TITLE_LONGEST characters."""
+    return " ".join(text.split())[:TITLE_LONGEST]
+
 
 class TitleForm(forms.ModelForm):
     """Rename, and the optional title of a new chat (the page sends the first message's start)."""
@@ -15,7 +23,7 @@ class TitleForm(forms.ModelForm):
         fields = ["title"]
 
     def clean_title(self) -> str:
-        return " ".join(self.cleaned_data["title"].split())[:80]
+        return title_text(self.cleaned_data["title"])
 
 
 class ConversationSettingsForm(forms.ModelForm):

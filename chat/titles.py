@@ -27,6 +27,8 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from chat import cluster, frames, providers, replies
+from chat.forms import TITLE_LONGEST as LONGEST
+from chat.forms import title_text
 from chat.models import Conversation, Message
 from chat.text import storable
 from chat.upstream import UpstreamError, complete
@@ -35,7 +37,6 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 15.0  # seconds for the whole request, retries included
 MAX_TOKENS = 30
-LONGEST = 80  # characters, as a rename allows (chat.forms.TitleForm)
 EXCERPT = 1000  # characters of the question and of the answer that are sent
 PROMPT = (
     "Write a title of at most six words for the conversation below, in its language. "
@@ -71,7 +72,7 @@ def first_words_titles(question: str) -> set[str]:
     """The titles a chat has before it is titled: none, the page's (the first line, as
     TitleForm cleans it) and the server's own (replies._title)."""
     first_line = next((line for line in question.split("\n") if line.strip()), "")
-    return {"", " ".join(first_line.split())[:LONGEST], replies._title(question)}
+    return {"", title_text(first_line), replies._title(question)}
 
 
 def start(worker, turn: replies.Turn, status: str, answer: str) -> None:
