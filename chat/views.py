@@ -33,18 +33,15 @@ def conversation_list(request: HttpRequest) -> JsonResponse:
 
 
 def _urls(conversation: Conversation) -> dict:
+    """What the page needs to work on a conversation: its sidebar entry's links and the rest."""
+    pk = conversation.pk
     return {
-        "id": conversation.pk,
-        "url": conversation_url(conversation),
-        "messages_url": reverse("chat:messages", args=[conversation.pk]),
-        "ws_path": f"/ws/chat/{conversation.pk}/",
-        "rename_url": reverse("chat:rename", args=[conversation.pk]),
-        "delete_url": reverse("chat:delete", args=[conversation.pk]),
-        "settings_url": reverse("chat:settings", args=[conversation.pk]),
-        "export_md_url": reverse("chat:export_md", args=[conversation.pk]),
-        "export_json_url": reverse("chat:export_json", args=[conversation.pk]),
-        "share_url": reverse("chat:share", args=[conversation.pk]),
-        "revoke_share_url": reverse("chat:share_revoke", args=[conversation.pk]),
+        **sidebar.item(conversation),
+        "messages_url": reverse("chat:messages", args=[pk]),
+        "ws_path": f"/ws/chat/{pk}/",
+        "settings_url": reverse("chat:settings", args=[pk]),
+        "share_url": reverse("chat:share", args=[pk]),
+        "revoke_share_url": reverse("chat:share_revoke", args=[pk]),
     }
 
 
