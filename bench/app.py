@@ -23,6 +23,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+
+
+def daphne_command(port: int) -> list[str]:
+    """One daphne worker as run.sh runs it (the handshake timeout included), on `port`."""
+    return [
+        PYTHON,
+        "-m",
+        "daphne",
+        "-b",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--websocket_connect_timeout",
+        "30",
+        "chatsite.asgi:application",
+    ]
+
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -207,7 +225,7 @@ class AppServer:
     def _start(self, cpus: set[int] | None) -> None:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "--websocket_connect_timeout", "30", "chatsite.asgi:application"],
+            daphne_command(self.port),
             cwd=ROOT,
             env=self.env,
             stdout=log,

@@ -19,7 +19,7 @@ import subprocess
 import time
 
 from bench import clients, scenarios
-from bench.app import PYTHON, ROOT, AppServer, ProcStat, free_port, pin, raise_fd_limit
+from bench.app import ROOT, AppServer, ProcStat, daphne_command, free_port, pin, raise_fd_limit
 from bench.clients import StreamResult, now_ns
 from bench.stats import summary_ms
 
@@ -80,7 +80,7 @@ class Peer:
         self.log_path = app.dir / "peer.log"
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "--websocket_connect_timeout", "30", "chatsite.asgi:application"],
+            daphne_command(self.port),
             cwd=ROOT,
             env=app.env,
             stdout=log,
