@@ -481,12 +481,20 @@ class ChatModelAdmin(ChatAdmin):
         "api_style",
         "stream",
         "accepts_images",
+        "image_rule",
         "enabled",
         "is_default",
     )
     list_filter = ("provider", "enabled", "api_style", "accepts_images")
     list_select_related = ("provider",)
     search_fields = ("name", "display_name")
+
+    @admin.display(description="image rule")
+    def image_rule(self, obj):
+        """Which image token rule counts this model's images: a model that reads images but
+        has none shows it here, before its images are counted as unknown."""
+        rule = image_tokens.rule_for(obj.name)
+        return rule.pattern if rule else "none"
 
 
 @admin.register(ImageTokenRule)

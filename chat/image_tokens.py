@@ -13,7 +13,8 @@ developers.openai.com/api/docs/guides/images-vision):
   patches covering the image; past the cap, shrink by r = √(32²×cap/(w×h)), then by
   min(floor(w×r/32)/(w×r/32), floor(h×r/32)/(h×r/32)) so one side is a whole number of
   patches; the patches, at most the cap, times the model's multiplier. The guide gives no
-  "low" detail for these models, and the API bills both details alike.
+  "low" detail for these models, and usage measured against the API bills both alike
+  (https://community.openai.com/t/1262691).
 
 Which rule and constants a model gets is data: the ImageTokenRule table, seeded by a
 migration and edited in the admin, so a new model needs no release. Our count is recorded
@@ -94,7 +95,9 @@ def cost(rule: Rule, width: int, height: int, detail: str = "auto") -> int:
             return rule.base_tokens
         # "auto" lets the model choose; counting it as "high" never undercounts.
         return rule.base_tokens + rule.tokens_per_tile * tiles(width, height)
-    # Multiplied tokens are billed whole: rounded up, as usage reports show.
+    # Billed in whole tokens. The guide does not say how the product is rounded; the usage
+    # the API reports for gpt-5-mini rounds it up (forum thread "GPT-5-mini image input token
+    # calculation discrepancy with official FAQ formula").
     return math.ceil(patches(width, height, rule.patch_cap) * rule.patch_multiplier)
 
 

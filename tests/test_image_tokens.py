@@ -6,6 +6,7 @@ constants in its tables applied to those examples.
 """
 
 import math
+import re
 from decimal import Decimal
 
 import pytest
@@ -265,3 +266,13 @@ def test_staff_mark_a_model_as_accepting_images():
     assert editor.post(change, form).status_code == 302
     model.refresh_from_db()
     assert model.accepts_images is True
+
+
+def test_the_model_list_shows_which_rule_counts_each_models_images():
+    provider = Provider.objects.create(name="team", base_url="http://127.0.0.1:9/v1")
+    for name in ("gpt-4o-mini-2024-07-18", "llama3.2-vision"):
+        ChatModel.objects.create(provider=provider, name=name, accepts_images=True)
+    viewer = staff_with("chat.view_chatmodel")
+    html = viewer.get(reverse("admin:chat_chatmodel_changelist")).content.decode()
+    cells = re.findall(r'<td class="field-image_rule">([^<]*)</td>', html)
+    assert sorted(cells) == ["gpt-4o-mini*", "none"]
