@@ -260,7 +260,9 @@ class SignInBackend(OIDCAuthenticationBackend):
         try:
             header = jwt.get_unverified_header(token)
             if header.get("alg") not in SIGNING_ALGORITHMS:
-                raise SignInRefused(f"The id token is signed with {header.get('alg')!r}, which is not accepted.")
+                raise SignInRefused(
+                    f"The id token is signed with {header.get('alg')!r}, which is not accepted."
+                )
             key = self.retrieve_matching_jwk(token)
             claims = jwt.decode(
                 token,
@@ -290,7 +292,9 @@ class SignInBackend(OIDCAuthenticationBackend):
         try:
             return super().retrieve_matching_jwk(token)
         except requests.HTTPError as exc:
-            raise ProviderUnavailable(f"its signing keys could not be read ({exc.response.status_code})") from exc
+            raise ProviderUnavailable(
+                f"its signing keys could not be read ({exc.response.status_code})"
+            ) from exc
         except Exception as exc:  # SuspiciousOperation (no such key), KeyError: a key we cannot use
             if isinstance(exc, requests.RequestException):
                 raise

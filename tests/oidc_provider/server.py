@@ -78,7 +78,14 @@ class ProviderServer:
 
     def start(self, timeout: float = 20) -> ProviderServer:
         self.manage("migrate", "--no-input", "-v", "0")
-        command = [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "tests.oidc_provider.asgi:application"]
+        command = [
+            str(BIN / "daphne"),
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "tests.oidc_provider.asgi:application",
+        ]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

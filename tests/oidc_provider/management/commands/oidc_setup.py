@@ -1,9 +1,9 @@
 """`oidc_setup '<json>'`: the provider's users (with their groups) and the chat site's client.
 
-    {"users": [{"username": "ada", "password": "…", "email": "…", "groups": ["staff"]}],
-     "client": {"client_id": "chat", "client_secret": "…",
-                "redirect_uri": "http://127.0.0.1:…/accounts/oidc/callback/",
-                "post_logout_redirect_uri": "http://127.0.0.1:…/accounts/login/"}}
+{"users": [{"username": "ada", "password": "…", "email": "…", "groups": ["staff"]}],
+ "client": {"client_id": "chat", "client_secret": "…",
+            "redirect_uri": "http://127.0.0.1:…/accounts/oidc/callback/",
+            "post_logout_redirect_uri": "http://127.0.0.1:…/accounts/login/"}}
 """
 
 import json
