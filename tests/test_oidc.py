@@ -5,6 +5,7 @@ signing key made for the test; the whole flow through a real provider is in
 tests/test_oidc_login.py.
 """
 
+import io
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.auth.models import Group, User
 from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
 from jwt.algorithms import RSAAlgorithm
 
 from chat import conf, oidc
@@ -344,3 +346,12 @@ def test_staff_without_the_permission_cannot_see_identities_in_the_admin(client)
     SignInIdentity.objects.create(user=staff, issuer=ISSUER, subject="s-42")
     client.force_login(admin_user)
     assert "s-42" in client.get("/admin/chat/signinidentity/").content.decode()
+
+
+@pytest.mark.django_db
+def test_with_sso_only_the_first_run_makes_no_password_admin(settings):
+    settings.CHAT_PASSWORD_LOGIN = False
+    out = io.StringIO()
+    call_command("bootstrap", stdout=out)
+    assert not User.objects.exists()
+    assert "CHAT_OIDC_SUPERUSER_GROUPS" in out.getvalue()
