@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from chat.forms import SignUpForm
 from chat.models import Invite
+from chat.oidc_views import password_accounts
 from chat.throttle import over_limit, refusal
 
 MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
@@ -71,6 +72,7 @@ def _sign_in(request: HttpRequest, user) -> None:
     login(request, user, backend=MODEL_BACKEND if MODEL_BACKEND in backends else backends[0])
 
 
+@password_accounts
 def invite(request: HttpRequest, token: str) -> HttpResponse:
     invitation = get_object_or_404(Invite, token=token)
     if invitation.status != "open":
@@ -103,6 +105,7 @@ def invite(request: HttpRequest, token: str) -> HttpResponse:
     return render(request, "registration/signup.html", {"form": form, "invite": invitation})
 
 
+@password_accounts
 def signup(request: HttpRequest) -> HttpResponse:
     if not settings.CHAT_OPEN_SIGNUP:
         # 404 as before (nothing to sign up at), but a page that says why and where to go.

@@ -30,6 +30,7 @@ from chat.models import (
     Provider,
     Share,
     ShareView,
+    SignInIdentity,
     TranscriptAccess,
 )
 from chat.provider_form import ProviderForm, masked_headers
@@ -657,3 +658,15 @@ class ShareAdmin(ChatAdmin):
     def revoke(self, request, queryset):
         ended = shares.revoke(queryset, request.user)
         self.message_user(request, f"{ended} link{'s' if ended != 1 else ''} revoked.")
+
+
+@admin.register(SignInIdentity)
+class SignInIdentityAdmin(ChatAdmin):
+    """Who signs in through single sign-on as whom (chat.oidc). Adding one lets an existing
+    account sign in through the provider; sign-in itself never links accounts."""
+
+    list_display = ("user", "subject", "issuer", "created_at", "last_sign_in")
+    list_select_related = ("user",)
+    search_fields = ("user__username", "subject")
+    raw_id_fields = ("user",)
+    readonly_fields = ("created_at", "last_sign_in")

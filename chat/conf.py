@@ -20,6 +20,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlparse
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -82,6 +83,19 @@ SETTINGS: tuple[Setting, ...] = (
     # /metrics (chat.metrics) is served only when one of these is set; with both, both must pass.
     Setting("CHAT_METRICS_TOKEN", "str", "", help="bearer token a Prometheus scrape must send"),
     Setting("CHAT_METRICS_ALLOW", "str", "", help="addresses/networks that may scrape /metrics"),
+    # Single sign-on (chat/oidc.py), on when CHAT_OIDC_ISSUER and CHAT_OIDC_CLIENT_ID are set.
+    Setting("CHAT_OIDC_ISSUER", "str", "", help="OpenID Connect issuer URL; its discovery document is read"),
+    Setting("CHAT_OIDC_CLIENT_ID", "str", "", help="this site's client ID at the provider"),
+    Setting("CHAT_OIDC_CLIENT_SECRET", "str", "", help="this site's client secret at the provider"),
+    Setting("CHAT_OIDC_SCOPES", "str", "openid email profile", help="scopes asked for at sign-in"),
+    Setting("CHAT_OIDC_GROUPS_CLAIM", "str", "groups", help="the claim listing a user's groups"),
+    # Each is a comma-separated list of the provider's group names; empty: not managed by sign-in.
+    Setting("CHAT_OIDC_STAFF_GROUPS", "str", "", help="provider groups whose members are staff"),
+    Setting("CHAT_OIDC_SUPERUSER_GROUPS", "str", "", help="provider groups whose members are superusers"),
+    Setting("CHAT_OIDC_MIRROR_GROUPS", "str", "", help="provider groups mirrored into Django groups; *: all"),
+    Setting("CHAT_OIDC_LABEL", "str", "single sign-on", help="the button says Sign in with <label>"),
+    # Off: SSO only. No password form, invites, sign-up or password reset.
+    Setting("CHAT_PASSWORD_LOGIN", "bool", True, help="sign-in with a local username and password"),
 )
 
 # Shorter tokens are refused at start-up: /metrics shows how busy the site is.
@@ -133,6 +147,32 @@ def check_chat_settings(values: Mapping[str, object]) -> None:
         allowed_networks(values["CHAT_METRICS_ALLOW"])
     except ValueError as exc:
         raise ImproperlyConfigured(f"CHAT_METRICS_ALLOW: {exc}") from None
+    check_sign_in_settings(values)
+
+
+def check_sign_in_settings(values: Mapping[str, object]) -> None:
+    """SSO needs an issuer URL and a client ID together, and some way to sign in must be left."""
+    issuer, client_id = values["CHAT_OIDC_ISSUER"], values["CHAT_OIDC_CLIENT_ID"]
+    if issuer and not client_id:
+        raise ImproperlyConfigured("CHAT_OIDC_ISSUER is set but CHAT_OIDC_CLIENT_ID is empty")
+    if client_id and not issuer:
+        raise ImproperlyConfigured("CHAT_OIDC_CLIENT_ID is set but CHAT_OIDC_ISSUER is empty")
+    if issuer:
+        parsed = urlparse(issuer)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+            raise ImproperlyConfigured(
+                f"CHAT_OIDC_ISSUER must be an http:// or https:// URL such as "
+                f"https://sso.example.com/realms/team, not {issuer!r}"
+            )
+    if "openid" not in str(values["CHAT_OIDC_SCOPES"]).split():
+        raise ImproperlyConfigured(
+            f"CHAT_OIDC_SCOPES must include openid, not {values['CHAT_OIDC_SCOPES']!r}"
+        )
+    if not values["CHAT_PASSWORD_LOGIN"] and not issuer:
+        raise ImproperlyConfigured(
+            "CHAT_PASSWORD_LOGIN is false but single sign-on is not set up (CHAT_OIDC_ISSUER, "
+            "CHAT_OIDC_CLIENT_ID): nobody could sign in"
+        )
 
 
 def allowed_networks(text: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:

@@ -7,6 +7,8 @@ for the page's own websocket origin, which depends on the request's Host (Safari
 get here: WhiteNoise, earlier in MIDDLEWARE, answers them with their own long caching.
 """
 
+from urllib.parse import urlsplit
+
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
@@ -24,12 +26,23 @@ POLICY = (
 NO_STORE = "no-store, private"
 
 
+def policy() -> str:
+    """POLICY, with single sign-on's provider among the form targets: signing out posts a
+    form that the site answers with a redirect to the provider's own sign-out (chat.oidc_views),
+    and browsers hold redirects after a form to form-action too."""
+    issuer = getattr(settings, "CHAT_OIDC_ISSUER", "")
+    if not issuer:
+        return POLICY
+    parsed = urlsplit(issuer)
+    return POLICY.replace("form-action 'self'", f"form-action 'self' {parsed.scheme}://{parsed.netloc}")
+
+
 def content_security_policy(request: HttpRequest) -> str:
     try:
         host = request.get_host()
     except DisallowedHost:
-        return POLICY
-    return f"{POLICY} {'wss' if request.is_secure() else 'ws'}://{host}"
+        return policy()
+    return f"{policy()} {'wss' if request.is_secure() else 'ws'}://{host}"
 
 
 def add_headers(request: HttpRequest, response: HttpResponse) -> HttpResponse:

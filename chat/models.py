@@ -456,3 +456,28 @@ class ImageTokenRule(models.Model):
             raise ValidationError("A tile rule needs base tokens or tokens per tile.")
         if self.method == self.Method.PATCH and self.patch_cap < 1:
             raise ValidationError({"patch_cap": "At least one patch."})
+
+
+class SignInIdentity(models.Model):
+    """A user's account at the single sign-on provider: the issuer and its subject (`sub`).
+
+    The provider's own identifier, never its username or e-mail, says who signs in
+    (chat/oidc.py): a name or address can be reused or chosen by a user at some providers,
+    `sub` at one issuer cannot. Sign-in never links to an existing account by itself; staff
+    may add a row here to let an existing account sign in through the provider.
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="sign_in_identities"
+    )
+    issuer = models.CharField(max_length=255)
+    subject = models.CharField(max_length=255)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_sign_in = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "sign-in identities"
+        constraints = [models.UniqueConstraint(fields=["issuer", "subject"], name="one_user_per_identity")]
+
+    def __str__(self) -> str:
+        return f"{self.subject} at {self.issuer}"

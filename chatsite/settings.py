@@ -245,6 +245,10 @@ OPENAI_BASE_URL = _provider.base_url
 _chat.update(CHAT_DEMO=_provider.demo, CHAT_MODEL=_provider.model)
 check_chat_settings(_chat)
 globals().update(_chat)
+# Single sign-on (chat/oidc.py): its backend after axes' and the password one, so a
+# password sign-in never waits on the provider.
+if _chat["CHAT_OIDC_ISSUER"]:
+    AUTHENTICATION_BACKENDS.append("chat.oidc.SignInBackend")
 # The channel layer: Redis with several workers (chat/layers.py: channels_redis's layer
 # with a pool that waits for a free connection instead of failing, sized by
 # CHAT_REDIS_MAX_CONNECTIONS per worker; docs/deploy.md), else in this process's memory.

@@ -17,3 +17,16 @@ def open_signup() -> bool:
 @register.simple_tag
 def initial_password_unused() -> bool:
     return accounts.initial_password_unused()
+
+
+@register.simple_tag
+def password_login() -> bool:
+    return bool(settings.CHAT_PASSWORD_LOGIN)
+
+
+@register.simple_tag
+def single_sign_on() -> str:
+    """The SSO button's label, or "" when single sign-on is not set up."""
+    from chat import oidc
+
+    return settings.CHAT_OIDC_LABEL if oidc.enabled() else ""

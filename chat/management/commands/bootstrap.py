@@ -1,6 +1,7 @@
 import os
 import secrets
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
@@ -13,6 +14,13 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         User = get_user_model()
         if User.objects.exists():
+            return
+        if not settings.CHAT_PASSWORD_LOGIN:
+            # A password nobody can use: the first staff come from the provider's groups.
+            self.stdout.write(
+                "Single sign-on only (CHAT_PASSWORD_LOGIN=false): no admin account made. Staff are "
+                "the members of CHAT_OIDC_STAFF_GROUPS / CHAT_OIDC_SUPERUSER_GROUPS when they sign in.\n"
+            )
             return
         password = secrets.token_urlsafe(12)
         User.objects.create_superuser(FIRST_ADMIN, "", password)
