@@ -73,6 +73,11 @@ class ChatModel(models.Model):
     api_style = models.CharField(max_length=16, choices=ApiStyle.choices, default=ApiStyle.CHAT)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="Used by conversations that chose no model.")
+    accepts_images = models.BooleanField(
+        default=False,
+        help_text="The model reads images (sent as image_url parts); "
+        "images sent to other models are refused before anything is written.",
+    )
 
     class Meta:
         ordering = ["provider__name", "name"]
