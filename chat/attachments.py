@@ -37,8 +37,15 @@ IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WE
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "jpe", "gif", "webp"}
 # What a text file is served and described as, by its name; anything else is text/plain,
 # never text/html: the bytes are the user's, and a browser must not run them.
-TEXT_TYPES = {"csv": "text/csv", "md": "text/markdown", "markdown": "text/markdown", "tsv": "text/tab-separated-values"}
-REFUSED_EXTENSIONS = {"svg": "SVG images are not accepted: they can carry script. Attach a PNG or JPEG instead."}
+TEXT_TYPES = {
+    "csv": "text/csv",
+    "md": "text/markdown",
+    "markdown": "text/markdown",
+    "tsv": "text/tab-separated-values",
+}
+REFUSED_EXTENSIONS = {
+    "svg": "SVG images are not accepted: they can carry script. Attach a PNG or JPEG instead."
+}
 # Control characters other than tab, newline, form feed and carriage return: more than a
 # few mean the file is binary, whatever its name.
 BINARY_CONTROLS = set(range(0x00, 0x09)) | {0x0B} | set(range(0x0E, 0x20)) | {0x7F}
@@ -141,7 +148,8 @@ def _check_chars(name: str, chars: int) -> None:
     limit = settings.CHAT_ATTACHMENT_MAX_CHARS
     if chars > limit:
         raise Refused(
-            "too_much_text", f"{name} has more than {limit:,} characters of text; attach a shorter part of it."
+            "too_much_text",
+            f"{name} has more than {limit:,} characters of text; attach a shorter part of it.",
         )
 
 
@@ -153,7 +161,8 @@ def _read_pdf(name: str, data: bytes) -> Read:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise Refused(
-                "bad_file", f"{name} is encrypted (password-protected): save an unprotected copy and attach that."
+                "bad_file",
+                f"{name} is encrypted (password-protected): save an unprotected copy and attach that.",
             )
         pages = len(reader.pages)
         limit = settings.CHAT_PDF_MAX_PAGES
@@ -172,7 +181,9 @@ def _read_pdf(name: str, data: bytes) -> Read:
         raise
     except LimitReachedError:
         # A stream that inflates past pypdf's bound: a zip bomb, or a PDF too big to read.
-        raise Refused("bad_file", f"{name} holds more data than a PDF should expand to; it was not read.") from None
+        raise Refused(
+            "bad_file", f"{name} holds more data than a PDF should expand to; it was not read."
+        ) from None
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError, AssertionError):
         log.info("PDF %r could not be read", name, exc_info=True)
         raise Refused("bad_file", f"{name} could not be read as a PDF (damaged?).") from None
@@ -205,7 +216,9 @@ def _read_image(name: str, data: bytes) -> Read:
     except Refused:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise Refused("bad_file", f"{name} is damaged or cut short and could not be read as an image.") from None
+        raise Refused(
+            "bad_file", f"{name} is damaged or cut short and could not be read as an image."
+        ) from None
     notes = []
     if frames > 1:
         notes.append("animated: only its first frame is sent")
@@ -219,14 +232,23 @@ def _read_image(name: str, data: bytes) -> Read:
     # Saved afresh, without the original's metadata (EXIF, location, comments).
     options = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}, "PNG": {"optimize": False}}.get(kind, {})
     image.save(out, format=kind, **options)
-    return Read("image", IMAGE_TYPES[kind], out.getvalue(), width=image.width, height=image.height, note="; ".join(notes))
+    return Read(
+        "image",
+        IMAGE_TYPES[kind],
+        out.getvalue(),
+        width=image.width,
+        height=image.height,
+        note="; ".join(notes),
+    )
 
 
 def check_limits(user, size: int) -> None:
     """The upload's size, the user's unsent files and their total stored, before reading it."""
     limit = settings.CHAT_ATTACHMENT_MAX_BYTES
     if size > limit:
-        raise Refused("file_too_large", f"That file is {_size_text(size)}; the limit is {_size_text(limit)}.", 413)
+        raise Refused(
+            "file_too_large", f"That file is {_size_text(size)}; the limit is {_size_text(limit)}.", 413
+        )
     unsent = Attachment.objects.unsent().filter(owner=user).count()
     if unsent >= settings.CHAT_ATTACHMENTS_PER_MESSAGE:
         raise Refused(
@@ -406,7 +428,6 @@ def purge_unsent(now=None) -> int:
     count = old.count()
     old.delete()  # the post_delete handler (chat.apps) deletes each file
     return count
-
 
 
 def delete_stored_file(sender, instance: Attachment, **kwargs) -> None:
