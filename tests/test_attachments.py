@@ -25,17 +25,8 @@ UPLOAD = "/attachments/"
 
 
 @pytest.fixture(autouse=True)
-def stored(settings, tmp_path) -> Path:
-    """Attached files go to a fresh directory per test."""
-    location = tmp_path / "files"
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "chat_attachments": {
-            "BACKEND": "django.core.files.storage.FileSystemStorage",
-            "OPTIONS": {"location": str(location)},
-        },
-    }
-    return location
+def files_dir(stored) -> Path:
+    return stored
 
 
 def stored_files(location: Path) -> list[Path]:
