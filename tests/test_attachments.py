@@ -4,6 +4,7 @@ removed with their rows."""
 
 import datetime
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -397,3 +398,24 @@ def test_the_admin_transcript_lists_files_with_download_links(alice):
     html = page.content.decode()
     assert f'<a href="/attachments/{attachment.pk}/" download>notes.txt</a>' in html
     assert "some notes" not in html
+
+
+def test_serving_chat_does_not_load_the_image_and_pdf_libraries():
+    """Pillow and pypdf are imported by the first upload that needs them, not by every worker
+    at start-up (each process's memory; an idle socket's cost is measured in docs/benchmark.md)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.views; "
+        "import sys; print(sorted(m for m in ('PIL', 'pypdf') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "CHAT_ENV_FILE": "/dev/null", "DJANGO_SETTINGS_MODULE": "chatsite.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
