@@ -261,13 +261,17 @@ def check_limits(user, size: int) -> None:
         raise Refused(
             "file_too_large", f"That file is {_size_text(size)}; the limit is {_size_text(limit)}.", 413
         )
+    check_count(user)
+    check_quota(user, size)
+
+
+def check_count(user) -> None:
     unsent = Attachment.objects.unsent().filter(owner=user).count()
     if unsent >= settings.CHAT_ATTACHMENTS_PER_MESSAGE:
         raise Refused(
             "too_many_files",
             f"A message can carry {settings.CHAT_ATTACHMENTS_PER_MESSAGE} files; remove one to attach another.",
         )
-    check_quota(user, size)
 
 
 def check_quota(user, size: int) -> None:
@@ -294,7 +298,6 @@ def store(user, name: str, data: bytes, model: str = "") -> Attachment:
     name = storable(name).replace("/", "_").replace("\\", "_").strip()[:255] or "file"
     check_limits(user, len(data))
     found = read(name, data)
-    check_quota(user, len(found.data))  # a re-encoded image can be larger than the upload
     attachment = Attachment(
         owner=user,
         name=name,
@@ -307,13 +310,28 @@ def store(user, name: str, data: bytes, model: str = "") -> Attachment:
         note=found.note,
     )
     count(attachment, target.model, target.encoding)
-    attachment.file.save(f"{user.pk}/{uuid.uuid4().hex}", ContentFile(found.data), save=False)
-    try:
-        attachment.save()
-    except BaseException:
-        attachment.file.storage.delete(attachment.file.name)
-        raise
+    with transaction.atomic():
+        # Checked again under a lock (SQLite: the write lock this transaction takes at its
+        # start; PostgreSQL: the user's row), so two uploads at once cannot both pass the
+        # quota. The slow part, reading the file, was done before.
+        _lock_user(user)
+        check_count(user)
+        check_quota(user, len(found.data))  # a re-encoded image can be larger than the upload
+        attachment.file.save(f"{user.pk}/{uuid.uuid4().hex}", ContentFile(found.data), save=False)
+        try:
+            attachment.save()
+        except BaseException:
+            attachment.file.storage.delete(attachment.file.name)
+            raise
     return attachment
+
+
+def _lock_user(user) -> None:
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    if connection.vendor != "sqlite" and connection.features.has_select_for_update:
+        list(get_user_model().objects.filter(pk=user.pk).select_for_update().values_list("pk", flat=True))
 
 
 # -- what the model is sent ----------------------------------------------------------------

@@ -110,7 +110,7 @@ def test_a_pdf_gives_its_text_and_names_pages_without_text(alice):
     assert Attachment.objects.get().text == "Quarterly figures\n\nOutlook good"
 
 
-def test_an_image_is_counted_by_the_models_formula(alice):
+def test_an_image_is_counted_by_the_models_formula(alice, gpt4o_images):
     response = upload(client_for(alice), "shot.png", files.image(1024, 1024), model="gpt-4o")
     assert response.status_code == 201
     body = response.json()
