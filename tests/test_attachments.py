@@ -407,7 +407,7 @@ def test_serving_chat_does_not_load_the_image_and_pdf_libraries():
     import sys
 
     code = (
-        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.views; "
+        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.file_contents, chat.views; "
         "import sys; print(sorted(m for m in ('PIL', 'pypdf') if m in sys.modules))"
     )
     done = subprocess.run(
