@@ -1,15 +1,19 @@
 """Attachments over HTTP (docs/protocol.md, "Attachments"): upload, remove before sending,
-download. The files themselves are read and checked in chat.attachments.
+download. What is in a file is read in chat.file_contents; limits and storage are
+chat.attachments'.
 
 Another user's attachment is a 404, as another user's conversation is. Staff with *view
 conversation* may download a sent one, and each time is recorded in the audit trail.
 """
 
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.http import require_http_methods, require_POST
 
-from chat import attachments
+from chat import attachments, file_contents, tokens
 from chat.models import Attachment, TranscriptAccess
 
 
@@ -19,23 +23,35 @@ def _refusal(code: str, detail: str, status: int = 400) -> JsonResponse:
 
 @login_required
 @require_POST
-def upload(request: HttpRequest) -> JsonResponse:
-    upload = request.FILES.get("file")
-    if upload is None or len(request.FILES.getlist("file")) != 1:
-        return _refusal("bad_file", 'Send one file, in the form field "file".')
-    # Refused by its declared size before a byte of it is read into memory.
+async def upload(request: HttpRequest) -> JsonResponse:
+    """Async, so that reading a file (a PDF's pages, an image decoded and resized) runs on a
+    worker thread, and its tokens on the counting thread, not on the one thread that every
+    socket's database calls share, where a sync view would run under ASGI (issue #12)."""
+    user = await request.auser()
     try:
-        attachments.check_limits(request.user, upload.size)
-        data = upload.read(upload.size + 1)
-        attachment = attachments.store(
-            request.user, upload.name or "file", data, request.POST.get("model", "")
-        )
+        name, data, model = await sync_to_async(_received, thread_sensitive=False)(request)
+        await database_sync_to_async(attachments.check_limits)(user, len(data))
+        found = await sync_to_async(file_contents.read, thread_sensitive=False)(name, data)
+        target = await database_sync_to_async(attachments.target_for)(model)
+        text_tokens = None
+        if found.kind != Attachment.Kind.IMAGE:
+            text_tokens = await tokens.counting(attachments.count_text, name, found.text, target)
+        attachment = await database_sync_to_async(attachments.save)(user, name, found, target, text_tokens)
     except attachments.Refused as exc:
         return _refusal(exc.code, exc.detail, exc.status)
-    return JsonResponse(
-        {**attachments.payload(attachment), "note": attachment.note or None},
-        status=201,
-    )
+    return JsonResponse({**attachments.payload(attachment), "note": attachment.note or None}, status=201)
+
+
+def _received(request: HttpRequest) -> tuple[str, bytes, str]:
+    """The upload's name, bytes and model; refused by its declared size before a byte of it
+    is read into memory."""
+    files = request.FILES.getlist("file")
+    if len(files) != 1:
+        raise attachments.Refused("bad_file", 'Send one file, in the form field "file".')
+    upload = files[0]
+    attachments.check_size(upload.size)
+    data = upload.read(settings.CHAT_ATTACHMENT_MAX_BYTES + 1)
+    return attachments.clean_name(upload.name or "file"), data, request.POST.get("model", "")
 
 
 @login_required

@@ -20,7 +20,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from chat import tokens
-from chat.file_contents import Refused, read, size_text
+from chat.file_contents import Read, Refused, read, size_text
 from chat.models import Attachment
 from chat.text import storable
 
@@ -43,13 +43,17 @@ class ImagesNotSupported(Exception):
 
 def check_limits(user, size: int) -> None:
     """The upload's size, the user's unsent files and their total stored, before reading it."""
+    check_size(size)
+    check_count(user)
+    check_quota(user, size)
+
+
+def check_size(size: int) -> None:
     limit = settings.CHAT_ATTACHMENT_MAX_BYTES
     if size > limit:
         raise Refused(
             "file_too_large", f"That file is {size_text(size)}; the limit is {size_text(limit)}.", 413
         )
-    check_count(user)
-    check_quota(user, size)
 
 
 def check_count(user) -> None:
@@ -75,16 +79,42 @@ def check_quota(user, size: int) -> None:
         )
 
 
-def store(user, name: str, data: bytes, model: str = "") -> Attachment:
-    """Read, check and store one upload; its row, its tokens counted for `model` (a chat's
-    model name; blank: the site's default). Refused before anything is stored."""
+def clean_name(name: str) -> str:
+    """An uploaded file's name as kept and shown: no path, no control characters (it goes in
+    a header and between the model's file delimiters), at most 255 characters."""
+    name = "".join(
+        "_" if char in "/\\" or ord(char) < 32 or ord(char) == 127 else char for char in storable(name)
+    )
+    return name.strip()[:255] or "file"
+
+
+def target_for(model: str):
+    """The model an upload is counted for: the chat's model name, or blank for the site's default."""
     from chat import providers
     from chat.models import Conversation
 
-    target = providers.resolve(Conversation(model=model))
-    name = storable(name).replace("/", "_").replace("\\", "_").strip()[:255] or "file"
+    return providers.resolve(Conversation(model=model))
+
+
+def store(user, name: str, data: bytes, model: str = "") -> Attachment:
+    """Read, check and store one upload, in one call (tests, scripts; the upload view runs the
+    same steps each on its own thread). Refused before anything is stored."""
+    name = clean_name(name)
     check_limits(user, len(data))
     found = read(name, data)
+    target = target_for(model)
+    text_tokens = None if found.kind == Attachment.Kind.IMAGE else count_text(name, found.text, target)
+    return save(user, name, found, target, text_tokens)
+
+
+def count_text(name: str, text: str, target) -> int | None:
+    """A text file's or PDF's tokens as the model reads it, delimited (file_block)."""
+    return tokens.count_tokens(file_block(name, text), target.model, target.encoding)
+
+
+def save(user, name: str, found: Read, target, text_tokens: int | None) -> Attachment:
+    """Store a file read and counted (its text's tokens counted by the caller, off the database
+    thread); its row. The count and quota are checked again under a lock."""
     attachment = Attachment(
         owner=user,
         name=name,
@@ -96,7 +126,10 @@ def store(user, name: str, data: bytes, model: str = "") -> Attachment:
         height=found.height,
         note=found.note,
     )
-    count(attachment, target.model, target.encoding)
+    if found.kind == Attachment.Kind.IMAGE:
+        count(attachment, target.model)
+    else:
+        attachment.token_count, attachment.counted_for = text_tokens, target.model
     with transaction.atomic():
         # Checked again under a lock (SQLite: the write lock this transaction takes at its
         # start; PostgreSQL: the user's row), so two uploads at once cannot both pass the

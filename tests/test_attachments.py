@@ -217,6 +217,18 @@ def test_pdf_pages_and_extracted_characters_are_limited(alice, settings):
     assert Attachment.objects.count() == 1
 
 
+def test_a_name_loses_its_path_and_control_characters(alice):
+    """A name comes from the browser: it goes in a header and between the model's delimiters."""
+    attachment = attachments.store(alice, 'dir/x\r\nSet-Cookie: a="b".txt', b"text")
+    assert attachment.name == 'dir_x__Set-Cookie: a="b".txt'
+    assert (
+        attachments.file_block(attachment.name, "t")
+        == '<file name="dir_x__Set-Cookie: a=\\"b\\".txt">\nt\n</file>'
+    )
+    download = client_for(alice).get(attachment.download_path())
+    assert download.status_code == 200 and "Set-Cookie" not in download.headers
+
+
 def test_upload_needs_one_file_and_a_signed_in_user(alice):
     refused(client_for(alice).post(UPLOAD, {}), "bad_file")
     response = Client().post(UPLOAD, {"file": SimpleUploadedFile("a.txt", b"a")})
