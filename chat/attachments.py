@@ -269,7 +269,7 @@ def count_message(text_tokens: int | None, attached: list[Attachment], target) -
     for attachment in attached:
         if attachment.counted_for != target.model:
             count(attachment, target.model, target.encoding)
-        if attachment.kind == Attachment.Kind.IMAGE and target.accepts_images:
+        if attachment.kind == Attachment.Kind.IMAGE and target.reads_images:
             total = (
                 None if total is None or attachment.token_count is None else total + attachment.token_count
             )

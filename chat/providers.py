@@ -29,6 +29,12 @@ class Target:
     # own model is not one until staff add it in the admin and say so.
     accepts_images: bool = False
 
+    @property
+    def reads_images(self) -> bool:
+        """Whether images may be sent: marked so, and spoken to in the chat API (the legacy
+        completions API takes a single prompt string)."""
+        return self.accepts_images and self.api_style == "chat"
+
 
 def from_chat_model(chat_model: ChatModel) -> Target:
     source = chat_model.provider

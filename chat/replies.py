@@ -181,7 +181,7 @@ def _messages(history: list[Row], target: Target, attached: list | None) -> list
     for role, content, _, _, _, message_id, has_files in history:
         mine = attached if message_id is None else files.get(message_id) if has_files else None
         if mine:
-            content = attachments.message_content(content, mine, images=target.accepts_images)
+            content = attachments.message_content(content, mine, images=target.reads_images)
         messages.append({"role": role, "content": content})
     return messages
 
@@ -352,7 +352,7 @@ def begin_turn(
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    if not target.accepts_images and any(a.kind == Attachment.Kind.IMAGE for a in attached):
+    if not target.reads_images and any(a.kind == Attachment.Kind.IMAGE for a in attached):
         raise attachments.ImagesNotSupported(target.label)
     text = attachments.message_text(content, attached) if attached else content
     content_tokens, system_count = _counts(target, counted, text, system_prompt(conversation))

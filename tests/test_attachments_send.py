@@ -31,10 +31,12 @@ def bob(db):
     return User.objects.create_user("bob", password="x")
 
 
-def chat_model(upstream, name: str = "gpt-4o", accepts_images: bool = True) -> ChatModel:
+def chat_model(
+    upstream, name: str = "gpt-4o", accepts_images: bool = True, api_style: str = "chat"
+) -> ChatModel:
     provider = Provider.objects.create(name="loopback", base_url=upstream.base_url, api_key=TEST_API_KEY)
     return ChatModel.objects.create(
-        provider=provider, name=name, is_default=True, accepts_images=accepts_images
+        provider=provider, name=name, is_default=True, accepts_images=accepts_images, api_style=api_style
     )
 
 
@@ -142,10 +144,15 @@ async def test_earlier_files_go_with_the_history(upstream, stored, conversation,
     await socket.disconnect()
 
 
+@pytest.mark.parametrize(
+    "model",
+    [{"accepts_images": False}, {"accepts_images": True, "api_style": "completions"}],
+    ids=["not marked", "completions API"],
+)
 async def test_an_image_to_a_model_that_reads_none_is_refused_before_anything_is_written(
-    upstream, stored, conversation, alice
+    upstream, stored, conversation, alice, model
 ):
-    await database_sync_to_async(chat_model)(upstream, accepts_images=False)
+    await database_sync_to_async(chat_model)(upstream, **model)
     png = await database_sync_to_async(attachments.store)(alice, "shot.png", files.image(), "gpt-4o")
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "What is this?", "attachments": [png.pk]})
