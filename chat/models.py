@@ -472,9 +472,16 @@ class _AttachmentStorage(LazyObject):
     than when models load, and again after the setting changes (tests)."""
 
     def _setup(self) -> None:
-        from django.core.files.storage import storages
+        from django.core.exceptions import ImproperlyConfigured
+        from django.core.files.storage import InvalidStorageError, storages
 
-        self._wrapped = storages["chat_attachments"]
+        try:
+            self._wrapped = storages["chat_attachments"]
+        except InvalidStorageError:
+            raise ImproperlyConfigured(
+                'STORAGES has no "chat_attachments" entry: name where attached files are kept, '
+                "never a path a web server serves (docs/reusable-app.md)"
+            ) from None
 
 
 _attachment_storage = _AttachmentStorage()

@@ -431,3 +431,13 @@ def test_serving_chat_does_not_load_the_image_and_pdf_libraries():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_host_site_without_the_storage_is_told_what_to_set(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from chat.models import attachment_storage
+
+    settings.STORAGES = {k: v for k, v in settings.STORAGES.items() if k != "chat_attachments"}
+    with pytest.raises(ImproperlyConfigured, match='"chat_attachments"'):
+        attachment_storage().exists("x")
