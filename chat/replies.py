@@ -133,8 +133,8 @@ def lease_deadline():
 
 
 # A history row: role, content, its token count, the running total it was written with
-# (tokens and number of messages before it; see Message.tokens_before), its id and whether
-# how many files are attached to it (the message being written: id None, its files at hand).
+# (tokens and number of messages before it; see Message.tokens_before), its id and how many
+# files are attached to it (the message being written: id None, its files at hand).
 Row = tuple[str, str, int | None, int | None, int | None, int | None, int]
 
 
@@ -178,8 +178,8 @@ def _messages(history: list[Row], target: Target, attached: list | None) -> list
     with_files = [row[5] for row in history if row[6]]
     files = attachments.by_message(with_files) if with_files else {}
     messages = []
-    for role, content, _, _, _, message_id, has_files in history:
-        mine = attached if message_id is None else files.get(message_id) if has_files else None
+    for role, content, _, _, _, message_id, file_count in history:
+        mine = attached if message_id is None else files.get(message_id) if file_count else None
         if mine:
             content = attachments.message_content(content, mine, images=target.reads_images)
         messages.append({"role": role, "content": content})
