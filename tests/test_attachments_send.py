@@ -232,3 +232,20 @@ async def test_an_edit_carries_its_own_files_and_the_earlier_version_keeps_its(
     )()
     assert owners == {"v1.txt": edited, "v2.txt": again["user_message"]["id"]}
     await socket.disconnect()
+
+
+async def test_an_upload_through_the_async_stack(stored, alice):
+    """The upload view as the ASGI server runs it (on the event loop, its steps on threads)."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.test import AsyncClient
+
+    client = AsyncClient()
+    await client.aforce_login(alice)
+    response = await client.post(
+        "/attachments/", {"file": SimpleUploadedFile("report.pdf", files.pdf("Hello"))}
+    )
+    assert response.status_code == 201, response.content
+    assert response.json()["kind"] == "pdf"
+    assert (await Attachment.objects.aget()).text == "Hello"
+    refused = await client.post("/attachments/", {"file": SimpleUploadedFile("x.png", b"<html>")})
+    assert refused.status_code == 400 and refused.json()["error"] == "content_mismatch"
