@@ -68,3 +68,29 @@ def fresh_worker():
     budgets.forget_budgets()
     image_tokens.forget_rules()
     worker.forget()
+
+
+# --- attached files (chat.attachments) --------------------------------------------------------------
+@pytest.fixture
+def stored(settings, tmp_path):
+    """Attached files go to a fresh directory for the test; the directory."""
+    location = tmp_path / "files"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "chat_attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location
+
+
+@pytest.fixture
+def gpt4o_images(db):
+    """gpt-4o's published image rule (85 + 170 per tile), whether or not an earlier test that
+    flushed the database (transaction=True) took the seeded rules with it."""
+    from chat.models import ImageTokenRule
+
+    ImageTokenRule.objects.update_or_create(
+        pattern="gpt-4o", defaults={"method": "tile", "base_tokens": 85, "tokens_per_tile": 170}
+    )
