@@ -6,11 +6,13 @@
 //   stream.js     the reply being written: buttons, drawing deltas, finishing, rolling back
 //   reconcile.js  catching up after a reconnect
 //   composer.js   send, regenerate, copy;  editor.js  editing a message in place
+//   attachments.js  files for the next message: paperclip, drop, paste; uploads and their chips
 //   versions.js   the ‹ 2/3 › switcher between versions of a message
 //   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
 //   share.js      the Share… dialog: a read-only link, revoking it, who opened it
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
+import { watchAttachments } from "./attachments.js";
 import { showBudget } from "./budget.js";
 import { autosize, copyCode, copyReply, regenerate, send } from "./composer.js";
 import { openSocket } from "./connection.js";
@@ -64,6 +66,7 @@ watchSidebarAndDialogs();
 watchSidebar();
 watchHeader();
 watchShare();
+watchAttachments();
 
 // ---------------------------------------------------------------- start
 
