@@ -205,23 +205,25 @@ function refusedCount() {
 function settled() {
   if (uploading()) return;
   status.hidden = true;
-  for (const { resolve, refusedBefore } of waiters.splice(0)) resolve(refusedCount() <= refusedBefore);
+  for (const { resolve, refusedBefore } of waiters.splice(0)) resolve(refusedCount() > refusedBefore ? "refused" : "ok");
 }
 
-/** Resolves once no upload is running: true unless one of them was refused meanwhile (then the
- * message does not go without it). Says, beside the composer, that the message is waiting. */
+/** Resolves once no upload is running: "ok", or "refused" if one of them was refused meanwhile
+ * (the message does not go without it), or "cancelled" (Esc). Says, beside the composer, that
+ * the message is waiting. */
 export function whenUploaded() {
   const count = uploading();
-  if (!count) return Promise.resolve(true);
-  status.textContent = `Your message will be sent once ${count === 1 ? "the file has" : `${count} files have`} uploaded…`;
+  if (!count) return Promise.resolve("ok");
+  const files = count === 1 ? "the file has" : `${count} files have`;
+  status.textContent = `Your message will be sent once ${files} uploaded… (Esc: not yet)`;
   status.hidden = false;
   return new Promise((resolve) => waiters.push({ resolve, refusedBefore: refusedCount() }));
 }
 
-/** A send that no longer waits (the user changed their mind: Stop, or another send). */
+/** A send that no longer waits (Esc): the message stays in the box, the uploads go on. */
 export function cancelWaiting() {
   status.hidden = true;
-  for (const { resolve } of waiters.splice(0)) resolve(false);
+  for (const { resolve } of waiters.splice(0)) resolve("cancelled");
 }
 
 /** Empty the composer's chips once their files went with a message; returns what was sent,

@@ -12,7 +12,7 @@
 //   share.js      the Share… dialog: a read-only link, revoking it, who opened it
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
-import { watchAttachments } from "./attachments.js";
+import { cancelWaiting, watchAttachments } from "./attachments.js";
 import { showBudget } from "./budget.js";
 import { autosize, copyCode, copyReply, regenerate, send } from "./composer.js";
 import { openSocket } from "./connection.js";
@@ -40,7 +40,10 @@ $("composer").addEventListener("submit", (event) => {
 ui.stopButton.addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
-  if (state.streaming || state.pending) {
+  if (state.waitingForUploads) {
+    event.preventDefault();
+    cancelWaiting();
+  } else if (state.streaming || state.pending) {
     event.preventDefault();
     stop();
   } else if (state.editing) {

@@ -61,12 +61,12 @@ export async function send() {
   if (A.uploading()) {
     // Never without a file the user attached: the message goes when the uploads end (it says so).
     state.waitingForUploads = true;
-    const allUp = await A.whenUploaded();
+    const uploads = await A.whenUploaded();
     state.waitingForUploads = false;
-    if (!allUp) {
+    if (uploads === "refused") {
       toast("A file was not accepted (its reason is on it), so the message was not sent. It's still in the box.");
-      return;
     }
+    if (uploads !== "ok") return;
   }
   const content = input.value;
   const files = A.ready();
