@@ -398,6 +398,7 @@ class ChatModelInline(admin.TabularInline):
         "stream",
         "include_usage",
         "api_style",
+        "accepts_images",
         "enabled",
         "is_default",
     )
@@ -478,10 +479,11 @@ class ChatModelAdmin(ChatAdmin):
         "context_window",
         "api_style",
         "stream",
+        "accepts_images",
         "enabled",
         "is_default",
     )
-    list_filter = ("provider", "enabled", "api_style")
+    list_filter = ("provider", "enabled", "api_style", "accepts_images")
     list_select_related = ("provider",)
     search_fields = ("name", "display_name")
 

@@ -27,3 +27,10 @@ class ChatConfig(AppConfig):
         ):
             post_save.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}")
             post_delete.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}-deleted")
+
+        from chat.attachments import delete_stored_file
+        from chat.models import Attachment
+
+        # Every way a row goes (a conversation deleted, purge_conversations, a user deleted,
+        # the admin) deletes its file too: a cascade sends this for each row.
+        post_delete.connect(delete_stored_file, sender=Attachment, dispatch_uid="attachment-file")

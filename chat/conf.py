@@ -79,6 +79,15 @@ SETTINGS: tuple[Setting, ...] = (
     # Signing out closes the user's sockets at once (chat/signout.py); as a second line, a
     # socket re-reads its session before a send/edit/regenerate/stop at most this often.
     Setting("CHAT_SESSION_RECHECK_SECONDS", "float", 5.0, 0, "seconds between session re-reads"),
+    # Attachments (chat.attachments): each limit refuses an upload with its own error code,
+    # before anything is stored. Images larger than CHAT_IMAGE_MAX_SIDE are downscaled, not refused.
+    Setting("CHAT_ATTACHMENT_MAX_BYTES", "int", 10 * 1024 * 1024, 1024, "largest file a user may attach"),
+    Setting("CHAT_ATTACHMENTS_PER_MESSAGE", "int", 10, 1, "files one message may carry"),
+    # Over everything a user has stored (sent and not yet sent); 0: no cap.
+    Setting("CHAT_ATTACHMENT_QUOTA_BYTES", "int", 200 * 1024 * 1024, 0, "bytes of files one user may store"),
+    Setting("CHAT_PDF_MAX_PAGES", "int", 100, 1, "pages of a PDF read for its text"),
+    Setting("CHAT_ATTACHMENT_MAX_CHARS", "int", 200_000, 1, "characters of text one file may give"),
+    Setting("CHAT_IMAGE_MAX_SIDE", "int", 2048, 64, "images are downscaled to fit this many pixels a side"),
     # /metrics (chat.metrics) is served only when one of these is set; with both, both must pass.
     Setting("CHAT_METRICS_TOKEN", "str", "", help="bearer token a Prometheus scrape must send"),
     Setting("CHAT_METRICS_ALLOW", "str", "", help="addresses/networks that may scrape /metrics"),

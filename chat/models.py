@@ -3,9 +3,12 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import models
+from django.core.signals import setting_changed
 from django.db.models import Q
+from django.dispatch import receiver
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import LazyObject, empty
 
 
 class Provider(models.Model):
@@ -70,6 +73,11 @@ class ChatModel(models.Model):
     api_style = models.CharField(max_length=16, choices=ApiStyle.choices, default=ApiStyle.CHAT)
     enabled = models.BooleanField(default=True)
     is_default = models.BooleanField(default=False, help_text="Used by conversations that chose no model.")
+    accepts_images = models.BooleanField(
+        default=False,
+        help_text="The model reads images (sent as image_url parts); "
+        "images sent to other models are refused before anything is written.",
+    )
 
     class Meta:
         ordering = ["provider__name", "name"]
@@ -207,6 +215,7 @@ class TranscriptAccess(models.Model):
         VIEW = "view"
         EXPORT = "export"
         SEARCH = "search"  # a search of message text showed this conversation's messages
+        DOWNLOAD = "download"  # a file attached to one of its messages (query: which)
 
     staff = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
@@ -215,7 +224,7 @@ class TranscriptAccess(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
     conversation_ref = models.PositiveBigIntegerField(help_text="The conversation's id, kept after deletion.")
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    query = models.TextField(blank=True, help_text="What was searched for (searches only).")
+    query = models.TextField(blank=True, help_text="What was searched for (searches); the attachment downloaded (downloads).")
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
@@ -388,3 +397,76 @@ class ShareView(models.Model):
 
     def __str__(self) -> str:
         return f"{self.viewer} opened share {self.share_id}"
+
+
+class _AttachmentStorage(LazyObject):
+    """STORAGES["chat_attachments"] (chatsite/settings.py), looked up on first use rather
+    than when models load, and again after the setting changes (tests)."""
+
+    def _setup(self) -> None:
+        from django.core.files.storage import storages
+
+        self._wrapped = storages["chat_attachments"]
+
+
+_attachment_storage = _AttachmentStorage()
+
+
+@receiver(setting_changed)
+def _storages_changed(setting: str, **kwargs) -> None:
+    if setting == "STORAGES":
+        _attachment_storage._wrapped = empty
+
+
+def attachment_storage():
+    """The storage attached files live in: never a static or public path."""
+    return _attachment_storage
+
+
+class AttachmentQuerySet(models.QuerySet):
+    def unsent(self):
+        """Uploaded but not sent with a message yet: the owner may still remove them."""
+        return self.filter(message__isnull=True)
+
+
+class Attachment(models.Model):
+    """A file a user attached to a message (issue #16): its bytes in storage, what was read
+    from them here. Uploaded first (message null), then tied to the user message it was sent
+    with, in the transaction that writes that message."""
+
+    class Kind(models.TextChoices):
+        TEXT = "text"
+        PDF = "pdf"
+        IMAGE = "image"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    message = models.ForeignKey(
+        Message, null=True, blank=True, on_delete=models.CASCADE, related_name="attachments"
+    )
+    name = models.CharField(max_length=255, help_text="The file's name as uploaded (shown, never trusted).")
+    file = models.FileField(storage=attachment_storage, max_length=300, editable=False)
+    size = models.PositiveBigIntegerField(help_text="Bytes stored (after an image was downscaled).")
+    # Sniffed from the bytes, never taken from the browser or the name.
+    content_type = models.CharField(max_length=100)
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    text = models.TextField(blank=True, help_text="The text sent to the model (text files and PDFs).")
+    # What this file costs in a prompt, for `counted_for` (the model it was last counted
+    # for): its delimited text, or the image by the model's published formula. Null: unknown.
+    token_count = models.PositiveIntegerField(null=True, blank=True)
+    counted_for = models.CharField(max_length=200, blank=True)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    note = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    objects = AttachmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        # The name can say what is in the file; the admin lists it by number only.
+        return f"attachment {self.pk}"
+
+    def download_path(self) -> str:
+        return reverse("chat:attachment", args=[self.pk])

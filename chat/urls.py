@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import shares, views
+from chat import attachment_views, shares, views
 
 app_name = "chat"
 
@@ -20,4 +20,6 @@ urlpatterns = [
     path("s/<str:token>/", shares.shared, name="shared"),
     path("c/<int:conversation_id>/messages/", views.message_list, name="messages"),
     path("c/<int:conversation_id>/messages/<int:message_id>/", views.message_detail, name="message"),
+    path("attachments/", attachment_views.upload, name="attachments"),
+    path("attachments/<int:attachment_id>/", attachment_views.attachment, name="attachment"),
 ]

@@ -6,6 +6,7 @@ Every variable is listed with its default in .env.example and the README. A bad
 value stops start-up with a message naming the variable.
 """
 
+import json
 import os
 import secrets
 from datetime import timedelta
@@ -207,9 +208,31 @@ STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
 STATIC_ROOT.mkdir(exist_ok=True)
+
+
+def _attachment_storage() -> dict:
+    """Where attached files are kept (chat.attachments): by default the data directory,
+    never a static or media path a web server would hand out; downloads go through a view
+    that checks who asks. Any Django storage backend (django-storages' S3, …) by setting."""
+    backend = env_str("CHAT_ATTACHMENT_STORAGE", "django.core.files.storage.FileSystemStorage")
+    raw = env_str("CHAT_ATTACHMENT_STORAGE_OPTIONS", "")
+    try:
+        options = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ImproperlyConfigured(f"CHAT_ATTACHMENT_STORAGE_OPTIONS must be a JSON object, not {raw!r}") from None
+    if not isinstance(options, dict):
+        raise ImproperlyConfigured(f"CHAT_ATTACHMENT_STORAGE_OPTIONS must be a JSON object, not {raw!r}")
+    if backend == "django.core.files.storage.FileSystemStorage":
+        # base_url None: the files have no public URL.
+        options = {"location": str(DATA_DIR / "files"), "directory_permissions_mode": 0o700,
+                   "file_permissions_mode": 0o600, **options}
+    return {"BACKEND": backend, "OPTIONS": options}
+
+
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "chat_attachments": _attachment_storage(),
 }
 # Serve static files straight from the app folders too, so `collectstatic` is an
 # optimisation for production rather than a set-up step a newcomer can miss.
