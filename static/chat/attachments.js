@@ -5,15 +5,13 @@
 // it. Send takes the ids of the uploaded ones (composer.js); Remove deletes an unsent upload.
 import { formatSize } from "./messages.js";
 import { $, csrfToken, focusComposer } from "./page.js";
-import { config } from "./state.js";
 
 const input = $("attach-input");
 const chipList = $("attachment-chips");
 const status = $("attachment-status");
 
-// The upload endpoint sits beside the app's other views: given by the server when it says,
-// else resolved against the create view so a site that mounts the app under a prefix works.
-const uploadUrl = config.attachments_url || new URL("../attachments/", new URL(config.create_url, location.href)).href;
+// POST here uploads; `${uploadUrl}<id>/` deletes or downloads one (chat/urls.py).
+const uploadUrl = input.dataset.uploadUrl;
 
 // Chips in the order they were added: {el, file, id, upload, state: "uploading"|"ready"|"refused", info}.
 const chips = [];
@@ -176,7 +174,7 @@ function remove(chip) {
   if (chip.upload) chip.upload.abort();
   else if (chip.state === "ready") {
     // Best effort: a file left unsent is never part of a message, whatever becomes of it.
-    fetch(`${uploadUrl.replace(/\/$/, "")}/${Number(chip.id)}/`, {
+    fetch(`${uploadUrl}${Number(chip.id)}/`, {
       method: "DELETE",
       headers: { "X-CSRFToken": csrfToken() },
       credentials: "same-origin",
