@@ -27,7 +27,9 @@ def upload(request: HttpRequest) -> JsonResponse:
     try:
         attachments.check_limits(request.user, upload.size)
         data = upload.read(upload.size + 1)
-        attachment = attachments.store(request.user, upload.name or "file", data, request.POST.get("model", ""))
+        attachment = attachments.store(
+            request.user, upload.name or "file", data, request.POST.get("model", "")
+        )
     except attachments.Refused as exc:
         return _refusal(exc.code, exc.detail, exc.status)
     return JsonResponse(
@@ -49,7 +51,9 @@ def _delete(request: HttpRequest, attachment_id: int) -> HttpResponse:
     if found is None:
         raise Http404
     if found.message_id is not None:
-        return _refusal("already_sent", "That file was sent with a message; delete the conversation to remove it.", 409)
+        return _refusal(
+            "already_sent", "That file was sent with a message; delete the conversation to remove it.", 409
+        )
     found.delete()  # its file goes after the commit (chat.attachments.delete_stored_file)
     return HttpResponse(status=204)
 

@@ -37,12 +37,31 @@ IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WE
 IMAGE_EXTENSIONS = {"png", "jpg", "jpeg", "jpe", "gif", "webp"}
 # What a text file is served and described as, by its name; anything else is text/plain,
 # never text/html: the bytes are the user's, and a browser must not run them.
-TEXT_TYPES = {"csv": "text/csv", "md": "text/markdown", "markdown": "text/markdown", "tsv": "text/tab-separated-values"}
-REFUSED_EXTENSIONS = {"svg": "SVG images are not accepted: they can carry script. Attach a PNG or JPEG instead."}
+TEXT_TYPES = {
+    "csv": "text/csv",
+    "md": "text/markdown",
+    "markdown": "text/markdown",
+    "tsv": "text/tab-separated-values",
+}
+REFUSED_EXTENSIONS = {
+    "svg": "SVG images are not accepted: they can carry script. Attach a PNG or JPEG instead."
+}
 # Control characters other than tab, newline, form feed and carriage return: more than a
 # few mean the file is binary, whatever its name.
 BINARY_CONTROLS = set(range(0x00, 0x09)) | {0x0B} | set(range(0x0E, 0x20)) | {0x7F}
 UNSENT_LIFETIME = timedelta(days=1)
+
+
+class UnknownAttachment(Exception):
+    """An id in a send that is not one of the sender's files waiting to be sent."""
+
+
+class ImagesNotSupported(Exception):
+    """An image sent to a model not marked in the admin as reading images."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
 
 
 class Refused(Exception):
@@ -141,7 +160,8 @@ def _check_chars(name: str, chars: int) -> None:
     limit = settings.CHAT_ATTACHMENT_MAX_CHARS
     if chars > limit:
         raise Refused(
-            "too_much_text", f"{name} has more than {limit:,} characters of text; attach a shorter part of it."
+            "too_much_text",
+            f"{name} has more than {limit:,} characters of text; attach a shorter part of it.",
         )
 
 
@@ -153,7 +173,8 @@ def _read_pdf(name: str, data: bytes) -> Read:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
             raise Refused(
-                "bad_file", f"{name} is encrypted (password-protected): save an unprotected copy and attach that."
+                "bad_file",
+                f"{name} is encrypted (password-protected): save an unprotected copy and attach that.",
             )
         pages = len(reader.pages)
         limit = settings.CHAT_PDF_MAX_PAGES
@@ -172,7 +193,9 @@ def _read_pdf(name: str, data: bytes) -> Read:
         raise
     except LimitReachedError:
         # A stream that inflates past pypdf's bound: a zip bomb, or a PDF too big to read.
-        raise Refused("bad_file", f"{name} holds more data than a PDF should expand to; it was not read.") from None
+        raise Refused(
+            "bad_file", f"{name} holds more data than a PDF should expand to; it was not read."
+        ) from None
     except (PyPdfError, ValueError, KeyError, TypeError, OSError, RecursionError, AssertionError):
         log.info("PDF %r could not be read", name, exc_info=True)
         raise Refused("bad_file", f"{name} could not be read as a PDF (damaged?).") from None
@@ -205,7 +228,9 @@ def _read_image(name: str, data: bytes) -> Read:
     except Refused:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        raise Refused("bad_file", f"{name} is damaged or cut short and could not be read as an image.") from None
+        raise Refused(
+            "bad_file", f"{name} is damaged or cut short and could not be read as an image."
+        ) from None
     notes = []
     if frames > 1:
         notes.append("animated: only its first frame is sent")
@@ -219,14 +244,23 @@ def _read_image(name: str, data: bytes) -> Read:
     # Saved afresh, without the original's metadata (EXIF, location, comments).
     options = {"JPEG": {"quality": 90}, "WEBP": {"quality": 90}, "PNG": {"optimize": False}}.get(kind, {})
     image.save(out, format=kind, **options)
-    return Read("image", IMAGE_TYPES[kind], out.getvalue(), width=image.width, height=image.height, note="; ".join(notes))
+    return Read(
+        "image",
+        IMAGE_TYPES[kind],
+        out.getvalue(),
+        width=image.width,
+        height=image.height,
+        note="; ".join(notes),
+    )
 
 
 def check_limits(user, size: int) -> None:
     """The upload's size, the user's unsent files and their total stored, before reading it."""
     limit = settings.CHAT_ATTACHMENT_MAX_BYTES
     if size > limit:
-        raise Refused("file_too_large", f"That file is {_size_text(size)}; the limit is {_size_text(limit)}.", 413)
+        raise Refused(
+            "file_too_large", f"That file is {_size_text(size)}; the limit is {_size_text(limit)}.", 413
+        )
     unsent = Attachment.objects.unsent().filter(owner=user).count()
     if unsent >= settings.CHAT_ATTACHMENTS_PER_MESSAGE:
         raise Refused(
@@ -251,7 +285,12 @@ def check_quota(user, size: int) -> None:
 
 
 def store(user, name: str, data: bytes, model: str = "") -> Attachment:
-    """Read, check and store one upload; its row. Refused before anything is stored."""
+    """Read, check and store one upload; its row, its tokens counted for `model` (a chat's
+    model name; blank: the site's default). Refused before anything is stored."""
+    from chat import providers
+    from chat.models import Conversation
+
+    target = providers.resolve(Conversation(model=model))
     name = storable(name).replace("/", "_").replace("\\", "_").strip()[:255] or "file"
     check_limits(user, len(data))
     found = read(name, data)
@@ -267,7 +306,7 @@ def store(user, name: str, data: bytes, model: str = "") -> Attachment:
         height=found.height,
         note=found.note,
     )
-    count(attachment, model)
+    count(attachment, target.model, target.encoding)
     attachment.file.save(f"{user.pk}/{uuid.uuid4().hex}", ContentFile(found.data), save=False)
     try:
         attachment.save()
@@ -293,12 +332,16 @@ def message_text(content: str, attached: list[Attachment]) -> str:
 IMAGE_REFERENCE = "attachment:"  # an image part's url until chat.generation reads its bytes
 
 
-def message_content(content: str, attached: list[Attachment]) -> str | list[dict]:
+def message_content(content: str, attached: list[Attachment], images: bool = True) -> str | list[dict]:
     """A user message's `content` for the chat completions API: a string when there is no
     image; else text and image parts, each image a reference resolved to a data URL just
-    before the request (inline_images), so its bytes are never held in a Turn for long."""
+    before the request (inline_images), so its bytes are never held in a Turn for long.
+
+    Without `images` (the conversation's model was changed since to one that reads none),
+    images are left out: a send with an image to such a model is refused (begin_turn), but
+    the files of earlier messages must not stop the conversation from going on."""
     text = message_text(content, attached)
-    images = [a for a in attached if a.kind == Attachment.Kind.IMAGE]
+    images = [a for a in attached if a.kind == Attachment.Kind.IMAGE] if images else []
     if not images:
         return text
     parts = [{"type": "text", "text": text}] if text else []
@@ -346,11 +389,59 @@ async def inline_images(prompt: list[dict]) -> list[dict]:
     return await sync_to_async(_data_urls, thread_sensitive=False)(prompt)
 
 
+# -- sending ---------------------------------------------------------------------------------
+def pending(user_id: int, ids) -> list[Attachment]:
+    """The sender's files with these ids, not sent yet, in the order given; UnknownAttachment
+    if one is not (another user's, already sent, removed)."""
+    ids = list(ids)
+    found = {a.pk: a for a in Attachment.objects.unsent().filter(owner_id=user_id, pk__in=ids)}
+    if len(found) != len(set(ids)):
+        raise UnknownAttachment
+    return [found[pk] for pk in ids]
+
+
+def attach(attached: list[Attachment], message_id: int, owner_id: int) -> None:
+    """Tie the files to the user message just written, in its transaction; UnknownAttachment
+    (rolling the turn back) if one was sent or removed since `pending` read it."""
+    ids = [a.pk for a in attached]
+    taken = Attachment.objects.unsent().filter(owner_id=owner_id, pk__in=ids).update(message_id=message_id)
+    if taken != len(ids):
+        raise UnknownAttachment
+    for attachment in attached:
+        attachment.message_id = message_id
+    Attachment.objects.bulk_update(attached, ["token_count", "counted_for"])
+
+
+def by_message(message_ids) -> dict[int, list[Attachment]]:
+    """Files of these messages, by message id, oldest first (one query)."""
+    found: dict[int, list[Attachment]] = {}
+    fields = ("id", "message_id", "name", "kind", "text", "content_type", "width", "height")
+    for attachment in (
+        Attachment.objects.filter(message_id__in=list(message_ids)).only(*fields).order_by("id")
+    ):
+        found.setdefault(attachment.message_id, []).append(attachment)
+    return found
+
+
+def count_message(text_tokens: int | None, attached: list[Attachment], target) -> int | None:
+    """A user message's tokens: its text with its files' text (counted by the caller), plus
+    its images by the model's formula; each file's own count recorded on it for `target`.
+    None when any part cannot be counted."""
+    total = text_tokens
+    for attachment in attached:
+        if attachment.counted_for != target.model:
+            count(attachment, target.model, target.encoding)
+        if attachment.kind == Attachment.Kind.IMAGE and target.accepts_images:
+            total = (
+                None if total is None or attachment.token_count is None else total + attachment.token_count
+            )
+    return total
+
+
 # -- counting ------------------------------------------------------------------------------
 def count(attachment: Attachment, model: str, encoding: str = "") -> int | None:
     """This file's tokens in a prompt to `model`: its delimited text with tiktoken, an image by
     the model's published formula (chat.image_tokens); kept on the row (not saved here)."""
-    model = model or settings.CHAT_MODEL
     if attachment.kind == Attachment.Kind.IMAGE:
         from chat.image_tokens import count_image
 
@@ -406,7 +497,6 @@ def purge_unsent(now=None) -> int:
     count = old.count()
     old.delete()  # the post_delete handler (chat.apps) deletes each file
     return count
-
 
 
 def delete_stored_file(sender, instance: Attachment, **kwargs) -> None:

@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import cluster, remote, replies, tokens, versions, worker
+from chat import attachments, cluster, remote, replies, tokens, versions, worker
 from chat.budgets import BudgetExceeded
 from chat.frames import branch_frame
 from chat.models import Conversation
@@ -22,14 +22,20 @@ log = logging.getLogger(__name__)
 
 BUSY = "A reply is still being written. Stop it or wait for it to finish."
 SWITCH_BUSY = "A reply is still being written. Stop it or wait for it to finish, then switch versions."
+UNKNOWN_ATTACHMENT = (
+    "A file in that message is not one of yours waiting to be sent (sent already, or removed). "
+    "Nothing was sent; attach it again."
+)
 DELETED = "This conversation was deleted (in another tab?). Nothing was saved."
 DATABASE_ERROR = (
     "The server could not save your message just now (its database is busy). Nothing was saved; try again."
 )
 
 
-async def send(socket, conversation, content: str, request_id: str | None = None) -> None:
-    await _begin(socket, conversation, replies.begin_turn, (content,), request_id)
+async def send(
+    socket, conversation, content: str, request_id: str | None = None, attachment_ids: tuple[int, ...] = ()
+) -> None:
+    await _begin(socket, conversation, replies.begin_turn, (content,), request_id, attachment_ids)
 
 
 async def regenerate(socket, conversation, request_id: str | None = None) -> None:
@@ -37,10 +43,15 @@ async def regenerate(socket, conversation, request_id: str | None = None) -> Non
 
 
 async def edit(
-    socket, conversation, content: str, request_id: str | None = None, message_id: int | None = None
+    socket,
+    conversation,
+    content: str,
+    request_id: str | None = None,
+    message_id: int | None = None,
+    attachment_ids: tuple[int, ...] = (),
 ) -> None:
     begin = functools.partial(replies.begin_edit, message_id=message_id)
-    await _begin(socket, conversation, begin, (content,), request_id)
+    await _begin(socket, conversation, begin, (content,), request_id, attachment_ids)
 
 
 async def switch(socket, conversation, message_id: int, request_id: str | None = None) -> None:
@@ -86,7 +97,9 @@ async def stop(socket, conversation_id: int) -> None:
     await socket.send_error("not_streaming", "Nothing is being written right now.")
 
 
-async def _begin(socket, conversation, begin, args: tuple, request_id: str | None) -> None:
+async def _begin(
+    socket, conversation, begin, args: tuple, request_id: str | None, attachment_ids: tuple[int, ...] = ()
+) -> None:
     """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
     refusals become error frames.
 
@@ -99,6 +112,15 @@ async def _begin(socket, conversation, begin, args: tuple, request_id: str | Non
         await socket.send_error("busy", BUSY)
         return
     content = args[0] if args else None
+    if attachment_ids:
+        # Read here (one query) so their text is counted with the message's, off the database thread.
+        try:
+            attached = await database_sync_to_async(attachments.pending)(conversation.user_id, attachment_ids)
+        except attachments.UnknownAttachment:
+            await socket.send_error("unknown_attachment", UNKNOWN_ATTACHMENT)
+            return
+        begin = functools.partial(begin, attached=attached)
+        content = attachments.message_text(content, attached)
     model, encoding, system = socket.counting or (
         conversation.model or settings.CHAT_MODEL,
         "",
@@ -133,6 +155,14 @@ async def _begin(socket, conversation, begin, args: tuple, request_id: str | Non
         )
     except BudgetExceeded as exc:
         await socket.send_error(exc.code, exc.detail)
+    except attachments.UnknownAttachment:  # sent from another tab since we read them
+        await socket.send_error("unknown_attachment", UNKNOWN_ATTACHMENT)
+    except attachments.ImagesNotSupported as exc:
+        await socket.send_error(
+            "images_not_supported",
+            f"{exc.model} does not read images. Remove the image or pick a model that reads them; "
+            "nothing was sent.",
+        )
     except Conversation.DoesNotExist:  # replies._fresh: deleted in another tab since this socket opened
         await socket.send_error("conversation_deleted", DELETED)
     except DatabaseError:

@@ -88,10 +88,17 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
             await self.sign_out()
             return
         if command.type == "send":
-            await commands.send(self, self.conversation, command.content, command.request_id)
+            await commands.send(
+                self, self.conversation, command.content, command.request_id, command.attachments
+            )
         elif command.type == "edit":
             await commands.edit(
-                self, self.conversation, command.content, command.request_id, command.message_id
+                self,
+                self.conversation,
+                command.content,
+                command.request_id,
+                command.message_id,
+                command.attachments,
             )
         elif command.type == "switch":
             await commands.switch(self, self.conversation, command.message_id, command.request_id)

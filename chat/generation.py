@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from chat import fanout, frames, metrics, titles, tokens
+from chat import attachments, fanout, frames, metrics, titles, tokens
 from chat.frames import text_delta
 from chat.models import Message
 from chat.relay import Watchers
@@ -110,6 +110,10 @@ class Generation:
         try:
             if self.stop_requested:  # stopped from another process before this task began
                 raise asyncio.CancelledError
+            if attachments.has_images(stream.messages):
+                # Images' bytes are read from storage now, for this request only (a Turn
+                # holds references to them).
+                stream.messages = await attachments.inline_images(stream.messages)
             async for piece in stream:
                 await self._append(piece)
             finish_reason = stream.finish_reason or "stop"

@@ -2,8 +2,8 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
 from django.core.signals import setting_changed
+from django.db import models
 from django.db.models import Q
 from django.dispatch import receiver
 from django.urls import reverse
@@ -224,7 +224,9 @@ class TranscriptAccess(models.Model):
     conversation = models.ForeignKey(Conversation, on_delete=models.SET_NULL, null=True, related_name="+")
     conversation_ref = models.PositiveBigIntegerField(help_text="The conversation's id, kept after deletion.")
     kind = models.CharField(max_length=16, choices=Kind.choices)
-    query = models.TextField(blank=True, help_text="What was searched for (searches); the attachment downloaded (downloads).")
+    query = models.TextField(
+        blank=True, help_text="What was searched for (searches); the attachment downloaded (downloads)."
+    )
     at = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:

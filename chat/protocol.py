@@ -29,6 +29,7 @@ class Command:
     content: str = ""
     request_id: str | None = None  # echoed in the `start` frame of the reply it began
     message_id: int | None = None  # the message an `edit` changes; the version a `switch` shows
+    attachments: tuple[int, ...] = ()  # ids of uploaded files a `send` or `edit` carries
 
 
 def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
@@ -62,16 +63,32 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
+    attached = _attachments(obj)
     # JSON escapes can carry NUL and lone surrogates, which no database or socket takes.
     content = storable(content)
     if not content.strip():
-        raise BadFrame("empty_content", "The message is empty.")
+        if not attached:
+            raise BadFrame("empty_content", "The message is empty.")
+        content = ""  # files alone: nothing typed
     maximum = settings.CHAT_MAX_MESSAGE_CHARS
     if len(content) > maximum:
         raise BadFrame(
             "content_too_long", f"The message is {len(content):,} characters; the limit is {maximum:,}."
         )
-    return Command(kind, content, request_id, message_id)
+    return Command(kind, content, request_id, message_id, attached)
+
+
+def _attachments(obj: dict) -> tuple[int, ...]:
+    """The ids of uploaded files a send carries (docs/protocol.md, "Attachments")."""
+    value = obj.get("attachments", [])
+    if not isinstance(value, list) or any(type(v) is not int or not 0 < v < 2**63 for v in value):
+        raise BadFrame("bad_field", '"attachments" must be a list of file ids (positive integers).')
+    if len(set(value)) != len(value):
+        raise BadFrame("bad_field", '"attachments" names a file twice.')
+    limit = settings.CHAT_ATTACHMENTS_PER_MESSAGE
+    if len(value) > limit:
+        raise BadFrame("too_many_files", f"A message can carry {limit} files; this one has {len(value)}.")
+    return tuple(value)
 
 
 def _message_id(obj: dict, required: bool) -> int | None:

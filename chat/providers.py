@@ -25,6 +25,9 @@ class Target:
     stream: bool = True
     include_usage: bool = True
     api_style: str = "chat"
+    # Images go only to models staff marked as reading them (issue #16); the environment's
+    # own model is not one until staff add it in the admin and say so.
+    accepts_images: bool = False
 
 
 def from_chat_model(chat_model: ChatModel) -> Target:
@@ -43,6 +46,7 @@ def from_chat_model(chat_model: ChatModel) -> Target:
         stream=chat_model.stream,
         include_usage=chat_model.include_usage,
         api_style=chat_model.api_style,
+        accepts_images=chat_model.accepts_images,
     )
 
 

@@ -16,9 +16,9 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from chat import budgets, providers, tokens
+from chat import attachments, budgets, providers, tokens
 from chat.cluster import single_process
-from chat.models import Conversation, Message
+from chat.models import Attachment, Conversation, Message
 from chat.providers import Target
 
 TITLE_LENGTH = 60
@@ -120,6 +120,8 @@ class Turn:
     trimmed: int = 0
     budget: dict | None = None
     replaces_user: int | None = None
+    # What the user typed in the message answered (its files left out), for its title.
+    user_text: str | None = None
 
     @property
     def model(self) -> str:
@@ -130,9 +132,10 @@ def lease_deadline():
     return timezone.now() + timedelta(seconds=settings.CHAT_LEASE_SECONDS)
 
 
-# A history row: role, content, its token count, and the running total it was written with
-# (tokens and number of messages before it; see Message.tokens_before).
-Row = tuple[str, str, int | None, int | None, int | None]
+# A history row: role, content, its token count, the running total it was written with
+# (tokens and number of messages before it; see Message.tokens_before), its id and whether
+# files are attached to it (None for the message being written: its files are at hand).
+Row = tuple[str, str, int | None, int | None, int | None, int | None, bool]
 
 
 def _prompt(
@@ -141,11 +144,13 @@ def _prompt(
     target: Target,
     tally: int | None,
     system_count: int | None,
+    attached: list | None = None,
 ):
     """The messages sent upstream, their token count as the provider will bill it, and how
     many of the oldest were left out to fit the model's context window. `tally` is the
     history's tokens (_tally), which the caller has already for the reply's running total;
-    `system_count` the system prompt's content tokens (_counts)."""
+    `system_count` the system prompt's content tokens (_counts); `attached` the files of the
+    message being written (chat.attachments)."""
     model, encoding = target.model, target.encoding
     system = system_prompt(conversation)
     counted = None if tally is None else tokens.REPLY_PRIMING + tally
@@ -160,10 +165,25 @@ def _prompt(
             role, _, count, *_ = history.pop(0)
             counted -= count + tokens.message_overhead(role, model, encoding_override=encoding)
             trimmed += 1
-    prompt = [{"role": role, "content": content} for role, content, *_ in history]
+    prompt = _messages(history, target, attached)
     if system:
         prompt.insert(0, {"role": "system", "content": system})
     return prompt, counted, trimmed
+
+
+def _messages(history: list[Row], target: Target, attached: list | None) -> list[dict]:
+    """The history as chat messages: a message with files gets their text (and images, for a
+    model that reads them) with it. Earlier messages' files are read in one query, only when
+    some message has any."""
+    with_files = [row[5] for row in history if row[6]]
+    files = attachments.by_message(with_files) if with_files else {}
+    messages = []
+    for role, content, _, _, _, message_id, has_files in history:
+        mine = attached if message_id is None else files.get(message_id) if has_files else None
+        if mine:
+            content = attachments.message_content(content, mine, images=target.accepts_images)
+        messages.append({"role": role, "content": content})
+    return messages
 
 
 def _tally(history: list[Row], target: Target) -> int | None:
@@ -174,11 +194,11 @@ def _tally(history: list[Row], target: Target) -> int | None:
     """
     if not history:
         return 0
-    role, _, count, before, position = history[-1]
+    role, _, count, before, position, *_ = history[-1]
     if before is not None and count is not None and position == len(history) - 1:
         overhead = tokens.message_overhead(role, target.model, encoding_override=target.encoding)
         return None if overhead is None else before + count + overhead
-    roles, _, counts, _, _ = zip(*history, strict=True)
+    roles, _, counts, *_ = zip(*history, strict=True)
     return tokens.count_messages(roles, counts, target.model, target.encoding)
 
 
@@ -188,9 +208,9 @@ def _total(history: list[Row], target: Target) -> dict:
 
 
 def _append(history: list[Row], role: str, content: str, count: int | None, target: Target) -> dict:
-    """Add a message to the end of `history`; its running total, as its row's fields."""
+    """Add a message being written to the end of `history`; its running total, as its row's fields."""
     total = _total(history, target)
-    history.append((role, content, count, total["tokens_before"], total["messages_before"]))
+    history.append((role, content, count, total["tokens_before"], total["messages_before"], None, False))
     return total
 
 
@@ -312,6 +332,7 @@ def begin_turn(
     edit: bool = False,
     edit_id: int | None = None,
     counted: Counted | None = None,
+    attached: list[Attachment] | None = None,
 ) -> Turn:
     """Save the user's message and a streaming reply placeholder, atomically.
 
@@ -321,11 +342,22 @@ def begin_turn(
     user has too many streaming, BudgetExceeded if the user may not send now, Uncounted
     if `counted` lacks a count, NotEditable if `edit_id` is not a user message on the
     current branch; in each case nothing is written and no model is called.
+
+    `attached`: files sent with the message (chat.attachments.pending), tied to it in the same
+    transaction; ImagesNotSupported if one is an image and the model reads none,
+    UnknownAttachment if one was sent meanwhile. Their text is counted as part of the
+    message (`counted` has the message's whole text), their images by the model's formula.
     """
+    attached = attached or []
     conversation = _fresh(conversation)
     budget = budgets.check(conversation.user_id)
     target = providers.resolve(conversation)
-    content_tokens, system_count = _counts(target, counted, content, system_prompt(conversation))
+    if not target.accepts_images and any(a.kind == Attachment.Kind.IMAGE for a in attached):
+        raise attachments.ImagesNotSupported(target.label)
+    text = attachments.message_text(content, attached) if attached else content
+    content_tokens, system_count = _counts(target, counted, text, system_prompt(conversation))
+    if attached:
+        content_tokens = attachments.count_message(content_tokens, attached, target)
     now = timezone.now()
 
     def write():
@@ -333,7 +365,8 @@ def begin_turn(
         # reads the branch: a version switch (chat.versions.switch) waits for it, or it for one.
         with connection.cursor() as cursor:
             updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
-            cursor.execute(_sql("touch_conversation"), [updated_at, _title(content), conversation.id])
+            title = _title(content or ", ".join(a.name for a in attached))
+            cursor.execute(_sql("touch_conversation"), [updated_at, title, conversation.id])
         replaced = None
         if edit:
             current = Message.objects.current().filter(conversation_id=conversation.id)
@@ -360,9 +393,11 @@ def begin_turn(
         }
         reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(
-            conversation, history, target, reply_total["tokens_before"], system_count
+            conversation, history, target, reply_total["tokens_before"], system_count, attached
         )
         (user_id,) = _insert(Message, [user])
+        if attached:
+            attachments.attach(attached, user_id, conversation.user_id)
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
         (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
@@ -374,7 +409,12 @@ def begin_turn(
         target=target,
         prompt=prompt,
         prompt_tokens=prompt_tokens,
-        user_message={"id": user_id, "content": content},
+        user_message={
+            "id": user_id,
+            "content": content,
+            "attachments": [attachments.payload(a) for a in attached],
+        },
+        user_text=content,
         trimmed=trimmed,
         budget=budget,
         replaces_user=replaced,
@@ -388,9 +428,12 @@ def begin_edit(
     *,
     message_id: int | None = None,
     counted: Counted | None = None,
+    attached: list[Attachment] | None = None,
 ) -> Turn:
     """User message `message_id` (default: the last), edited and sent again (see begin_turn)."""
-    return begin_turn(conversation, content, live_ids, edit=True, edit_id=message_id, counted=counted)
+    return begin_turn(
+        conversation, content, live_ids, edit=True, edit_id=message_id, counted=counted, attached=attached
+    )
 
 
 def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counted | None = None) -> Turn:
@@ -425,9 +468,9 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
             conversation, target, prompt_tokens, timezone.now(), reply_total, parent=last_user.id
         )
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, previous, reply_id
+        return prompt, prompt_tokens, trimmed, previous, reply_id, last_user.content
 
-    prompt, prompt_tokens, trimmed, previous, reply_id = _claim(conversation, live_ids, write)
+    prompt, prompt_tokens, trimmed, previous, reply_id, user_text = _claim(conversation, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -437,6 +480,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         replaces=previous[-1] if previous else None,
         trimmed=trimmed,
         budget=budget,
+        user_text=user_text,
     )
 
 
@@ -648,8 +692,10 @@ def _statements(vendor: str) -> dict[str, str]:
 
     message, conversation = quote(Message._meta.db_table), quote(Conversation._meta.db_table)
     m = functools.partial(column, Message)
+    attachment, a = quote(Attachment._meta.db_table), functools.partial(column, Attachment)
     history = (
-        f"SELECT {m('role')}, {m('content')}, {m('token_count')}, {m('tokens_before')}, {m('messages_before')} "
+        f"SELECT {m('role')}, {m('content')}, {m('token_count')}, {m('tokens_before')}, {m('messages_before')}, "
+        f"{message}.{m('id')}, EXISTS(SELECT 1 FROM {attachment} WHERE {a('message')} = {message}.{m('id')}) "
         f"FROM {message} "
         f"WHERE {m('conversation')} = %s AND {m('superseded')} = %s AND {m('status')} <> %s "
         f"AND NOT ({m('role')} = %s AND {m('content')} = %s)"

@@ -80,7 +80,10 @@ def start(worker, turn: replies.Turn, status: str, answer: str) -> None:
     the worker's (kept until it ends, cancelled with the worker's replies)."""
     if not wanted(turn, status, answer):
         return
-    question = next(m["content"] for m in turn.prompt if m["role"] == "user")
+    # What was typed, not the files sent with it (chat.attachments), which can be long.
+    question = turn.user_text
+    if question is None:
+        question = next(m["content"] for m in turn.prompt if m["role"] == "user")
     task = asyncio.create_task(
         title_chat(worker, turn, question, answer), name=f"title-{turn.conversation_id}"
     )

@@ -219,13 +219,19 @@ def _attachment_storage() -> dict:
     try:
         options = json.loads(raw) if raw else {}
     except ValueError:
-        raise ImproperlyConfigured(f"CHAT_ATTACHMENT_STORAGE_OPTIONS must be a JSON object, not {raw!r}") from None
+        raise ImproperlyConfigured(
+            f"CHAT_ATTACHMENT_STORAGE_OPTIONS must be a JSON object, not {raw!r}"
+        ) from None
     if not isinstance(options, dict):
         raise ImproperlyConfigured(f"CHAT_ATTACHMENT_STORAGE_OPTIONS must be a JSON object, not {raw!r}")
     if backend == "django.core.files.storage.FileSystemStorage":
         # base_url None: the files have no public URL.
-        options = {"location": str(DATA_DIR / "files"), "directory_permissions_mode": 0o700,
-                   "file_permissions_mode": 0o600, **options}
+        options = {
+            "location": str(DATA_DIR / "files"),
+            "directory_permissions_mode": 0o700,
+            "file_permissions_mode": 0o600,
+            **options,
+        }
     return {"BACKEND": backend, "OPTIONS": options}
 
 

@@ -67,3 +67,18 @@ def fresh_worker():
     providers.forget_models()  # a flush between tests sends no signals
     budgets.forget_budgets()
     worker.forget()
+
+
+# --- attached files (chat.attachments) --------------------------------------------------------------
+@pytest.fixture
+def stored(settings, tmp_path):
+    """Attached files go to a fresh directory for the test; the directory."""
+    location = tmp_path / "files"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "chat_attachments": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(location)},
+        },
+    }
+    return location

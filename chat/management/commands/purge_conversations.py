@@ -22,10 +22,14 @@ class Command(BaseCommand):
             raise CommandError("--older-than must be at least 1 day")
         old = Conversation.objects.filter(updated_at__lt=timezone.now() - timedelta(days=older_than))
         count = old.count()
-        unsent = Attachment.objects.unsent().filter(created_at__lt=timezone.now() - attachments.UNSENT_LIFETIME)
+        unsent = Attachment.objects.unsent().filter(
+            created_at__lt=timezone.now() - attachments.UNSENT_LIFETIME
+        )
         if dry_run:
             self.stdout.write(f"{count} conversations not updated for {older_than} days would be deleted.")
-            self.stdout.write(f"{unsent.count()} files uploaded over a day ago and never sent would be removed.")
+            self.stdout.write(
+                f"{unsent.count()} files uploaded over a day ago and never sent would be removed."
+            )
             return
         old.delete()  # each attachment's file goes with its row (chat.attachments.delete_stored_file)
         self.stdout.write(f"Deleted {count} conversations not updated for {older_than} days.")

@@ -1,0 +1,196 @@
+"""Sending files with a message, through the real ASGI app to the loopback upstream: the
+request body the model gets, byte for byte; the counts; the refusals before anything is
+written."""
+
+import base64
+import json
+
+import pytest
+from channels.db import database_sync_to_async
+from django.contrib.auth.models import User
+
+from chat import attachments, tokens
+from chat.models import Attachment, ChatModel, Conversation, Message, Provider
+from tests import files
+from tests.chat_sockets import frames_until, needs_vocabulary, open_socket, receive_frame
+from tests.conftest import TEST_API_KEY
+from tests.upstream_server import Reply, chat_chunks, sse
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+CSV = "name,amount\nalice,3\n"
+
+
+@pytest.fixture
+def alice(db):
+    return User.objects.create_user("alice", password="x")
+
+
+@pytest.fixture
+def bob(db):
+    return User.objects.create_user("bob", password="x")
+
+
+def chat_model(upstream, name: str = "gpt-4o", accepts_images: bool = True) -> ChatModel:
+    provider = Provider.objects.create(name="loopback", base_url=upstream.base_url, api_key=TEST_API_KEY)
+    return ChatModel.objects.create(
+        provider=provider, name=name, is_default=True, accepts_images=accepts_images
+    )
+
+
+@pytest.fixture
+def conversation(alice):
+    return Conversation.objects.create(user=alice)
+
+
+def uploads(user, model: str = "gpt-4o") -> list[Attachment]:
+    return [
+        attachments.store(user, "sums.csv", CSV.encode(), model),
+        attachments.store(user, "report.pdf", files.pdf("Quarterly figures", "Outlook good"), model),
+        attachments.store(user, "shot.png", files.image(1024, 1024), model),
+    ]
+
+
+def wire(body: dict) -> bytes:
+    """A request body as chat/upstream/http.py writes it."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+@needs_vocabulary
+async def test_files_reach_the_model_as_delimited_text_and_image_parts(upstream, stored, conversation, alice):
+    await database_sync_to_async(chat_model)(upstream)
+    csv, pdf, png = await database_sync_to_async(uploads)(alice)
+    upstream.queue(Reply(body=sse(*chat_chunks(["Seen."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to(
+        {"type": "send", "content": "What do these say?", "attachments": [csv.pk, pdf.pk, png.pk]}
+    )
+    start = await receive_frame(socket)
+    assert start["type"] == "start", start
+    done = (await frames_until(socket, "done"))[-1]
+    assert done["status"] == "finished"
+
+    with (stored / png.file.name).open("rb") as handle:
+        image = base64.b64encode(handle.read()).decode()
+    text = (
+        "What do these say?\n\n"
+        f'<file name="sums.csv">\n{CSV}\n</file>\n\n'
+        '<file name="report.pdf">\nQuarterly figures\n\nOutlook good\n</file>'
+    )
+    expected = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{image}"}},
+                ],
+            }
+        ],
+        "stream_options": {"include_usage": True},
+    }
+    assert upstream.requests[0]["body"] == wire(expected)
+
+    # Counted: the text with tiktoken, the 1024×1024 image by gpt-4o's tiles (85 + 4 × 170).
+    user_message, reply = await database_sync_to_async(lambda: list(Message.objects.order_by("id")))()
+    assert user_message.content == "What do these say?"
+    assert user_message.token_count == tokens.count_tokens(text, "gpt-4o") + 765
+    overhead = tokens.message_overhead("user", "gpt-4o")
+    assert (
+        reply.prompt_tokens
+        == start["prompt_tokens"]
+        == tokens.REPLY_PRIMING + overhead + user_message.token_count
+    )
+
+    # The start frame describes the message with its files; the rows say it was sent.
+    sent = start["user_message"]["attachments"]
+    assert [(a["id"], a["name"], a["kind"]) for a in sent] == [
+        (csv.pk, "sums.csv", "text"),
+        (pdf.pk, "report.pdf", "pdf"),
+        (png.pk, "shot.png", "image"),
+    ]
+    assert sent[2]["tokens"] == 765 and sent[2]["url"] == f"/attachments/{png.pk}/"
+    assert sent[0]["tokens"] == tokens.count_tokens(attachments.file_block("sums.csv", CSV), "gpt-4o")
+    rows = await database_sync_to_async(
+        lambda: list(Attachment.objects.values_list("message_id", flat=True))
+    )()
+    assert rows == [user_message.pk] * 3
+    await socket.disconnect()
+
+
+async def test_earlier_files_go_with_the_history(upstream, stored, conversation, alice):
+    await database_sync_to_async(chat_model)(upstream)
+    csv = await database_sync_to_async(attachments.store)(alice, "sums.csv", CSV.encode(), "gpt-4o")
+    upstream.queue(Reply(body=sse(*chat_chunks(["One."]))), Reply(body=sse(*chat_chunks(["Two."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "", "attachments": [csv.pk]})
+    await frames_until(socket, "done")
+    await socket.send_json_to({"type": "send", "content": "And the total?"})
+    await frames_until(socket, "done")
+    block = f'<file name="sums.csv">\n{CSV}\n</file>'
+    assert upstream.requests[1]["json"]["messages"] == [
+        {"role": "user", "content": block},  # nothing typed: the file alone
+        {"role": "assistant", "content": "One."},
+        {"role": "user", "content": "And the total?"},
+    ]
+    title = await database_sync_to_async(lambda: Conversation.objects.get(pk=conversation.pk).title)()
+    assert title == "sums.csv"
+    await socket.disconnect()
+
+
+async def test_an_image_to_a_model_that_reads_none_is_refused_before_anything_is_written(
+    upstream, stored, conversation, alice
+):
+    await database_sync_to_async(chat_model)(upstream, accepts_images=False)
+    png = await database_sync_to_async(attachments.store)(alice, "shot.png", files.image(), "gpt-4o")
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "What is this?", "attachments": [png.pk]})
+    error = await receive_frame(socket)
+    assert error["type"] == "error" and error["code"] == "images_not_supported"
+    assert "gpt-4o" in error["detail"] and "nothing was sent" in error["detail"]
+    assert not await Message.objects.aexists()
+    assert (await Attachment.objects.aget()).message_id is None  # still the user's to send elsewhere
+    assert upstream.requests == []
+    await socket.disconnect()
+
+
+async def test_anothers_or_a_sent_file_is_unknown_and_nothing_is_written(
+    upstream, stored, conversation, alice, bob
+):
+    await database_sync_to_async(chat_model)(upstream)
+    bobs = await database_sync_to_async(attachments.store)(bob, "b.txt", b"bob's", "gpt-4o")
+    mine = await database_sync_to_async(attachments.store)(alice, "a.txt", b"alice's", "gpt-4o")
+    upstream.queue(Reply(body=sse(*chat_chunks(["Ok."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    for ids in ([bobs.pk], [mine.pk, bobs.pk], [mine.pk + 1000]):
+        await socket.send_json_to({"type": "send", "content": "see", "attachments": ids})
+        error = await receive_frame(socket)
+        assert (error["type"], error["code"]) == ("error", "unknown_attachment")
+    assert not await Message.objects.aexists()
+    await socket.send_json_to({"type": "send", "content": "see", "attachments": [mine.pk]})
+    await frames_until(socket, "done")
+    await socket.send_json_to({"type": "send", "content": "again", "attachments": [mine.pk]})
+    error = await receive_frame(socket)
+    assert (error["type"], error["code"]) == ("error", "unknown_attachment")
+    assert await Message.objects.acount() == 2
+    await socket.disconnect()
+
+
+async def test_a_frame_with_too_many_or_bad_ids_is_refused(settings, conversation, alice):
+    settings.CHAT_ATTACHMENTS_PER_MESSAGE = 2
+    _, socket = await open_socket(conversation.id, alice)
+    for ids, code in (
+        ([1, 2, 3], "too_many_files"),
+        (["1"], "bad_field"),
+        ([1, 1], "bad_field"),
+        ({}, "bad_field"),
+    ):
+        await socket.send_json_to({"type": "send", "content": "x", "attachments": ids})
+        error = await receive_frame(socket)
+        assert (error["type"], error["code"]) == ("error", code)
+    await socket.send_json_to({"type": "send", "content": " ", "attachments": []})
+    assert (await receive_frame(socket))["code"] == "empty_content"
+    assert not await Message.objects.aexists()
+    await socket.disconnect()
