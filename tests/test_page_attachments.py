@@ -7,12 +7,14 @@ message shows its files (thumbnails that open, chips that download), also after 
 from __future__ import annotations
 
 import base64
+import io
 import re
 import struct
 import zlib
 from urllib.parse import urljoin
 
 import pytest
+from PIL import Image
 
 from tests.browser import (  # noqa: F401  (fixtures: pytest finds them by name in this module)
     USER_MESSAGES,
@@ -268,7 +270,10 @@ def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_aft
     texts = " ".join(p["text"] for p in sent["content"] if p["type"] == "text")
     assert "What do these show?" in texts and "scores.csv" in texts and "grace,9" in texts
     images = [p["image_url"]["url"] for p in sent["content"] if p["type"] == "image_url"]
-    assert images == ["data:image/png;base64," + base64.b64encode(image).decode()]
+    assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
+    # Re-encoded by the server (without metadata), so compared as pixels, not bytes.
+    received = Image.open(io.BytesIO(base64.b64decode(images[0].split(",", 1)[1])))
+    assert received.size == (64, 48) and received.convert("RGB").getpixel((10, 10)) == (200, 60, 40)
 
     def check_shown(page):
         message = page.locator(USER_MESSAGES).last
@@ -310,3 +315,29 @@ def test_the_chips_read_well_in_the_dark_theme(open_page):
     shot(page, "attachments-dark")
     assert contrast(chip(page, "diagram.png")) >= 4.5
     assert contrast(chip(page, "fake.png")) >= 4.5
+
+
+def test_an_image_refused_by_the_model_comes_back_to_the_composer_with_the_message(open_page, llm):
+    page = open_page("gina")  # the site's default model does not take images
+    attach_by_button(page, "photo.png", "image/png", png(32, 32))
+    wait_uploaded(page, "photo.png")
+    send(page, "What is in this photo?")
+    toast = page.get_by_test_id("toast")
+    expect(toast).to_contain_text("image")
+    # Nothing the user gave is lost: the words are back in the box, the file back on its chip.
+    expect(page.locator(USER_MESSAGES)).to_have_count(0)
+    expect(page.get_by_test_id("composer")).to_have_value("What is in this photo?")
+    expect(chip(page, "photo.png")).to_have_attribute("data-state", "ready")
+    requests_before = len(llm.requests)
+
+    # With a model that takes images, the same upload goes.
+    pick_vision_model(page)
+    expect(page.get_by_test_id("toast")).to_contain_text("GPT-4o answers from the next reply")
+    llm.queue(reply(["A blue square."]))
+    page.get_by_test_id("send").click()
+    expect(body(last_reply(page))).to_have_text("A blue square.")
+    wait_finished(page)
+    assert len(llm.requests) == requests_before + 1
+    sent = llm.requests[-1]["json"]
+    assert sent["model"] == "gpt-4o"
+    assert [p["type"] for p in sent["messages"][-1]["content"]] == ["text", "image_url"]
