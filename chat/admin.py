@@ -9,7 +9,7 @@ from asgiref.sync import async_to_sync
 from django.contrib import admin
 from django.contrib import messages as admin_messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum, URLField
 from django.db.models.constants import LOOKUP_SEP
 from django.http import Http404, HttpResponse, HttpResponseNotAllowed, JsonResponse
 from django.shortcuts import get_object_or_404, redirect
@@ -19,11 +19,12 @@ from django.utils.formats import date_format
 from django.utils.html import format_html
 from django.utils.timezone import localtime
 
-from chat import exports, review, shares, upstream, usage
+from chat import exports, image_tokens, review, shares, upstream, usage
 from chat.models import (
     Budget,
     ChatModel,
     Conversation,
+    ImageTokenRule,
     Invite,
     Message,
     Provider,
@@ -480,12 +481,56 @@ class ChatModelAdmin(ChatAdmin):
         "api_style",
         "stream",
         "accepts_images",
+        "image_rule",
         "enabled",
         "is_default",
     )
     list_filter = ("provider", "enabled", "api_style", "accepts_images")
     list_select_related = ("provider",)
     search_fields = ("name", "display_name")
+
+    @admin.display(description="image rule")
+    def image_rule(self, obj):
+        """Which image token rule counts this model's images: a model that reads images but
+        has none shows it here, before its images are counted as unknown."""
+        rule = image_tokens.rule_for(obj.name)
+        return rule.pattern if rule else "none"
+
+
+@admin.register(ImageTokenRule)
+class ImageTokenRuleAdmin(ChatAdmin):
+    """The image formulas by model (chat/image_tokens.py). The worked example shows what a
+    change does before it reaches a user's count."""
+
+    list_display = (
+        "pattern",
+        "method",
+        "base_tokens",
+        "tokens_per_tile",
+        "patch_multiplier",
+        "patch_cap",
+        "priority",
+        "example",
+    )
+    list_filter = ("method",)
+    search_fields = ("pattern",)
+    readonly_fields = ("example",)
+    formfield_overrides = {URLField: {"assume_scheme": "https"}}
+    fieldsets = (
+        (None, {"fields": ("pattern", "method", "priority", "source")}),
+        ("Tiles", {"fields": ("base_tokens", "tokens_per_tile")}),
+        ("Patches", {"fields": ("patch_multiplier", "patch_cap")}),
+        ("What it gives", {"fields": ("example",)}),
+    )
+
+    @admin.display(description="a 1024×1024 image")
+    def example(self, obj):
+        if obj is None or obj.pk is None:
+            return "Shown once saved."
+        rule = image_tokens.Rule.of(obj)
+        high = image_tokens.cost(rule, 1024, 1024, "high")
+        low = image_tokens.cost(rule, 1024, 1024, "low")
+        return f"{high} tokens" if high == low else f"{high} tokens (high detail), {low} (low)"
 
 
 @admin.register(Budget)

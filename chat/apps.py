@@ -17,13 +17,15 @@ class ChatConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from chat.budgets import forget_budgets
-        from chat.models import Budget, ChatModel, Provider
+        from chat.image_tokens import forget_rules
+        from chat.models import Budget, ChatModel, ImageTokenRule, Provider
         from chat.providers import forget_models
 
         for model, forget in (
             (ChatModel, forget_models),
             (Provider, forget_models),
             (Budget, forget_budgets),
+            (ImageTokenRule, forget_rules),
         ):
             post_save.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}")
             post_delete.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}-deleted")

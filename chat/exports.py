@@ -1,5 +1,6 @@
 """A conversation as Markdown or JSON, for its owner and for staff."""
 
+from chat import attachments
 from chat.models import Conversation, Message
 
 FIELDS = (
@@ -30,8 +31,12 @@ def _messages(conversation: Conversation):
 
 def conversation_json(conversation: Conversation) -> dict:
     messages = []
-    for message in _messages(conversation).values(*FIELDS):
+    rows = list(_messages(conversation).values(*FIELDS))
+    files = attachments.of_messages(m["id"] for m in rows if m["role"] == Message.Role.USER)
+    for message in rows:
         message["created_at"] = message["created_at"].isoformat()
+        # By reference (name, size, type, tokens, where to download it), never the bytes.
+        message["attachments"] = files.get(message["id"], [])
         messages.append(message)
     return {
         "id": conversation.id,
@@ -53,7 +58,9 @@ def conversation_markdown(conversation: Conversation) -> str:
     ]
     if conversation.system_prompt:
         lines += ["## System", "", conversation.system_prompt, ""]
-    for message in _messages(conversation):
+    messages = list(_messages(conversation))
+    files = attachments.of_messages(m.pk for m in messages if m.role == Message.Role.USER)
+    for message in messages:
         heading = message.get_role_display().capitalize()
         notes = []
         if message.superseded:
@@ -63,9 +70,23 @@ def conversation_markdown(conversation: Conversation) -> str:
         if notes:
             heading += f" ({', '.join(notes)})"
         lines += [f"## {heading}", "", message.content, ""]
+        for attached in files.get(message.pk, []):
+            lines.append(_file_line(attached))
+        if message.pk in files:
+            lines.append("")
         if message.error_detail:
             lines += [f"> {message.error_detail}", ""]
     return "\n".join(lines)
+
+
+def _file_line(attached: dict) -> str:
+    """A file in the Markdown export: a link to its download, never its contents."""
+    tokens = "tokens unknown" if attached["tokens"] is None else f"{attached['tokens']:,} tokens"
+    name = attached["name"].replace("[", "\\[").replace("]", "\\]")
+    return (
+        f"- Attached: [{name}](<{attached['url']}>) ({attached['content_type']}, "
+        f"{attached['size']:,} bytes, {tokens})"
+    )
 
 
 def filename(conversation: Conversation, extension: str) -> str:

@@ -1,8 +1,11 @@
 import secrets
 from datetime import timedelta
+from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.signals import setting_changed
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.dispatch import receiver
@@ -399,6 +402,66 @@ class ShareView(models.Model):
 
     def __str__(self) -> str:
         return f"{self.viewer} opened share {self.share_id}"
+
+
+class ImageTokenRule(models.Model):
+    """How many prompt tokens an image costs the models a pattern names (issue #16), after
+    the provider's published rule; read by chat/image_tokens.py. Seeded from OpenAI's vision
+    guide; staff add a row when a provider publishes constants for a new model."""
+
+    class Method(models.TextChoices):
+        TILE = "tile", "tiles (base + tokens per 512 px tile)"
+        PATCH = "patch", "patches (32 px patches × multiplier)"
+
+    pattern = models.CharField(
+        max_length=200,
+        unique=True,
+        help_text="A model name, or a pattern where * stands for any characters (gpt-4o* also "
+        "covers gpt-4o-2024-08-06). The most specific matching pattern wins: an exact name, "
+        "then the pattern with the most fixed characters.",
+    )
+    method = models.CharField(max_length=8, choices=Method.choices)
+    base_tokens = models.PositiveIntegerField(
+        default=0, help_text="Tiles: added to every image; all a low-detail image costs."
+    )
+    tokens_per_tile = models.PositiveIntegerField(default=0, help_text="Tiles: per 512 px tile.")
+    patch_multiplier = models.DecimalField(
+        max_digits=6,
+        decimal_places=3,
+        default=1,
+        validators=[MinValueValidator(Decimal("0.001"))],
+        help_text="Patches: tokens per 32 px patch (the model's published multiplier).",
+    )
+    patch_cap = models.PositiveIntegerField(
+        default=1536, help_text="Patches: larger images are scaled down to fit this many patches."
+    )
+    priority = models.IntegerField(
+        default=0, help_text="Between equally specific patterns that both match, the higher wins."
+    )
+    source = models.URLField(max_length=300, blank=True, help_text="Where the constants are published.")
+
+    class Meta:
+        ordering = ["pattern"]
+        constraints = [
+            models.CheckConstraint(condition=Q(method__in=["tile", "patch"]), name="image_rule_method"),
+            models.CheckConstraint(
+                condition=Q(patch_multiplier__gt=0), name="image_rule_multiplier_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.pattern
+
+    def clean(self) -> None:
+        self.pattern = self.pattern.strip()
+        if not self.pattern.replace("*", ""):
+            raise ValidationError({"pattern": "Name at least one character of the model, e.g. gpt-4o*."})
+        if any(c.isspace() for c in self.pattern):
+            raise ValidationError({"pattern": "Model names have no spaces."})
+        if self.method == self.Method.TILE and not (self.base_tokens or self.tokens_per_tile):
+            raise ValidationError("A tile rule needs base tokens or tokens per tile.")
+        if self.method == self.Method.PATCH and self.patch_cap < 1:
+            raise ValidationError({"patch_cap": "At least one patch."})
 
 
 class _AttachmentStorage(LazyObject):

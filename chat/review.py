@@ -3,12 +3,13 @@ with its figures worded for people, and the admin's conversation page built from
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.db.models import Count, Q, Sum
 from django.utils.html import conditional_escape
 from django.utils.safestring import SafeString, mark_safe
 
+from chat import attachments
 from chat.models import Conversation, Message
 from chat.rendering import duration_text, render_markdown, token_text
 from chat.usage import total_text
@@ -36,6 +37,7 @@ class Entry:
     html: SafeString  # Markdown rendered and sanitised (a reply), or the text escaped (a person's)
     figures: list[tuple[str, str]]  # (label, value), in reading order
     status: str  # "" when finished normally
+    attachments: list[dict] = field(default_factory=list)  # its files (chat.attachments.payload)
 
     @property
     def markdown(self) -> bool:
@@ -74,12 +76,15 @@ def _figures(message: Message) -> list[tuple[str, str]]:
 def entries(conversation: Conversation) -> list[Entry]:
     """Every message, earlier versions included, in the order they were written."""
     result = []
-    for message in conversation.messages.order_by("id"):
+    messages = list(conversation.messages.order_by("id"))
+    files = attachments.of_messages(m.pk for m in messages if m.role == Message.Role.USER)
+    for message in messages:
         if message.role == Message.Role.ASSISTANT:
             html = mark_safe(render_markdown(message.content))  # noqa: S308 - nh3-sanitised
         else:  # as the chat page shows it: as typed, line breaks kept (white-space: pre-wrap)
             html = conditional_escape(message.content)
-        result.append(Entry(message, html, _figures(message), STATUS_TEXT.get(message.status, "")))
+        status = STATUS_TEXT.get(message.status, "")
+        result.append(Entry(message, html, _figures(message), status, files.get(message.pk, [])))
     return result
 
 

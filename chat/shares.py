@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from chat import attachments
 from chat.models import Conversation, Message, Share, ShareView
 
 VIEWERS_SHOWN = 200  # the owner's list; more than that are counted, not named
@@ -156,6 +157,11 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
     messages = conversation.messages.current()
     if not share.show_system_prompt:
         messages = messages.exclude(role=Message.Role.SYSTEM)
+    messages = list(messages)
+    # Named, not linked: a file downloads only for its owner (and audited staff).
+    files = attachments.of_messages(m.pk for m in messages if m.role == Message.Role.USER)
+    for message in messages:
+        message.attached = files.get(message.pk, [])
     response = render(
         request,
         "chat/shared.html",
@@ -163,7 +169,7 @@ def shared(request: HttpRequest, token: str) -> HttpResponse:
             "share": share,
             "conversation": conversation,
             "owner": conversation.user.get_username(),
-            "chat_messages": list(messages),
+            "chat_messages": messages,
             "read_only": True,
             "is_owner": request.user.pk == conversation.user_id,
         },

@@ -8,7 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import budgets, exports, providers, replies, sidebar, tokens, versions, worker
+from chat import attachments, budgets, exports, providers, replies, sidebar, tokens, versions, worker
 from chat.forms import ConversationSettingsForm, TitleForm
 from chat.models import Conversation, Message
 from chat.rendering import format_stats, quiet_stats, render_markdown, stats_help
@@ -66,8 +66,10 @@ def _page(
     messages = list(conversation.messages.current()) if conversation else []
     if conversation is not None:
         found = versions.of(conversation.pk, [m.pk for m in messages])
+        files = attachments.of_messages(m.pk for m in messages if m.role == Message.Role.USER)
         for message in messages:
             message.versions = found.get(message.pk)
+            message.attached = files.get(message.pk, [])
     last_reply = next((m for m in reversed(messages) if m.role == Message.Role.ASSISTANT), None)
     budget = budgets.remaining(request.user.pk)
     if settings_form is None:
@@ -208,9 +210,12 @@ def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return response
 
 
-def message_payload(message: Message, found: versions.Versions | None = None) -> dict:
+def message_payload(
+    message: Message, found: versions.Versions | None = None, attached: list[dict] | None = None
+) -> dict:
     """One message as the page needs it; ``html`` is sanitised (user text is shown verbatim).
-    ``versions``: where it stands among its versions (chat.versions), null with only one."""
+    ``versions``: where it stands among its versions (chat.versions), null with only one;
+    ``attachments``: its files (chat.attachments.payload), empty for a reply."""
     is_reply = message.role == Message.Role.ASSISTANT
     return {
         "id": message.pk,
@@ -233,6 +238,7 @@ def message_payload(message: Message, found: versions.Versions | None = None) ->
         "stats_quiet": quiet_stats(message) if is_reply else "",
         "usage": message.usage,
         "versions": found.as_dict() if found else None,
+        "attachments": attached or [],
     }
 
 
@@ -240,7 +246,10 @@ def message_payload(message: Message, found: versions.Versions | None = None) ->
 @require_GET
 def message_detail(request: HttpRequest, conversation_id: int, message_id: int) -> JsonResponse:
     message = get_object_or_404(_owned(request, conversation_id).messages, pk=message_id)
-    return JsonResponse(message_payload(message, versions.of(conversation_id, [message.pk]).get(message.pk)))
+    found = versions.of(conversation_id, [message.pk]).get(message.pk)
+    return JsonResponse(
+        message_payload(message, found, attachments.of_messages([message.pk]).get(message.pk))
+    )
 
 
 @login_required
@@ -250,4 +259,7 @@ def message_list(request: HttpRequest, conversation_id: int) -> JsonResponse:
     catch up, or that was told another version was chosen."""
     messages = list(_owned(request, conversation_id).messages.current())
     found = versions.of(conversation_id, [m.pk for m in messages])
-    return JsonResponse({"messages": [message_payload(m, found.get(m.pk)) for m in messages]})
+    files = attachments.of_messages(m.pk for m in messages if m.role == Message.Role.USER)
+    return JsonResponse(
+        {"messages": [message_payload(m, found.get(m.pk), files.get(m.pk)) for m in messages]}
+    )

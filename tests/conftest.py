@@ -62,10 +62,11 @@ def fresh_worker():
     """Each test gets a fresh chat.worker.Worker: no reply streaming, no socket watching,
     no sweep done (ids repeat after a flush)."""
     yield
-    from chat import budgets, providers, worker
+    from chat import budgets, image_tokens, providers, worker
 
     providers.forget_models()  # a flush between tests sends no signals
     budgets.forget_budgets()
+    image_tokens.forget_rules()
     worker.forget()
 
 

@@ -4,6 +4,7 @@ removed with their rows."""
 
 import datetime
 import io
+import os
 from pathlib import Path
 
 import pytest
@@ -335,3 +336,86 @@ def test_purge_removes_old_conversations_files_and_day_old_unsent_uploads(
     assert "Removed 1 files uploaded over a day ago" in out.getvalue()
     assert set(Attachment.objects.values_list("pk", flat=True)) == {recent.pk, fresh.pk}
     assert sorted(p.read_bytes() for p in stored_files(stored)) == [b"fresh", b"recent"]
+
+
+# -- shown wherever the message is -----------------------------------------------------------------
+def described(attachment: Attachment) -> dict:
+    return {
+        "id": attachment.pk,
+        "name": attachment.name,
+        "size": attachment.size,
+        "kind": attachment.kind,
+        "content_type": attachment.content_type,
+        "url": f"/attachments/{attachment.pk}/",
+        "tokens": attachment.token_count,
+    }
+
+
+def test_the_message_list_and_the_page_show_a_messages_files(alice):
+    text = sent(alice, "notes.txt", b"some notes")
+    conversation = text.message.conversation
+    image = attachments.store(alice, "shot.png", files.image())
+    image.message = text.message
+    image.save()
+    Message.objects.create(conversation=conversation, role="assistant", content="ok")
+    client = client_for(alice)
+    listed = client.get(reverse("chat:messages", args=[conversation.pk])).json()["messages"]
+    assert [m["attachments"] for m in listed] == [[described(text), described(image)], []]
+    detail = client.get(reverse("chat:message", args=[conversation.pk, text.message_id])).json()
+    assert detail["attachments"] == [described(text), described(image)]
+    page = client.get(reverse("chat:conversation", args=[conversation.pk])).content.decode()
+    assert f'<a class="attachment-file" data-testid="attachment-file" href="/attachments/{text.pk}/"' in page
+    assert f'<img src="/attachments/{image.pk}/" alt="shot.png"' in page
+
+
+def test_exports_name_files_by_reference_never_their_bytes(alice):
+    attachment = sent(alice, "secret.txt", b"the file's own words")
+    conversation = attachment.message.conversation
+    client = client_for(alice)
+    exported = client.get(reverse("chat:export_json", args=[conversation.pk])).json()
+    assert exported["messages"][0]["attachments"] == [described(attachment)]
+    markdown = client.get(reverse("chat:export_md", args=[conversation.pk])).content.decode()
+    assert (
+        f"- Attached: [secret.txt](</attachments/{attachment.pk}/>) (text/plain; charset=utf-8, 20 bytes,"
+        in markdown
+    )
+    assert "the file's own words" not in markdown and "the file's own words" not in json_text(exported)
+
+
+def json_text(value) -> str:
+    import json
+
+    return json.dumps(value)
+
+
+def test_the_admin_transcript_lists_files_with_download_links(alice):
+    attachment = sent(alice, "notes.txt", b"some notes")
+    staff = User.objects.create_superuser("root", password="root-password-1")
+    page = client_for(staff).get(
+        reverse("admin:chat_conversation_change", args=[attachment.message.conversation_id])
+    )
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'<a href="/attachments/{attachment.pk}/" download>notes.txt</a>' in html
+    assert "some notes" not in html
+
+
+def test_serving_chat_does_not_load_the_image_and_pdf_libraries():
+    """Pillow and pypdf are imported by the first upload that needs them, not by every worker
+    at start-up (each process's memory; an idle socket's cost is measured in docs/benchmark.md)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.views; "
+        "import sys; print(sorted(m for m in ('PIL', 'pypdf') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "CHAT_ENV_FILE": "/dev/null", "DJANGO_SETTINGS_MODULE": "chatsite.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

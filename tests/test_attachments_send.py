@@ -194,3 +194,32 @@ async def test_a_frame_with_too_many_or_bad_ids_is_refused(settings, conversatio
     assert (await receive_frame(socket))["code"] == "empty_content"
     assert not await Message.objects.aexists()
     await socket.disconnect()
+
+
+async def test_an_edit_carries_its_own_files_and_the_earlier_version_keeps_its(
+    upstream, stored, conversation, alice
+):
+    await database_sync_to_async(chat_model)(upstream)
+    first = await database_sync_to_async(attachments.store)(alice, "v1.txt", b"first draft", "gpt-4o")
+    second = await database_sync_to_async(attachments.store)(alice, "v2.txt", b"second draft", "gpt-4o")
+    upstream.queue(Reply(body=sse(*chat_chunks(["One."]))), Reply(body=sse(*chat_chunks(["Two."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Check", "attachments": [first.pk]})
+    start = await receive_frame(socket)
+    await frames_until(socket, "done")
+    edited = start["user_message"]["id"]
+    await socket.send_json_to(
+        {"type": "edit", "message_id": edited, "content": "Check", "attachments": [second.pk]}
+    )
+    again = await receive_frame(socket)
+    assert again["replaces_user"] == edited
+    assert [a["name"] for a in again["user_message"]["attachments"]] == ["v2.txt"]
+    await frames_until(socket, "done")
+    assert upstream.requests[1]["json"]["messages"] == [
+        {"role": "user", "content": 'Check\n\n<file name="v2.txt">\nsecond draft\n</file>'}
+    ]
+    owners = await database_sync_to_async(
+        lambda: dict(Attachment.objects.values_list("name", "message_id"))
+    )()
+    assert owners == {"v1.txt": edited, "v2.txt": again["user_message"]["id"]}
+    await socket.disconnect()

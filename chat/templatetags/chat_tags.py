@@ -48,3 +48,13 @@ def total_tokens(total: int | None, not_counted: int = 0, hint: str = "") -> str
     if not not_counted:
         return text
     return format_html('<span class="unknown" title="{}">{}</span>', hint, text)
+
+
+@register.filter
+def file_size(size: int) -> str:
+    """ "12 KB", "1.4 MB": as static/chat/messages.js's formatSize words it."""
+    if size < 1024:
+        return f"{size} B"
+    if size < 1024 * 1024:
+        return f"{round(size / 1024)} KB"
+    return f"{size / 1024 / 1024:.1f} MB"
