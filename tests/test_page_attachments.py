@@ -11,7 +11,7 @@ import io
 import re
 import struct
 import zlib
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlparse
 
 import pytest
 from PIL import Image
@@ -156,7 +156,9 @@ def test_a_file_attached_by_the_paperclip_shows_its_size_and_cost_and_can_be_rem
     assert uploaded.value.status == 201
     info = uploaded.value.json()
     found = wait_uploaded(page, "notes.txt")
-    expect(found.get_by_test_id("attachment-meta")).to_have_text(f"{len(notes)} B · ≈ {info['tokens']} tokens")
+    expect(found.get_by_test_id("attachment-meta")).to_have_text(
+        f"{len(notes)} B · ≈ {info['tokens']} tokens"
+    )
     assert info["tokens"] and info["tokens"] > 0
     shot(page, "attachments-chip")
 
@@ -173,7 +175,10 @@ def test_a_file_attached_by_the_paperclip_shows_its_size_and_cost_and_can_be_rem
     llm.queue(reply(["Noted."]))
     send(page, "Nothing attached after all")
     wait_finished(page)
-    assert llm.requests[-1]["json"]["messages"][-1] == {"role": "user", "content": "Nothing attached after all"}
+    assert llm.requests[-1]["json"]["messages"][-1] == {
+        "role": "user",
+        "content": "Nothing attached after all",
+    }
     expect(page.locator(USER_MESSAGES).get_by_test_id("attachments")).to_have_count(0)
 
 
@@ -233,19 +238,25 @@ def test_send_waits_for_an_upload_still_running(open_page, llm):
     expect(chip(page, "log.txt")).to_have_attribute("data-state", "uploading")
     expect(chip(page, "log.txt").get_by_test_id("attachment-meta")).to_contain_text("uploading")
     send(page, "Why did it fail?")
-    expect(page.get_by_test_id("attachment-status")).to_contain_text("will be sent once the file has uploaded")
+    expect(page.get_by_test_id("attachment-status")).to_contain_text(
+        "will be sent once the file has uploaded"
+    )
     expect(page.locator(USER_MESSAGES)).to_have_count(0)  # not sent without the file
     expect(page.get_by_test_id("composer")).to_have_value("Why did it fail?")
 
     llm.queue(reply(["The disk was full."]))
-    page.wait_for_function("n => document.querySelectorAll('[data-testid=attachment-chip]').length === n", arg=1)
+    page.wait_for_function(
+        "n => document.querySelectorAll('[data-testid=attachment-chip]').length === n", arg=1
+    )
     assert len(held) == 1
     held[0].continue_()
     wait_finished(page)
     expect(page.get_by_test_id("attachment-status")).to_be_hidden()
     sent = llm.requests[-1]["json"]["messages"][-1]
     assert "disk full" in str(sent["content"]) and "Why did it fail?" in str(sent["content"])
-    expect(page.locator(USER_MESSAGES).last.get_by_test_id("attachment-file")).to_have_text(re.compile("log.txt"))
+    expect(page.locator(USER_MESSAGES).last.get_by_test_id("attachment-file")).to_have_text(
+        re.compile("log.txt")
+    )
 
 
 def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_after_a_reload(open_page, llm):
@@ -341,3 +352,37 @@ def test_an_image_refused_by_the_model_comes_back_to_the_composer_with_the_messa
     sent = llm.requests[-1]["json"]
     assert sent["model"] == "gpt-4o"
     assert [p["type"] for p in sent["messages"][-1]["content"]] == ["text", "image_url"]
+
+
+def test_editing_a_message_with_files_says_they_stay_with_the_earlier_version(open_page, llm):
+    page = open_page("hank")
+    attach_by_button(page, "plan.txt", "text/plain", b"Step one. Step two.\n")
+    wait_uploaded(page, "plan.txt")
+    llm.queue(reply(["Two steps."]))
+    send(page, "Summarise")
+    wait_finished(page)
+    message = page.locator(USER_MESSAGES).last
+    message.get_by_test_id("edit").click()
+    expect(message.get_by_test_id("edit-hint")).to_contain_text(
+        "Its file stays with the earlier version only."
+    )
+
+
+def test_another_tab_on_the_chat_shows_the_files_as_the_message_arrives(open_page, llm):
+    page = open_page("ivan")
+    llm.queue(reply(["Hello."]))
+    send(page, "Hi")
+    wait_finished(page)
+    other = open_page("ivan", urlparse(page.url).path)
+    expect(other.locator(USER_MESSAGES)).to_have_count(1)
+
+    drop(page, "#composer", as_js("minutes.md", "text/markdown", b"# Minutes\n\nNothing decided.\n"))
+    wait_uploaded(page, "minutes.md")
+    llm.queue(reply(["Nothing was decided."]))
+    send(page, "")  # files alone
+    wait_finished(page)
+    for tab in (page, other):
+        message = tab.locator(USER_MESSAGES).last
+        expect(message.get_by_test_id("attachment-file")).to_have_text(re.compile(r"minutes\.md"))
+        expect(message.locator("[data-body]")).to_be_hidden()  # no empty bubble
+    assert llm.requests[-1]["json"]["messages"][-1]["content"].startswith('<file name="minutes.md">')
