@@ -259,15 +259,18 @@ def test_send_waits_for_an_upload_still_running(open_page, llm):
     )
 
 
+SCORES = "scores-of-the-spring-term-for-every-class-in-the-school.csv"  # long: it must still fit a phone
+
+
 def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_after_a_reload(open_page, llm):
     page = open_page("erin")
     pick_vision_model(page)
     image = png(64, 48, (200, 60, 40))
     table = b"name,score\nada,10\ngrace,9\n"
     attach_by_button(page, "chart.png", "image/png", image)
-    drop(page, "#composer", as_js("scores.csv", "text/csv", table))
+    drop(page, "#composer", as_js(SCORES, "text/csv", table))
     wait_uploaded(page, "chart.png")
-    wait_uploaded(page, "scores.csv")
+    wait_uploaded(page, SCORES)
 
     llm.queue(reply(["A red chart and two scores."]))
     send(page, "What do these show?")
@@ -279,7 +282,7 @@ def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_aft
     sent = llm.requests[-1]["json"]["messages"][-1]
     assert sent["role"] == "user" and isinstance(sent["content"], list)
     texts = " ".join(p["text"] for p in sent["content"] if p["type"] == "text")
-    assert "What do these show?" in texts and "scores.csv" in texts and "grace,9" in texts
+    assert "What do these show?" in texts and f'<file name="{SCORES}">' in texts and "grace,9" in texts
     images = [p["image_url"]["url"] for p in sent["content"] if p["type"] == "image_url"]
     assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
     # Re-encoded by the server (without metadata), so compared as pixels, not bytes.
@@ -295,7 +298,7 @@ def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_aft
             " return i && i.complete && i.naturalWidth === 64; }"
         )
         file = message.get_by_test_id("attachment-file")
-        expect(file).to_have_text(re.compile(r"scores\.csv"))
+        expect(file).to_have_text(re.compile(re.escape(SCORES)))
         return message, thumb, file
 
     check_shown(page)
@@ -313,8 +316,14 @@ def test_a_message_with_an_image_and_a_file_reaches_the_model_and_shows_them_aft
     opened.close()
     with page.expect_download() as download:
         file.click()
-    assert download.value.suggested_filename == "scores.csv"
+    assert download.value.suggested_filename == SCORES
     assert open(download.value.path(), "rb").read() == table
+
+    phone = open_page("erin", urlparse(page.url).path, viewport={"width": 390, "height": 844})
+    for shown in check_shown(phone)[1:]:
+        box = shown.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    shot(phone, "attachments-phone")
 
 
 def test_the_chips_read_well_in_the_dark_theme(open_page):
