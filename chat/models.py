@@ -158,6 +158,9 @@ class Message(models.Model):
     # (chat.replies._tally).
     tokens_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
     messages_before = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    # How many files were sent with it (user messages; chat.attachments), written with the
+    # row, so a prompt's history knows which messages to read files for without a query.
+    attachment_count = models.PositiveSmallIntegerField(default=0, editable=False)
 
     # Assistant replies only.
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.FINISHED)

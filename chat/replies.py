@@ -134,8 +134,8 @@ def lease_deadline():
 
 # A history row: role, content, its token count, the running total it was written with
 # (tokens and number of messages before it; see Message.tokens_before), its id and whether
-# files are attached to it (None for the message being written: its files are at hand).
-Row = tuple[str, str, int | None, int | None, int | None, int | None, bool]
+# how many files are attached to it (the message being written: id None, its files at hand).
+Row = tuple[str, str, int | None, int | None, int | None, int | None, int]
 
 
 def _prompt(
@@ -210,7 +210,7 @@ def _total(history: list[Row], target: Target) -> dict:
 def _append(history: list[Row], role: str, content: str, count: int | None, target: Target) -> dict:
     """Add a message being written to the end of `history`; its running total, as its row's fields."""
     total = _total(history, target)
-    history.append((role, content, count, total["tokens_before"], total["messages_before"], None, False))
+    history.append((role, content, count, total["tokens_before"], total["messages_before"], None, 0))
     return total
 
 
@@ -389,6 +389,7 @@ def begin_turn(
             "role": Message.Role.USER,
             "content": content,
             "token_count": content_tokens,
+            "attachment_count": len(attached),
             "created_at": now,
         }
         reply_total = _total(history, target)  # before _prompt trims the history
@@ -692,10 +693,9 @@ def _statements(vendor: str) -> dict[str, str]:
 
     message, conversation = quote(Message._meta.db_table), quote(Conversation._meta.db_table)
     m = functools.partial(column, Message)
-    attachment, a = quote(Attachment._meta.db_table), functools.partial(column, Attachment)
     history = (
         f"SELECT {m('role')}, {m('content')}, {m('token_count')}, {m('tokens_before')}, {m('messages_before')}, "
-        f"{message}.{m('id')}, EXISTS(SELECT 1 FROM {attachment} WHERE {a('message')} = {message}.{m('id')}) "
+        f"{m('id')}, {m('attachment_count')} "
         f"FROM {message} "
         f"WHERE {m('conversation')} = %s AND {m('superseded')} = %s AND {m('status')} <> %s "
         f"AND NOT ({m('role')} = %s AND {m('content')} = %s)"

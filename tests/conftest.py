@@ -83,3 +83,14 @@ def stored(settings, tmp_path):
         },
     }
     return location
+
+
+@pytest.fixture
+def gpt4o_images(db):
+    """gpt-4o's published image rule (85 + 170 per tile), whether or not an earlier test that
+    flushed the database (transaction=True) took the seeded rules with it."""
+    from chat.models import ImageTokenRule
+
+    ImageTokenRule.objects.update_or_create(
+        pattern="gpt-4o", defaults={"method": "tile", "base_tokens": 85, "tokens_per_tile": 170}
+    )

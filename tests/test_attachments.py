@@ -110,7 +110,7 @@ def test_a_pdf_gives_its_text_and_names_pages_without_text(alice):
     assert Attachment.objects.get().text == "Quarterly figures\n\nOutlook good"
 
 
-def test_an_image_is_counted_by_the_models_formula(alice):
+def test_an_image_is_counted_by_the_models_formula(alice, gpt4o_images):
     response = upload(client_for(alice), "shot.png", files.image(1024, 1024), model="gpt-4o")
     assert response.status_code == 201
     body = response.json()
@@ -407,7 +407,7 @@ def test_serving_chat_does_not_load_the_image_and_pdf_libraries():
     import sys
 
     code = (
-        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.views; "
+        "import django; django.setup(); import chatsite.asgi, chat.consumers, chat.attachments, chat.file_contents, chat.views; "
         "import sys; print(sorted(m for m in ('PIL', 'pypdf') if m in sys.modules))"
     )
     done = subprocess.run(

@@ -57,7 +57,9 @@ def wire(body: dict) -> bytes:
 
 
 @needs_vocabulary
-async def test_files_reach_the_model_as_delimited_text_and_image_parts(upstream, stored, conversation, alice):
+async def test_files_reach_the_model_as_delimited_text_and_image_parts(
+    upstream, stored, conversation, alice, gpt4o_images
+):
     await database_sync_to_async(chat_model)(upstream)
     csv, pdf, png = await database_sync_to_async(uploads)(alice)
     upstream.queue(Reply(body=sse(*chat_chunks(["Seen."]))))
