@@ -6,11 +6,13 @@
 //   stream.js     the reply being written: buttons, drawing deltas, finishing, rolling back
 //   reconcile.js  catching up after a reconnect
 //   composer.js   send, regenerate, copy;  editor.js  editing a message in place
+//   attachments.js  files for the next message: paperclip, drop, paste; uploads and their chips
 //   versions.js   the ‹ 2/3 › switcher between versions of a message
 //   header.js     the model picker, system prompt, ⋯ menu, theme and demo notice
 //   share.js      the Share… dialog: a read-only link, revoking it, who opened it
 //   messages.js   drawing messages;  budget.js  the tokens-left line;  page.js  the rest of the page
 //   sidebar.js    the list of chats: date groups, search as you type, each chat's menu
+import { cancelWaiting, watchAttachments } from "./attachments.js";
 import { showBudget } from "./budget.js";
 import { autosize, copyCode, copyReply, regenerate, send } from "./composer.js";
 import { openSocket } from "./connection.js";
@@ -38,7 +40,10 @@ $("composer").addEventListener("submit", (event) => {
 ui.stopButton.addEventListener("click", stop);
 document.addEventListener("keydown", (event) => {
   if (event.key !== "Escape" || document.querySelector("dialog[open]")) return;
-  if (state.streaming || state.pending) {
+  if (state.waitingForUploads) {
+    event.preventDefault();
+    cancelWaiting();
+  } else if (state.streaming || state.pending) {
     event.preventDefault();
     stop();
   } else if (state.editing) {
@@ -64,6 +69,7 @@ watchSidebarAndDialogs();
 watchSidebar();
 watchHeader();
 watchShare();
+watchAttachments();
 
 // ---------------------------------------------------------------- start
 

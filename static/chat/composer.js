@@ -1,10 +1,11 @@
 // Asking for replies: send and regenerate (each frame with a fresh request id, so the
 // `start` that answers it is recognised; editing is editor.js's), and copying what was written.
+import * as A from "./attachments.js";
 import { openSocket } from "./connection.js";
 import { FRAME_ERRORS } from "./frames.js";
 import { errorText, newChatChoice } from "./header.js";
 import * as M from "./messages.js";
-import { focusComposer, showEmptyState, showNewConversation, toast, toastOk, toBottom, ui } from "./page.js";
+import { csrfToken, focusComposer, showEmptyState, showNewConversation, toast, toastOk, toBottom, ui } from "./page.js";
 import { config, requestId, state } from "./state.js";
 import { fetchMessage, rollback, setStreamingUi } from "./stream.js";
 
@@ -12,10 +13,6 @@ export function autosize() {
   const input = ui.input;
   input.style.height = "auto";
   input.style.height = `${Math.min(input.scrollHeight, innerHeight * 0.4)}px`;
-}
-
-function csrfToken() {
-  return document.querySelector("#composer [name=csrfmiddlewaretoken]").value;
 }
 
 /** The chat, created with the model and system prompt picked in the header (issue #14). */
@@ -49,9 +46,9 @@ export function expect(kind, fields) {
   return state.pending;
 }
 
-/** Why `content` cannot be sent now (as the server would word it), or null. */
-export function refusal(content) {
-  if (!content.trim()) return FRAME_ERRORS.empty_content;
+/** Why `content` (with `files` attached) cannot be sent now (as the server would word it), or null. */
+export function refusal(content, files = 0) {
+  if (!content.trim() && !files) return FRAME_ERRORS.empty_content;
   if (content.length > config.max_chars) return FRAME_ERRORS.content_too_long;
   if (state.streaming || state.pending) return FRAME_ERRORS.busy;
   return null;
@@ -59,9 +56,21 @@ export function refusal(content) {
 
 export async function send() {
   const input = ui.input;
+  if (state.waitingForUploads) return; // already going, once the files are up
+  if (!input.value.trim() && !A.ready().length && !A.uploading()) return; // Enter in an empty box
+  if (A.uploading()) {
+    // Never without a file the user attached: the message goes when the uploads end (it says so).
+    state.waitingForUploads = true;
+    const uploads = await A.whenUploaded();
+    state.waitingForUploads = false;
+    if (uploads === "refused") {
+      toast("A file was not accepted (its reason is on it), so the message was not sent. It's still in the box.");
+    }
+    if (uploads !== "ok") return;
+  }
   const content = input.value;
-  if (!content.trim()) return; // Enter in an empty box: nothing to say
-  const refused = refusal(content);
+  const files = A.ready();
+  const refused = refusal(content, files.length);
   if (refused) {
     toast(refused);
     return;
@@ -75,21 +84,23 @@ export async function send() {
   input.value = "";
   autosize();
   showEmptyState(false);
-  const userEl = M.userMessage(content);
-  const { id } = expect("send", { content, userEl, replyEl: M.streamingReply() });
+  const userEl = M.userMessage(content, null, null, files);
+  const attachments = A.takeAll(); // put back by a refusal (stream.js rollback)
+  const { id } = expect("send", { content, userEl, replyEl: M.streamingReply(), attachments });
+  const frame = { type: "send", content, id };
+  if (files.length) frame.attachments = files.map((file) => file.id);
   if (!state.conversation) {
     try {
-      state.conversation = await createConversation(content);
+      // A message of files only is titled by their names (the server's title rule shortens it).
+      state.conversation = await createConversation(content.trim() ? content : files.map((f) => f.name).join(", "));
     } catch (error) {
       rollback();
       toast(error.userMessage || "Could not start a new chat. Check your connection and try again.");
       return;
     }
     openSocket();
-    state.socket.sendWhenOpen({ type: "send", content, id });
-  } else {
-    state.socket.sendWhenOpen({ type: "send", content, id });
   }
+  state.socket.sendWhenOpen(frame);
   focusComposer();
 }
 

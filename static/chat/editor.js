@@ -31,7 +31,10 @@ export function startEdit(el, text = null) {
   hint.className = "msg-editor-hint";
   hint.id = hintId;
   hint.dataset.testid = "edit-hint";
-  hint.textContent = HINT;
+  // The server sends a new version with the files its edit names (docs/protocol.md); this
+  // editor names none, so say so rather than let the files quietly stay behind.
+  const files = el.querySelectorAll(":scope > .attachment-list > *").length;
+  hint.textContent = files ? `${HINT} ${files === 1 ? "Its file stays" : "Its files stay"} with the earlier version only.` : HINT;
   const actions = document.createElement("div");
   actions.className = "msg-editor-actions";
   const cancel = document.createElement("button");

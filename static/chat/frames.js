@@ -18,9 +18,11 @@ export const FRAME_ERRORS = {
   unknown_message: "That message is not in this chat as shown any more (changed in another tab?). Reload the page.",
   budget_exceeded: "You have used your token budget for now.",
   send_rate_exceeded: "You're sending messages faster than your plan allows. Wait a moment and try again.",
+  unknown_attachment: "A file attached to that message is no longer available. Remove it and attach it again.",
+  images_not_supported: "This chat's model does not accept images. Remove them, or pick a model that does.",
 };
-// Refusals whose server wording is more precise than ours (which budget, when it resets).
-const SERVER_WORDS = new Set(["budget_exceeded", "send_rate_exceeded"]);
+// Refusals whose server wording is more precise than ours (which budget, when it resets; which model).
+const SERVER_WORDS = new Set(["budget_exceeded", "send_rate_exceeded", "images_not_supported", "unknown_attachment"]);
 
 /** Our own request's `start`: by the id we sent, never by its text (another tab may send the same words). */
 function isOurs(f) {
@@ -34,7 +36,11 @@ const handlers = {
     if (isOurs(f)) {
       const pending = state.pending;
       pending.replacedEls?.forEach((el) => el.remove()); // an edit's earlier version
-      if (pending.userEl) M.setId(pending.userEl, f.user_message.id);
+      if (pending.userEl) {
+        M.setId(pending.userEl, f.user_message.id);
+        // The server's description of the files (their download links) replaces the chips' own.
+        if (f.user_message.attachments) M.showAttachments(pending.userEl, f.user_message.attachments);
+      }
       replyEl = pending.replyEl;
       stopNow = pending.stopRequested;
       state.pending = null;
@@ -43,7 +49,7 @@ const handlers = {
       const edited = f.replaces_user && M.findMessage(f.replaces_user);
       if (edited) M.messagesFrom(edited).forEach((el) => el.remove());
       if (f.user_message && !M.findMessage(f.user_message.id)) {
-        M.userMessage(f.user_message.content, f.user_message.id);
+        M.userMessage(f.user_message.content, f.user_message.id, null, f.user_message.attachments);
       }
       replyEl = M.findMessage(f.message_id) || M.streamingReply(f.message_id);
     }

@@ -26,13 +26,64 @@ export function setId(el, id) {
   el.dataset.messageId = String(id);
 }
 
-/** Append (or insert before `before`) a user message showing `content` verbatim. */
-export function userMessage(content, id = null, before = null) {
+/** Append (or insert before `before`) a user message showing `content` verbatim, and the
+ * files it carries (issue #16). */
+export function userMessage(content, id = null, before = null, attachments = []) {
   const el = fromTemplate("tpl-user");
   el.querySelector("[data-body]").textContent = content;
   setId(el, id ?? "");
+  showAttachments(el, attachments);
   list().insertBefore(el, before);
   return el;
+}
+
+/** "12 KB", "1.4 MB": a file's size as people read it. */
+export function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${Math.round(bytes / 1024)} KB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
+}
+
+/**
+ * A message's files, as the server describes them ({id, name, size, kind, content_type, url,
+ * tokens}): images as thumbnails that open the image, other files as chips that download it.
+ * The same markup (classes `attachment-*`) as the server's rendering of the message.
+ */
+export function showAttachments(el, attachments) {
+  el.querySelector(":scope > .attachment-list")?.remove();
+  if (!attachments?.length) return;
+  const box = document.createElement("div");
+  box.className = "attachment-list";
+  box.dataset.testid = "attachments";
+  for (const a of attachments) {
+    const link = document.createElement("a");
+    link.href = a.url;
+    link.title = `${a.name} (${formatSize(a.size)})`;
+    if (a.kind === "image") {
+      link.className = "attachment-thumb";
+      link.dataset.testid = "attachment-thumb";
+      link.target = "_blank";
+      link.rel = "noopener";
+      const img = document.createElement("img");
+      img.src = a.url;
+      img.alt = a.name;
+      img.loading = "lazy";
+      link.append(img);
+    } else {
+      link.className = "attachment-file";
+      link.dataset.testid = "attachment-file";
+      link.download = a.name;
+      const name = document.createElement("span");
+      name.className = "attachment-file-name";
+      name.textContent = a.name;
+      const size = document.createElement("span");
+      size.className = "attachment-file-size";
+      size.textContent = formatSize(a.size);
+      link.append(name, size);
+    }
+    box.append(link);
+  }
+  el.querySelector("[data-body]").before(box);
 }
 
 /** A reply that is waiting for its first token. */

@@ -16,6 +16,11 @@ export const ui = {
   banner: $("offline-banner"),
 };
 
+/** The CSRF token for the page's own requests (Django's X-CSRFToken header). */
+export function csrfToken() {
+  return document.querySelector("#composer [name=csrfmiddlewaretoken]").value;
+}
+
 export function toast(text) {
   const t = $("toast");
   t.textContent = text;

@@ -18,7 +18,7 @@ export async function reconcile() {
     for (const m of [...messages].reverse()) {
       let el = M.findMessage(m.id);
       if (!el) {
-        el = m.role === "assistant" ? M.streamingReply(m.id, before) : M.userMessage(m.content, m.id, before);
+        el = m.role === "assistant" ? M.streamingReply(m.id, before) : M.userMessage(m.content, m.id, before, m.attachments);
         if (m.role === "assistant") {
           if (m.status === "streaming") M.setStreamingText(el, m.content, m.reasoning);
           else M.finish(el, m);

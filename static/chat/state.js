@@ -11,6 +11,7 @@ export const state = {
   // What this tab asked for and has not seen a `start` for: rolled back on a frame error.
   // Its `id` went out with the frame; the `start` that carries it back as `request_id` is ours.
   pending: null,
+  waitingForUploads: false, // a send waits for its files to finish uploading (attachments.js)
   editing: null, // the user message open in its editor: {el, form} (editor.js)
   switching: null, // this tab's last `switch` request: {id, direction} (versions.js)
   reconciling: false,

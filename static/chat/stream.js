@@ -1,5 +1,6 @@
 // The reply being written: the buttons that go with it, drawing its deltas once per frame,
 // finishing it, and undoing what this tab drew for a request the server refused.
+import { restore as restoreAttachments } from "./attachments.js";
 import * as M from "./messages.js";
 import { afterGrowth, focusComposer, showEmptyState, ui } from "./page.js";
 import { state } from "./state.js";
@@ -83,6 +84,7 @@ export function rollback() {
   if (p.replacedEl) p.replacedEl.hidden = false;
   p.replacedEls?.forEach((el) => (el.hidden = false));
   if (p.kind === "send" && !ui.input.value) ui.input.value = p.content;
+  if (p.attachments) restoreAttachments(p.attachments); // the files go back to the composer too
   if (p.undo) {
     p.undo(); // an edit: its editor opens again with the text, nothing lost
     setStreamingUi(Boolean(state.streaming));

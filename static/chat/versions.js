@@ -54,7 +54,7 @@ export async function showBranch(f) {
       list.append(state.streaming.el); // begun since the switch: keep drawing into the same element
       continue;
     }
-    const el = m.role === "assistant" ? M.streamingReply(m.id) : M.userMessage(m.content, m.id);
+    const el = m.role === "assistant" ? M.streamingReply(m.id) : M.userMessage(m.content, m.id, null, m.attachments);
     if (m.role === "assistant") {
       if (m.status === "streaming") M.setStreamingText(el, m.content, m.reasoning);
       else M.finish(el, m);
