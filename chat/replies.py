@@ -120,7 +120,8 @@ class Turn:
     trimmed: int = 0
     budget: dict | None = None
     replaces_user: int | None = None
-    # What the user typed in the message answered (its files left out), for its title.
+    # What the user typed in the message answered (its files left out; the files' names when
+    # nothing was typed), for its title (titled_by).
     user_text: str | None = None
 
     @property
@@ -365,7 +366,7 @@ def begin_turn(
         # reads the branch: a version switch (chat.versions.switch) waits for it, or it for one.
         with connection.cursor() as cursor:
             updated_at = Conversation._meta.get_field("updated_at").get_db_prep_save(now, connection)
-            title = _title(content or ", ".join(a.name for a in attached))
+            title = _title(titled_by(content, attached))
             cursor.execute(_sql("touch_conversation"), [updated_at, title, conversation.id])
         replaced = None
         if edit:
@@ -415,7 +416,7 @@ def begin_turn(
             "content": content,
             "attachments": [attachments.payload(a) for a in attached],
         },
-        user_text=content,
+        user_text=titled_by(content, attached),
         trimmed=trimmed,
         budget=budget,
         replaces_user=replaced,
@@ -469,7 +470,8 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
             conversation, target, prompt_tokens, timezone.now(), reply_total, parent=last_user.id
         )
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, previous, reply_id, last_user.content
+        files = attachments.by_message([last_user.id]).get(last_user.id, []) if not last_user.content else []
+        return prompt, prompt_tokens, trimmed, previous, reply_id, titled_by(last_user.content, files)
 
     prompt, prompt_tokens, trimmed, previous, reply_id, user_text = _claim(conversation, live_ids, write)
     return Turn(
@@ -796,6 +798,12 @@ def _insert(model, rows: list[dict]) -> list[int]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return sorted(row[0] for row in cursor.fetchall())  # rows come back in no promised order
+
+
+def titled_by(content: str, attached) -> str:
+    """What a chat's first words (and the model's title, chat.titles) are drawn from: what was
+    typed, or for a message of files alone their names, so that such a chat is titled too."""
+    return content or ", ".join(a.name for a in attached)
 
 
 def _title(content: str) -> str:

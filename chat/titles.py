@@ -80,7 +80,8 @@ def start(worker, turn: replies.Turn, status: str, answer: str) -> None:
     the worker's (kept until it ends, cancelled with the worker's replies)."""
     if not wanted(turn, status, answer):
         return
-    # What was typed, not the files sent with it (chat.attachments), which can be long.
+    # What was typed, not the files sent with it (chat.attachments), which can be long; their
+    # names for a message of files alone (replies.titled_by).
     question = turn.user_text
     if question is None:
         question = next(m["content"] for m in turn.prompt if m["role"] == "user")

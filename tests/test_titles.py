@@ -228,3 +228,25 @@ async def test_a_chat_renamed_before_its_first_reply_ended_is_not_asked_about(ti
     assert await title_tasks() == [None]
     assert len(titling.requests) == 1  # no title request at all
     await socket.disconnect()
+
+
+async def test_a_chat_begun_with_files_alone_is_titled_from_their_names(titling, alice, stored):
+    """Nothing typed: the chat's first words are the files' names, and the model still titles it
+    (told the names, not the files' text)."""
+    from channels.db import database_sync_to_async
+
+    from chat import attachments
+
+    chat = await Conversation.objects.acreate(user=alice)
+    csv = await database_sync_to_async(attachments.store)(alice, "basil-log.csv", b"day,leaves\n1,12\n")
+    titling.queue(Reply(body=sse(*chat_chunks([ANSWER]))), whole("Basil Leaf Log"))
+    _, socket = await open_socket(chat.id, alice)
+    await socket.send_json_to({"type": "send", "content": "", "attachments": [csv.pk]})
+    assert (await receive_frame(socket))["type"] == "start"
+    await frames_until(socket, "done")
+    assert await title_tasks() == ["Basil Leaf Log"]
+    await chat.arefresh_from_db()
+    assert chat.title == "Basil Leaf Log"
+    prompt = titling.requests[1]["json"]["messages"][0]["content"]
+    assert prompt == titles.PROMPT.format(question="basil-log.csv", answer=ANSWER)
+    await socket.disconnect()
