@@ -161,9 +161,17 @@ def file_block(name: str, text: str) -> str:
     return f'<file name="{quoted}">\n{text}\n</file>'
 
 
-def message_text(content: str, attached: list[Attachment]) -> str:
-    """A user message's text part: what was typed, then each text file and PDF's text."""
+def left_out(name: str) -> str:
+    """What a model that reads no images is told in place of an earlier message's image."""
+    return f"[image {name} left out: this model does not read images]"
+
+
+def message_text(content: str, attached: list[Attachment], images: bool = True) -> str:
+    """A user message's text part: what was typed, then each text file and PDF's text; without
+    `images`, a note in place of each image (left_out), so the model knows one was there."""
     blocks = [file_block(a.name, a.text) for a in attached if a.kind != Attachment.Kind.IMAGE]
+    if not images:
+        blocks += [left_out(a.name) for a in attached if a.kind == Attachment.Kind.IMAGE]
     return "\n\n".join(part for part in [content, *blocks] if part)
 
 
@@ -176,9 +184,10 @@ def message_content(content: str, attached: list[Attachment], images: bool = Tru
     before the request (inline_images), so its bytes are never held in a Turn for long.
 
     Without `images` (the conversation's model was changed since to one that reads none),
-    images are left out: a send with an image to such a model is refused (begin_turn), but
-    the files of earlier messages must not stop the conversation from going on."""
-    text = message_text(content, attached)
+    each image is left out, a short note in its place: a send with an image to such a model is
+    refused (begin_turn), but the files of earlier messages must not stop the conversation
+    from going on. Such a message is counted as sent (chat.replies._images_left_out)."""
+    text = message_text(content, attached, images)
     images = [a for a in attached if a.kind == Attachment.Kind.IMAGE] if images else []
     if not images:
         return text

@@ -158,6 +158,11 @@ def _prompt(
     if system and counted is not None:
         system_tokens = tokens.count_messages(("system",), (system_count,), model, encoding)
         counted = None if system_tokens is None else counted + system_tokens
+    with_files = [row[5] for row in history if row[6]]
+    files = attachments.by_message(with_files) if with_files else {}
+    if files and not target.reads_images:
+        history, change = _images_left_out(history, files, target)
+        counted = None if counted is None or change is None else counted + change
     trimmed = 0
     if target.context_window and counted is not None:
         room = max(1, target.context_window - target.max_reply_tokens)
@@ -166,18 +171,35 @@ def _prompt(
             role, _, count, *_ = history.pop(0)
             counted -= count + tokens.message_overhead(role, model, encoding_override=encoding)
             trimmed += 1
-    prompt = _messages(history, target, attached)
+    prompt = _messages(history, target, files, attached)
     if system:
         prompt.insert(0, {"role": "system", "content": system})
     return prompt, counted, trimmed
 
 
-def _messages(history: list[Row], target: Target, attached: list | None) -> list[dict]:
+def _images_left_out(history: list[Row], files: dict, target: Target) -> tuple[list[Row], int | None]:
+    """For a model that reads no images: each earlier message with an image is sent with a
+    note in the image's place (attachments.message_content), so it is counted again as that
+    text, not as it was stored (its text and its images' tokens). The history with those
+    counts, and by how much its total changed (None: one could not be counted). Rare (a chat
+    whose model was changed), so encoding here, on the database thread, is acceptable."""
+    rows, change = [], 0
+    for row in history:
+        role, content, count, before, position, message_id, file_count = row
+        mine = files.get(message_id, []) if file_count else []
+        if any(a.kind == Attachment.Kind.IMAGE for a in mine):
+            text = attachments.message_text(content, mine, images=False)
+            recounted = tokens.count_tokens(text, target.model, target.encoding)
+            if change is not None:
+                change = None if count is None or recounted is None else change + recounted - count
+            row = (role, content, recounted, before, position, message_id, file_count)
+        rows.append(row)
+    return rows, change
+
+
+def _messages(history: list[Row], target: Target, files: dict, attached: list | None) -> list[dict]:
     """The history as chat messages: a message with files gets their text (and images, for a
-    model that reads them) with it. Earlier messages' files are read in one query, only when
-    some message has any."""
-    with_files = [row[5] for row in history if row[6]]
-    files = attachments.by_message(with_files) if with_files else {}
+    model that reads them) with it. `files`: earlier messages' files, by message id."""
     messages = []
     for role, content, _, _, _, message_id, file_count in history:
         mine = attached if message_id is None else files.get(message_id) if file_count else None

@@ -249,3 +249,49 @@ async def test_an_upload_through_the_async_stack(stored, alice):
     assert (await Attachment.objects.aget()).text == "Hello"
     refused = await client.post("/attachments/", {"file": SimpleUploadedFile("x.png", b"<html>")})
     assert refused.status_code == 400 and refused.json()["error"] == "content_mismatch"
+
+
+@needs_vocabulary
+async def test_a_model_that_reads_no_images_is_told_of_each_earlier_image_and_counted_as_sent(
+    upstream, stored, conversation, alice, gpt4o_images
+):
+    """The chat moved to a model that reads no images: an earlier image goes as a short note,
+    and the prompt count is of that note, not of the image's tiles."""
+
+    def models():
+        chat_model(upstream)  # gpt-4o, reads images, the default
+        ChatModel.objects.create(provider=Provider.objects.get(), name="gpt-4o-mini", accepts_images=False)
+
+    await database_sync_to_async(models)()
+    png = await database_sync_to_async(attachments.store)(alice, "shot.png", files.image(1024, 1024), "gpt-4o")
+    upstream.queue(Reply(body=sse(*chat_chunks(["A chart."]))), Reply(body=sse(*chat_chunks(["Up."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Look", "attachments": [png.pk]})
+    await frames_until(socket, "done")
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(model="gpt-4o-mini")
+    await socket.send_json_to({"type": "send", "content": "Which way?"})
+    start = await receive_frame(socket)
+    assert start["type"] == "start", start
+    await frames_until(socket, "done")
+
+    looked = "Look\n\n[image shot.png left out: this model does not read images]"
+    sent = [
+        {"role": "user", "content": looked},
+        {"role": "assistant", "content": "A chart."},
+        {"role": "user", "content": "Which way?"},
+    ]
+    assert upstream.requests[1]["body"] == wire(
+        {
+            "model": "gpt-4o-mini",
+            "stream": True,
+            "messages": sent,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    reply = await Message.objects.order_by("-id").afirst()
+    expected = tokens.REPLY_PRIMING + sum(
+        tokens.message_overhead(m["role"], "gpt-4o-mini") + tokens.count_tokens(m["content"], "gpt-4o-mini")
+        for m in sent
+    )
+    assert reply.prompt_tokens == start["prompt_tokens"] == expected
+    await socket.disconnect()
