@@ -39,7 +39,12 @@ async def upload(request: HttpRequest) -> JsonResponse:
         attachment = await database_sync_to_async(attachments.save)(user, name, found, target, text_tokens)
     except attachments.Refused as exc:
         return _refusal(exc.code, exc.detail, exc.status)
-    return JsonResponse({**attachments.payload(attachment), "note": attachment.note or None}, status=201)
+    described = {
+        **attachments.payload(attachment),
+        "note": attachment.note or None,
+        "uncounted": attachments.uncounted(attachment),
+    }
+    return JsonResponse(described, status=201)
 
 
 def _received(request: HttpRequest) -> tuple[str, bytes, str]:

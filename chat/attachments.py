@@ -299,6 +299,19 @@ def count(attachment: Attachment, model: str, encoding: str = "") -> int | None:
     return counted
 
 
+def uncounted(attachment: Attachment) -> str | None:
+    """Why this file's tokens are not counted (its `tokens` is null), in words for the chip's
+    tooltip, as a reply's "tokens not counted" has: the operator's fix. None when counted."""
+    if attachment.token_count is not None:
+        return None
+    if attachment.kind == Attachment.Kind.IMAGE:
+        return (
+            f"No image token rule matches {attachment.counted_for or 'this model'}: staff can add "
+            "one in the admin (Image token rules)."
+        )
+    return tokens.HOW_TO_COUNT
+
+
 def payload(attachment: Attachment) -> dict:
     """An attachment as every message description shows it (docs/protocol.md)."""
     return {

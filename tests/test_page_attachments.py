@@ -44,6 +44,8 @@ CHIPS = '[data-testid="attachment-chip"]'
 SETUP = r"""
 provider = Provider.objects.create(name="loopback", base_url=BASE_URL, api_key=API_KEY)
 ChatModel.objects.create(provider=provider, name="gpt-4o", display_name="GPT-4o", accepts_images=True)
+# Reads images, but no image token rule matches it: its images cannot be counted.
+ChatModel.objects.create(provider=provider, name="llava-local", display_name="LLaVA", accepts_images=True)
 """
 
 
@@ -208,6 +210,18 @@ def test_files_dropped_on_the_page_or_pasted_upload_as_chips(open_page):
     )
     expect(page.locator(CHIPS)).to_have_count(3)
     shot(page, "attachments-dropped-and-pasted")
+
+
+def test_a_file_that_cannot_be_counted_says_so_and_why(open_page):
+    page = open_page("erin")
+    page.get_by_test_id("model-picker").select_option("llava-local")
+    with page.expect_response(lambda r: r.request.method == "POST" and "/attachments/" in r.url) as uploaded:
+        assert paste(page, "#composer-input", as_js("image.png", "image/png", png(40, 30)))
+    assert uploaded.value.json()["tokens"] is None
+    found = wait_uploaded(page, "Pasted image")
+    expect(found.get_by_test_id("attachment-meta")).to_have_text(re.compile(r"· tokens not counted$"))
+    uncounted = found.get_by_test_id("attachment-uncounted")
+    expect(uncounted).to_have_attribute("title", re.compile(r"No image token rule matches llava-local.*admin"))
 
 
 def test_a_refused_file_says_why_and_is_not_sent(open_page, llm):

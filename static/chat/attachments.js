@@ -82,8 +82,17 @@ function showReady(chip, info) {
     img.src = info.url;
     chip.el.prepend(img);
   }
-  const tokens = formatTokens(info.tokens);
-  part(chip, "meta").textContent = [formatSize(info.size), tokens].filter(Boolean).join(" · ");
+  const meta = part(chip, "meta");
+  meta.textContent = `${formatSize(info.size)} · `;
+  if (info.tokens == null) {
+    // As a reply that could not be counted says: not silence, and the server's reason why.
+    const uncounted = span("attachment-chip-uncounted", "tokens not counted");
+    uncounted.dataset.testid = "attachment-uncounted";
+    uncounted.title = info.uncounted || "";
+    meta.append(uncounted);
+  } else {
+    meta.append(formatTokens(info.tokens));
+  }
   if (info.note) {
     part(chip, "note").textContent = info.note;
     part(chip, "note").hidden = false;
