@@ -263,7 +263,9 @@ async def test_a_model_that_reads_no_images_is_told_of_each_earlier_image_and_co
         ChatModel.objects.create(provider=Provider.objects.get(), name="gpt-4o-mini", accepts_images=False)
 
     await database_sync_to_async(models)()
-    png = await database_sync_to_async(attachments.store)(alice, "shot.png", files.image(1024, 1024), "gpt-4o")
+    png = await database_sync_to_async(attachments.store)(
+        alice, "shot.png", files.image(1024, 1024), "gpt-4o"
+    )
     upstream.queue(Reply(body=sse(*chat_chunks(["A chart."]))), Reply(body=sse(*chat_chunks(["Up."]))))
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "Look", "attachments": [png.pk]})

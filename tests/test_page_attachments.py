@@ -221,7 +221,9 @@ def test_a_file_that_cannot_be_counted_says_so_and_why(open_page):
     found = wait_uploaded(page, "Pasted image")
     expect(found.get_by_test_id("attachment-meta")).to_have_text(re.compile(r"· tokens not counted$"))
     uncounted = found.get_by_test_id("attachment-uncounted")
-    expect(uncounted).to_have_attribute("title", re.compile(r"No image token rule matches llava-local.*admin"))
+    expect(uncounted).to_have_attribute(
+        "title", re.compile(r"No image token rule matches llava-local.*admin")
+    )
 
 
 def test_a_refused_file_says_why_and_is_not_sent(open_page, llm):
