@@ -73,14 +73,17 @@ def test_a_text_file_is_stored_and_counted_as_the_model_will_read_it(alice, stor
     assert response.status_code == 201, response.content
     body = response.json()
     attachment = Attachment.objects.get()
+    counted = tokens.count_tokens(attachments.file_block("sums.csv", text), "gpt-4o-mini")
     assert body == {
         "id": attachment.pk,
         "name": "sums.csv",
         "size": len(text),
         "kind": "text",
         "content_type": "text/csv; charset=utf-8",  # from the bytes and the name, not the browser's text/html
-        "tokens": tokens.count_tokens(attachments.file_block("sums.csv", text), "gpt-4o-mini"),
+        "tokens": counted,
         "note": None,
+        # Why not counted, for the chip's tooltip: how the operator gets the vocabularies.
+        "uncounted": None if counted is not None else tokens.HOW_TO_COUNT,
         "url": f"/attachments/{attachment.pk}/",
     }
     if tokens.get_encoding("o200k_base") is None:
