@@ -16,7 +16,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
-from django.db.models import Sum
+from django.db.models import Max, Sum
 from django.utils import timezone
 
 from chat import tokens
@@ -69,7 +69,9 @@ def check_quota(user, size: int) -> None:
     quota = settings.CHAT_ATTACHMENT_QUOTA_BYTES
     if not quota:
         return
-    used = Attachment.objects.filter(owner=user).aggregate(total=Sum("size"))["total"] or 0
+    # A file kept by an edit has a row per version (carry): counted once.
+    files = Attachment.objects.filter(owner=user).values("file").annotate(bytes=Max("size"))
+    used = files.aggregate(total=Sum("bytes"))["total"] or 0
     if used + size > quota:
         raise Refused(
             "quota_exceeded",
@@ -247,6 +249,44 @@ def pending(user_id: int, ids) -> list[Attachment]:
     return [found[pk] for pk in ids]
 
 
+def for_edit(user_id: int, conversation_id: int, message_id: int | None, ids) -> list[Attachment]:
+    """The files an edit's new version carries: with `ids` None, all of the edited message's
+    (user message `message_id` on the branch shown, or the last one); else those ids, each one
+    of the edited message's (kept) or one of the sender's uploads not sent yet (added).
+    UnknownAttachment for any other id. Kept files are still the edited message's rows here:
+    begin_turn gives the new version rows of its own (carry), after the uploads' ids, so the
+    added come first here too: the prompt lists them as every later one will (by id)."""
+    from chat.models import Message
+
+    users = Message.objects.current().filter(conversation_id=conversation_id, role=Message.Role.USER)
+    edited = users.filter(pk=message_id) if message_id is not None else users.order_by("-id")
+    edited_id = edited.values_list("id", flat=True).first()
+    own = {a.pk: a for a in Attachment.objects.filter(message_id=edited_id)} if edited_id else {}
+    if ids is None:
+        return list(own.values())
+    uploads = [pk for pk in ids if pk not in own]
+    added = {a.pk: a for a in pending(user_id, uploads)} if uploads else {}
+    return [added[pk] for pk in uploads] + [own[pk] for pk in ids if pk in own]
+
+
+def carry(kept: list[Attachment], message_id: int) -> list[Attachment]:
+    """New rows for an edited message's files that its new version keeps, in the transaction
+    that writes it. They name the same stored file as the earlier version's rows: an edit
+    copies no bytes and takes nothing of the quota (check_quota counts a file once), and the
+    file is deleted only with the last row naming it (delete_files)."""
+    fields = ("owner_id", "name", "file", "size", "content_type", "kind", "text", "width", "height", "note")
+    rows = [
+        Attachment(
+            **{field: getattr(a, field) for field in fields},
+            message_id=message_id,
+            token_count=a.token_count,
+            counted_for=a.counted_for,
+        )
+        for a in kept
+    ]
+    return Attachment.objects.bulk_create(rows)
+
+
 def attach(attached: list[Attachment], message_id: int, owner_id: int) -> None:
     """Tie the files to the user message just written, in its transaction; UnknownAttachment
     (rolling the turn back) if one was sent or removed since `pending` read it."""
@@ -336,12 +376,16 @@ def of_messages(message_ids) -> dict[int, list[dict]]:
 # -- removal -------------------------------------------------------------------------------
 def delete_files(names: list[str]) -> None:
     """Delete stored files once the rows that named them are gone for good (after the commit:
-    a rolled-back delete must not lose the file its row still names)."""
+    a rolled-back delete must not lose the file its row still names), each only if no row
+    names it any more (an edit's versions share their files: carry)."""
     from chat.models import attachment_storage
 
     def remove():
         storage = attachment_storage()
+        named = set(Attachment.objects.filter(file__in=names).values_list("file", flat=True))
         for name in names:
+            if name in named:
+                continue
             try:
                 storage.delete(name)
             except Exception:

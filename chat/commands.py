@@ -35,7 +35,12 @@ DATABASE_ERROR = (
 async def send(
     socket, conversation, content: str, request_id: str | None = None, attachment_ids: tuple[int, ...] = ()
 ) -> None:
-    await _begin(socket, conversation, replies.begin_turn, (content,), request_id, attachment_ids)
+    files = (
+        functools.partial(attachments.pending, conversation.user_id, attachment_ids)
+        if attachment_ids
+        else None
+    )
+    await _begin(socket, conversation, replies.begin_turn, (content,), request_id, files)
 
 
 async def regenerate(socket, conversation, request_id: str | None = None) -> None:
@@ -48,10 +53,15 @@ async def edit(
     content: str,
     request_id: str | None = None,
     message_id: int | None = None,
-    attachment_ids: tuple[int, ...] = (),
+    attachment_ids: tuple[int, ...] | None = None,
 ) -> None:
+    """A new version of a user message; its files are `attachment_ids` (the edited message's
+    kept, uploads added), or with None all of the edited message's (attachments.for_edit)."""
     begin = functools.partial(replies.begin_edit, message_id=message_id)
-    await _begin(socket, conversation, begin, (content,), request_id, attachment_ids)
+    files = functools.partial(
+        attachments.for_edit, conversation.user_id, conversation.id, message_id, attachment_ids
+    )
+    await _begin(socket, conversation, begin, (content,), request_id, files)
 
 
 async def switch(socket, conversation, message_id: int, request_id: str | None = None) -> None:
@@ -97,9 +107,7 @@ async def stop(socket, conversation_id: int) -> None:
     await socket.send_error("not_streaming", "Nothing is being written right now.")
 
 
-async def _begin(
-    socket, conversation, begin, args: tuple, request_id: str | None, attachment_ids: tuple[int, ...] = ()
-) -> None:
+async def _begin(socket, conversation, begin, args: tuple, request_id: str | None, files=None) -> None:
     """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
     refusals become error frames.
 
@@ -112,10 +120,11 @@ async def _begin(
         await socket.send_error("busy", BUSY)
         return
     content = args[0] if args else None
-    if attachment_ids:
-        # Read here (one query) so their text is counted with the message's, off the database thread.
+    if files is not None:
+        # The message's files (`files()`: chat.attachments.pending or for_edit), read here so
+        # their text is counted with the message's, off the database thread.
         try:
-            attached = await database_sync_to_async(attachments.pending)(conversation.user_id, attachment_ids)
+            attached = await database_sync_to_async(files)()
         except attachments.UnknownAttachment:
             await socket.send_error("unknown_attachment", UNKNOWN_ATTACHMENT)
             return

@@ -29,7 +29,9 @@ class Command:
     content: str = ""
     request_id: str | None = None  # echoed in the `start` frame of the reply it began
     message_id: int | None = None  # the message an `edit` changes; the version a `switch` shows
-    attachments: tuple[int, ...] = ()  # ids of uploaded files a `send` or `edit` carries
+    # Ids of the files a `send` or `edit` carries; None: an edit that names none, so the new
+    # version keeps the edited message's files (docs/protocol.md, "Attachments").
+    attachments: tuple[int, ...] | None = ()
 
 
 def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
@@ -63,7 +65,7 @@ def parse(text_data: str | None, bytes_data: bytes | None) -> Command:
     content = obj.get("content")
     if not isinstance(content, str):
         raise BadFrame("bad_field", 'A send frame needs a "content" string.')
-    attached = _attachments(obj)
+    attached = None if kind == "edit" and "attachments" not in obj else _attachments(obj)
     # JSON escapes can carry NUL and lone surrogates, which no database or socket takes.
     content = storable(content)
     if not content.strip():

@@ -367,8 +367,10 @@ def begin_turn(
     current branch; in each case nothing is written and no model is called.
 
     `attached`: files sent with the message (chat.attachments.pending), tied to it in the same
-    transaction; ImagesNotSupported if one is an image and the model reads none,
-    UnknownAttachment if one was sent meanwhile. Their text is counted as part of the
+    transaction; for an edit also files of the edited message that its new version keeps
+    (chat.attachments.for_edit), which get rows of their own (carry). ImagesNotSupported if
+    one is an image and the model reads none, UnknownAttachment if one was sent meanwhile (or
+    a kept one is not the edited message's). Their text is counted as part of the
     message (`counted` has the message's whole text), their images by the model's formula.
     """
     attached = attached or []
@@ -382,6 +384,9 @@ def begin_turn(
     if attached:
         content_tokens = attachments.count_message(content_tokens, attached, target)
     now = timezone.now()
+    # Files already sent with the message an edit replaces (kept; the rest are uploads), told
+    # apart before `write`, which may run twice (_claim) and ties uploads to the message.
+    kept_ids = {a.pk for a in attached if a.message_id is not None}
 
     def write():
         # First, so that on PostgreSQL this turn holds the conversation's row lock before it
@@ -420,13 +425,25 @@ def begin_turn(
             conversation, history, target, reply_total["tokens_before"], system_count, attached
         )
         (user_id,) = _insert(Message, [user])
+        carried = attached
         if attached:
-            attachments.attach(attached, user_id, conversation.user_id)
+            # An edit's kept files are the edited message's rows (attachments.for_edit): if
+            # another message is edited now (a send from another tab since), none is kept.
+            kept = [a for a in attached if a.pk in kept_ids]
+            if any(a.message_id != replaced for a in kept):
+                raise attachments.UnknownAttachment
+            added = [a for a in attached if a.pk not in kept_ids]
+            if added:
+                attachments.attach(added, user_id, conversation.user_id)
+            copies = iter(attachments.carry(kept, user_id) if kept else ())
+            carried = [next(copies) if a.pk in kept_ids else a for a in attached]
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
+        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried
 
-    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation, live_ids, write)
+    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried = _claim(
+        conversation, live_ids, write
+    )
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -436,7 +453,7 @@ def begin_turn(
         user_message={
             "id": user_id,
             "content": content,
-            "attachments": [attachments.payload(a) for a in attached],
+            "attachments": [attachments.payload(a) for a in carried],
         },
         user_text=titled_by(content, attached),
         trimmed=trimmed,

@@ -8,6 +8,7 @@ import json
 import pytest
 from channels.db import database_sync_to_async
 from django.contrib.auth.models import User
+from django.test import Client
 
 from chat import attachments, tokens
 from chat.models import Attachment, ChatModel, Conversation, Message, Provider
@@ -297,3 +298,86 @@ async def test_a_model_that_reads_no_images_is_told_of_each_earlier_image_and_co
     )
     assert reply.prompt_tokens == start["prompt_tokens"] == expected
     await socket.disconnect()
+
+
+async def test_an_edit_keeps_the_edited_messages_files_unless_it_names_others(
+    upstream, stored, conversation, alice, gpt4o_images, settings
+):
+    """An edit without `attachments` keeps all the edited message's files; one that names some
+    keeps those (and may add uploads). The new version's files are rows of its own that share
+    the stored file: sent and counted with the new text, the earlier version's untouched, and
+    the file deleted only with the last row naming it."""
+    await database_sync_to_async(chat_model)(upstream)
+    csv, pdf, png = await database_sync_to_async(uploads)(alice)
+    upstream.queue(*(Reply(body=sse(*chat_chunks([word]))) for word in ("One.", "Two.", "Three.")))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Check", "attachments": [csv.pk, png.pk]})
+    first = (await receive_frame(socket))["user_message"]
+    await frames_until(socket, "done")
+
+    # The text alone edited: both files go with the new version, counted in its prompt.
+    await socket.send_json_to({"type": "edit", "message_id": first["id"], "content": "Check again"})
+    start = await receive_frame(socket)
+    assert start["type"] == "start", start
+    await frames_until(socket, "done")
+    second = start["user_message"]
+    assert [(a["name"], a["tokens"]) for a in second["attachments"]] == [
+        (a["name"], a["tokens"]) for a in first["attachments"]
+    ]
+    assert {a["id"] for a in second["attachments"]}.isdisjoint(a["id"] for a in first["attachments"])
+    body = upstream.requests[1]["json"]["messages"][0]["content"]
+    assert body[0] == {"type": "text", "text": f'Check again\n\n<file name="sums.csv">\n{CSV}\n</file>'}
+    assert body[1]["image_url"]["url"].startswith("data:image/png;base64,")
+    message = await Message.objects.aget(pk=second["id"])
+    text = attachments.message_text("Check again", [csv])
+    if tokens.count_tokens(text, "gpt-4o") is not None:
+        assert message.token_count == tokens.count_tokens(text, "gpt-4o") + 765
+    assert message.attachment_count == 2
+
+    # This edit keeps the image only: the CSV is not sent.
+    kept = second["attachments"][1]["id"]
+    await socket.send_json_to(
+        {"type": "edit", "message_id": second["id"], "content": "Only the picture", "attachments": [kept]}
+    )
+    third = (await receive_frame(socket))["user_message"]
+    await frames_until(socket, "done")
+    assert [a["name"] for a in third["attachments"]] == ["shot.png"]
+    assert upstream.requests[2]["json"]["messages"][0]["content"][0] == {
+        "type": "text",
+        "text": "Only the picture",
+    }
+    # Every version lists its own files; a file of a message not edited is unknown to an edit.
+    listed = await database_sync_to_async(
+        lambda: sorted(Attachment.objects.exclude(message=None).values_list("message_id", "name"))
+    )()
+    assert listed == sorted(
+        [(first["id"], "sums.csv"), (first["id"], "shot.png"), (second["id"], "sums.csv")]
+        + [(second["id"], "shot.png"), (third["id"], "shot.png")]
+    )
+    await socket.send_json_to(
+        {"type": "edit", "message_id": third["id"], "content": "x", "attachments": [csv.pk]}
+    )
+    assert (await receive_frame(socket))["code"] == "unknown_attachment"
+    await socket.disconnect()
+
+    # One stored file per upload, and the quota counts each once: it still fits.
+    assert len([p for p in stored.rglob("*") if p.is_file()]) == 3
+    settings.CHAT_ATTACHMENT_QUOTA_BYTES = csv.size + pdf.size + png.size + 1
+    await database_sync_to_async(attachments.check_quota)(alice, 1)
+
+    # Deleting one version's rows leaves the others' file readable; the last row takes it.
+    def delete(message_ids):
+        Attachment.objects.filter(message_id__in=message_ids).delete()  # its own commit: files go then
+
+    await database_sync_to_async(delete)([first["id"]])
+    assert (stored / png.file.name).exists() and (stored / csv.file.name).exists()
+
+    def download(attachment_id):
+        client = Client()
+        client.force_login(alice)
+        return client.get(f"/attachments/{attachment_id}/")
+
+    assert (await database_sync_to_async(download)(kept)).status_code == 200
+    await database_sync_to_async(delete)([second["id"], third["id"]])
+    assert not (stored / png.file.name).exists() and not (stored / csv.file.name).exists()
+    assert (stored / pdf.file.name).exists()  # never sent: not touched

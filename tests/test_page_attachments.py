@@ -379,18 +379,50 @@ def test_an_image_refused_by_the_model_comes_back_to_the_composer_with_the_messa
     assert [p["type"] for p in sent["messages"][-1]["content"]] == ["text", "image_url"]
 
 
-def test_editing_a_message_with_files_says_they_stay_with_the_earlier_version(open_page, llm):
+def test_editing_a_message_keeps_its_files_and_a_file_can_be_taken_off(open_page, llm):
     page = open_page("hank")
     attach_by_button(page, "plan.txt", "text/plain", b"Step one. Step two.\n")
     wait_uploaded(page, "plan.txt")
+    attach_by_button(page, "notes.txt", "text/plain", b"Old notes.\n")
+    wait_uploaded(page, "notes.txt")
     llm.queue(reply(["Two steps."]))
     send(page, "Summarise")
     wait_finished(page)
     message = page.locator(USER_MESSAGES).last
     message.get_by_test_id("edit").click()
-    expect(message.get_by_test_id("edit-hint")).to_contain_text(
-        "Its file stays with the earlier version only."
-    )
+    # The editor shows the files the new version keeps, each with its own Remove button.
+    kept = message.get_by_test_id("edit-file")
+    expect(kept).to_have_count(2)
+    expect(message.get_by_test_id("attachments")).to_be_hidden()  # shown once: as the editor's chips
+    expect(kept.first).to_contain_text("plan.txt")
+    expect(message.get_by_test_id("edit-hint")).not_to_contain_text("earlier version only")
+    message.get_by_role("button", name="Remove notes.txt").click()
+    expect(kept).to_have_count(1)
+    expect(message.get_by_test_id("edit-input")).to_be_focused()
+    llm.queue(reply(["Still two steps."]))
+    message.get_by_test_id("edit-input").fill("Summarise briefly")
+    message.get_by_test_id("edit-save").click()
+    wait_finished(page)
+    assert llm.requests[-1]["json"]["messages"] == [
+        {
+            "role": "user",
+            "content": 'Summarise briefly\n\n<file name="plan.txt">\nStep one. Step two.\n\n</file>',
+        }
+    ]
+    edited = page.locator(USER_MESSAGES).last
+    expect(edited.get_by_test_id("attachment-file")).to_have_count(1)
+    expect(edited.get_by_test_id("attachment-file")).to_contain_text("plan.txt")
+    # After a reload too, and the kept file downloads from the new version.
+    page.reload()
+    edited = page.locator(USER_MESSAGES).last
+    expect(edited.locator("[data-body]")).to_have_text("Summarise briefly")
+    link = edited.get_by_test_id("attachment-file")
+    expect(link).to_have_count(1)
+    assert page.request.get(urljoin(page.url, link.get_attribute("href"))).text() == "Step one. Step two.\n"
+    # Editing it again offers the kept file, drawn from the server's page this time.
+    edited.get_by_test_id("edit").click()
+    expect(edited.get_by_test_id("edit-file")).to_have_count(1)
+    shot(page, "attachments-edit")
 
 
 def test_another_tab_on_the_chat_shows_the_files_as_the_message_arrives(open_page, llm):

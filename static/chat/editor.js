@@ -1,6 +1,7 @@
 // Editing a user message in place (issue #14): any of them, not only the last. The message
 // becomes an editor (Save & send, Cancel; Enter sends, Esc cancels); sending writes a new
-// version of it, and the earlier one stays a click away in the `‹ ›` switcher.
+// version of it, and the earlier one stays a click away in the `‹ ›` switcher. The message's
+// files show under the text, each with a Remove button: the new version keeps those left.
 import { expect, refusal } from "./composer.js";
 import * as M from "./messages.js";
 import { focusComposer, toast } from "./page.js";
@@ -13,7 +14,58 @@ function fit(textarea) {
   textarea.style.height = `${Math.min(textarea.scrollHeight, innerHeight * 0.5)}px`;
 }
 
-export function startEdit(el, text = null) {
+/** The files a message carries, as its list shows them: [{id, name, size, kind, url}]. */
+function filesOf(el) {
+  return [...el.querySelectorAll(":scope > .attachment-list > [data-attachment-id]")].map((link) => ({
+    id: Number(link.dataset.attachmentId),
+    name: link.dataset.name,
+    size: Number(link.dataset.size),
+    kind: link.dataset.kind,
+    url: link.getAttribute("href"),
+  }));
+}
+
+/** The kept files as chips, each removable; `files` is the list the edit sends (changed here). */
+function keptFiles(files, input) {
+  const list = document.createElement("ul");
+  list.className = "attachment-chips msg-editor-files";
+  list.dataset.testid = "edit-files";
+  list.setAttribute("aria-label", "Files the new version keeps");
+  for (const file of files) {
+    const chip = document.createElement("li");
+    chip.className = "attachment-chip";
+    chip.dataset.testid = "edit-file";
+    const words = document.createElement("span");
+    words.className = "attachment-chip-text";
+    const name = document.createElement("span");
+    name.className = "attachment-chip-name";
+    name.textContent = file.name;
+    name.title = file.name;
+    const size = document.createElement("span");
+    size.className = "attachment-chip-meta";
+    size.textContent = M.formatSize(file.size);
+    words.append(name, size);
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "attachment-chip-remove";
+    remove.dataset.testid = "edit-file-remove";
+    remove.setAttribute("aria-label", `Remove ${file.name}`);
+    remove.title = "Remove";
+    remove.textContent = "✕";
+    remove.addEventListener("click", () => {
+      files.splice(files.indexOf(file), 1);
+      chip.remove();
+      list.hidden = !files.length;
+      input.focus();
+    });
+    chip.append(words, remove);
+    list.append(chip);
+  }
+  list.hidden = !files.length;
+  return list;
+}
+
+export function startEdit(el, text = null, keep = null) {
   if (state.streaming || state.pending || !el.dataset.messageId) return;
   cancelEdit();
   const form = document.createElement("form");
@@ -31,10 +83,10 @@ export function startEdit(el, text = null) {
   hint.className = "msg-editor-hint";
   hint.id = hintId;
   hint.dataset.testid = "edit-hint";
-  // The server sends a new version with the files its edit names (docs/protocol.md); this
-  // editor names none, so say so rather than let the files quietly stay behind.
-  const files = el.querySelectorAll(":scope > .attachment-list > *").length;
-  hint.textContent = files ? `${HINT} ${files === 1 ? "Its file stays" : "Its files stay"} with the earlier version only.` : HINT;
+  hint.textContent = HINT;
+  // The edit names the files it keeps (docs/protocol.md); `keep`: those kept when it was
+  // refused and opened again.
+  const files = filesOf(el).filter((file) => !keep || keep.includes(file.id));
   const actions = document.createElement("div");
   actions.className = "msg-editor-actions";
   const cancel = document.createElement("button");
@@ -48,7 +100,7 @@ export function startEdit(el, text = null) {
   save.dataset.testid = "edit-save";
   save.textContent = "Save & send";
   actions.append(cancel, save);
-  form.append(input, hint, actions);
+  form.append(input, keptFiles(files, input), hint, actions);
 
   cancel.addEventListener("click", () => {
     cancelEdit();
@@ -74,7 +126,7 @@ export function startEdit(el, text = null) {
   el.classList.add("editing");
   M.body(el).hidden = true;
   M.body(el).after(form);
-  state.editing = { el, form };
+  state.editing = { el, form, files };
   M.placeEdit(false);
   fit(input);
   input.focus();
@@ -93,9 +145,9 @@ export function cancelEdit() {
 }
 
 function saveEdit() {
-  const { el, form } = state.editing;
+  const { el, form, files } = state.editing;
   const content = form.querySelector("textarea").value;
-  const refused = refusal(content);
+  const refused = refusal(content, files.length);
   if (refused) {
     toast(refused);
     return;
@@ -109,14 +161,15 @@ function saveEdit() {
   // version is drawn at the end; a refusal brings them back and opens the editor again.
   const replacedEls = M.messagesFrom(el);
   replacedEls.forEach((node) => (node.hidden = true));
-  const userEl = M.userMessage(content);
+  const userEl = M.userMessage(content, null, null, files);
+  const kept = files.map((file) => file.id);
   const { id } = expect("edit", {
     content,
     replacedEls,
     userEl,
     replyEl: M.streamingReply(),
-    undo: () => startEdit(el, content),
+    undo: () => startEdit(el, content, kept),
   });
-  state.socket.send({ type: "edit", message_id: Number(el.dataset.messageId), content, id });
+  state.socket.send({ type: "edit", message_id: Number(el.dataset.messageId), content, attachments: kept, id });
   focusComposer();
 }

@@ -59,6 +59,8 @@ export function showAttachments(el, attachments) {
     const link = document.createElement("a");
     link.href = a.url;
     link.title = `${a.name} (${formatSize(a.size)})`;
+    // What the editor keeps of it (editor.js filesOf), as the server's rendering writes them.
+    Object.assign(link.dataset, { attachmentId: a.id, name: a.name, size: a.size, kind: a.kind });
     if (a.kind === "image") {
       link.className = "attachment-thumb";
       link.dataset.testid = "attachment-thumb";
