@@ -381,3 +381,33 @@ async def test_an_edit_keeps_the_edited_messages_files_unless_it_names_others(
     await database_sync_to_async(delete)([second["id"], third["id"]])
     assert not (stored / png.file.name).exists() and not (stored / csv.file.name).exists()
     assert (stored / pdf.file.name).exists()  # never sent: not touched
+
+
+async def test_an_edit_keeping_an_image_for_a_model_that_reads_none_is_refused_whole(
+    upstream, stored, conversation, alice
+):
+    """As a send with an image is: the user removes it in the editor, or picks a model."""
+
+    def models():
+        chat_model(upstream)
+        ChatModel.objects.create(provider=Provider.objects.get(), name="gpt-4o-mini", accepts_images=False)
+
+    await database_sync_to_async(models)()
+    png = await database_sync_to_async(attachments.store)(alice, "shot.png", files.image(), "gpt-4o")
+    upstream.queue(Reply(body=sse(*chat_chunks(["A square."]))), Reply(body=sse(*chat_chunks(["Ok."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Look", "attachments": [png.pk]})
+    first = (await receive_frame(socket))["user_message"]["id"]
+    await frames_until(socket, "done")
+    await Conversation.objects.filter(pk=conversation.pk).aupdate(model="gpt-4o-mini")
+    await socket.send_json_to({"type": "edit", "message_id": first, "content": "Look again"})
+    assert (await receive_frame(socket))["code"] == "images_not_supported"
+    assert await Message.objects.acount() == 2 and await Attachment.objects.acount() == 1
+    await socket.send_json_to(
+        {"type": "edit", "message_id": first, "content": "Words only", "attachments": []}
+    )
+    start = await receive_frame(socket)
+    assert start["user_message"]["attachments"] == []
+    await frames_until(socket, "done")
+    assert upstream.requests[-1]["json"]["messages"] == [{"role": "user", "content": "Words only"}]
+    await socket.disconnect()
