@@ -118,7 +118,19 @@ def paste(page, selector: str, *files: dict) -> bool:
     )
 
 
+def intercept_file_choosers(page) -> None:
+    """Make sure Chromium hands the file picker to the test before anything opens it.
+
+    Playwright turns interception on without waiting for it (fire and forget) when the first
+    filechooser listener is added, so a click right after `expect_file_chooser()` can beat
+    it: the picker then opens natively (and is dismissed headless) and no event comes. A
+    standing listener and one round trip to the page, on the same session, settle it first."""
+    page.on("filechooser", lambda _chooser: None)
+    page.evaluate("0")
+
+
 def attach_by_button(page, name: str, mime: str, data: bytes) -> None:
+    intercept_file_choosers(page)
     with page.expect_file_chooser() as chooser:
         page.get_by_role("button", name="Attach files").click()
     chooser.value.set_files(files=[{"name": name, "mimeType": mime, "buffer": data}])
@@ -151,6 +163,7 @@ def test_a_file_attached_by_the_paperclip_shows_its_size_and_cost_and_can_be_rem
     button = page.get_by_role("button", name="Attach files")
     button.focus()
     expect(button).to_be_focused()
+    intercept_file_choosers(page)
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")
     with page.expect_response(lambda r: r.request.method == "POST" and "/attachments/" in r.url) as uploaded:
