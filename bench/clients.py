@@ -31,8 +31,8 @@ now_ns = time.monotonic_ns
 SELF = ProcStat(os.getpid())
 
 
-def prompt(n: int, rate: float, mode: str = "stamp", pad: int = 0) -> str:
-    return f"bench n={n} rate={rate:g} mode={mode} pad={pad}"
+def prompt(n: int, rate: float, mode: str = "stamp", pad: int = 0, first_ms: int = 0) -> str:
+    return f"bench n={n} rate={rate:g} mode={mode} pad={pad} first={first_ms}"
 
 
 @dataclass(slots=True)
@@ -851,11 +851,12 @@ async def app_round(
     mode: str = "stamp",
     pad: int = 0,
     count_bytes: bool = False,
+    first_ms: int = 0,
 ) -> Round:
     """`streams` sockets, each on a fresh conversation, connected first; then each sends
     one message, the starts spread evenly over `spread` seconds (0: all at once)."""
     sockets = await open_sockets(app, app.take_conversations(streams))
-    text = prompt(n, rate, mode, pad)
+    text = prompt(n, rate, mode, pad, first_ms)
     try:
         with Sampler(procs) as sampler:
             started = now_ns()
@@ -882,9 +883,10 @@ async def direct_round(
     rate: float,
     spread: float,
     limit_s: float,
+    first_ms: int = 0,
 ) -> Round:
     """`reader(text, n, delay=..., limit_s=...)` reads one stream straight from the upstream."""
-    text = prompt(n, rate)
+    text = prompt(n, rate, first_ms=first_ms)
     with Sampler(procs) as sampler:
         started = now_ns()
         results = await asyncio.gather(

@@ -118,6 +118,26 @@ def rows(results: dict) -> list[tuple[str, str, str, str, str]]:
         _pair(s_tb),
         _le(_get(tb, "added_ms", "p50"), 25),
     )
+    k1, s_k1 = main.get("ttft_thinking_1"), svc.get("ttft_thinking_1")
+    kb, s_kb = main.get("ttft_thinking_burst"), svc.get("ttft_thinking_burst")
+    first = _get(k1, "first_ms", default=300)
+    n = _get(kb, "streams", default="100")
+
+    def p50s(single, burst) -> str:
+        return f"{_ms(_get(single, 'added_ms', 'p50'))} / {_ms(_get(burst, 'added_ms', 'p50'))}"
+
+    def thinking_holds(single, burst) -> bool | None:
+        a, b = _get(single, "added_ms", "p50"), _get(burst, "added_ms", "p50")
+        return None if a is None or b is None else a <= 1 and b <= 10
+
+    both = [thinking_holds(k1, kb), thinking_holds(s_k1, s_kb)]
+    add(
+        f"Added TTFT, provider takes {first} ms to its first token: 1 stream / {n} together (p50)",
+        "≤ 1 ms / ≤ 10 ms, both paths",
+        p50s(k1, kb),
+        p50s(s_k1, s_kb),
+        None if None in both else all(both),
+    )
     l1, s_l1 = main.get("latency_1"), svc.get("latency_1")
     add(
         "Added per-delta latency, 1 × 100 tok/s (p50 / p99)",
@@ -257,6 +277,8 @@ def _absolute(results: dict) -> str:
     for key, name in (
         ("ttft_1", "TTFT, 1 stream"),
         ("ttft_burst", "TTFT, streams together"),
+        ("ttft_thinking_1", "TTFT, provider thinks first, 1 stream"),
+        ("ttft_thinking_burst", "TTFT, provider thinks first, streams together"),
         ("latency_1", "Per delta, 1 × 100 tok/s"),
         ("latency_many", "Per delta, many × 50 tok/s"),
     ):

@@ -45,6 +45,9 @@ class Plan:
     db_rounds: int
     counting_runs: int
     services_rounds: int
+    thinking_ms: int = 300  # the provider's own time to first token, for the ttft_thinking rows
+    thinking_single_rounds: int = 10
+    thinking_burst_rounds: int = 3
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -70,6 +73,8 @@ class Plan:
                 db_rounds=1,
                 counting_runs=20,
                 services_rounds=1,
+                thinking_single_rounds=3,
+                thinking_burst_rounds=1,
             )
         return cls(
             quick=False,
@@ -223,6 +228,19 @@ async def ttft_burst(bench: Bench, app: AppServer, streams: int, rounds: int) ->
     kw = dict(streams=streams, n=5, rate=100, spread=0, limit_s=120)
     await bench.interleaved(app, 1, **{**kw, "n": 2})  # warm-up: fill both connection pools
     return {"streams": streams, "rounds": rounds, **_ttft(*await bench.interleaved(app, rounds, **kw))}
+
+
+async def ttft_thinking(bench: Bench, app: AppServer, streams: int, rounds: int, first_ms: int) -> dict:
+    """TTFT when the provider itself takes `first_ms` to its first token (as real ones do):
+    what the app adds then is what it does not manage to do while the provider thinks."""
+    kw = dict(streams=streams, n=5, rate=100, spread=0, limit_s=120, first_ms=first_ms)
+    await bench.interleaved(app, 1, **{**kw, "n": 2})  # warm-up
+    return {
+        "streams": streams,
+        "rounds": rounds,
+        "first_ms": first_ms,
+        **_ttft(*await bench.interleaved(app, rounds, **kw)),
+    }
 
 
 # -- 2. per-delta latency (and 4. CPU per delta) --------------------------------------------------
