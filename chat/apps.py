@@ -17,13 +17,15 @@ class ChatConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from chat.budgets import forget_budgets
-        from chat.models import Budget, ChatModel, Provider
+        from chat.early import forget_everywhere
+        from chat.models import Budget, ChatModel, Conversation, Provider
         from chat.providers import forget_models
 
         for model, forget in (
             (ChatModel, forget_models),
             (Provider, forget_models),
             (Budget, forget_budgets),
+            (Conversation, forget_everywhere),
         ):
             post_save.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}")
             post_delete.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}-deleted")

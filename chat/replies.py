@@ -120,6 +120,10 @@ class Turn:
     trimmed: int = 0
     budget: dict | None = None
     replaces_user: int | None = None
+    # The conversation as the transaction read it, and its branch up to the reply (untrimmed
+    # history rows, the user message included): chat.early builds the next prompt from them.
+    conversation: Conversation | None = None
+    rows: list | None = None
 
     @property
     def model(self) -> str:
@@ -358,6 +362,7 @@ def begin_turn(
             "token_count": content_tokens,
             "created_at": now,
         }
+        rows = list(history)
         reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count
@@ -365,9 +370,9 @@ def begin_turn(
         (user_id,) = _insert(Message, [user])
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced
+        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, rows
 
-    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced = _claim(conversation, live_ids, write)
+    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, rows = _claim(conversation, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -378,6 +383,8 @@ def begin_turn(
         trimmed=trimmed,
         budget=budget,
         replaces_user=replaced,
+        conversation=conversation,
+        rows=rows,
     )
 
 
@@ -417,6 +424,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         )
         Message.objects.filter(id__in=previous).update(superseded=True)
         history = _history(conversation.id, last_user.id)
+        rows = list(history)
         reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count
@@ -425,9 +433,9 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
             conversation, target, prompt_tokens, timezone.now(), reply_total, parent=last_user.id
         )
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, previous, reply_id
+        return prompt, prompt_tokens, trimmed, previous, reply_id, rows
 
-    prompt, prompt_tokens, trimmed, previous, reply_id = _claim(conversation, live_ids, write)
+    prompt, prompt_tokens, trimmed, previous, reply_id, rows = _claim(conversation, live_ids, write)
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -437,7 +445,55 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         replaces=previous[-1] if previous else None,
         trimmed=trimmed,
         budget=budget,
+        conversation=conversation,
+        rows=rows,
     )
+
+
+def next_prompt(
+    conversation: Conversation, target: Target, rows: list[Row], content: str, counted: Counted
+) -> list[dict]:
+    """The prompt begin_turn would send for `content` if the conversation's branch were
+    `rows` (what this process last read of it; chat.early checks the guess against what
+    begin_turn reads). Reads nothing; Uncounted if `counted` lacks a count."""
+    content_tokens, system_count = _counts(target, counted, content, system_prompt(conversation))
+    history = list(rows)
+    _append(history, Message.Role.USER, content, content_tokens, target)
+    tally = _total(history, target)["tokens_before"]
+    return _prompt(conversation, history, target, tally, system_count)[0]
+
+
+def reply_row(rows: list[Row], target: Target, content: str, token_count: int | None) -> Row:
+    """The history row a finished reply after `rows` reads back as (its running total is
+    the one _placeholder wrote)."""
+    total = _total(rows, target)
+    return (Message.Role.ASSISTANT, content, token_count, total["tokens_before"], total["messages_before"])
+
+
+def branch(
+    conversation: Conversation, live_ids=(), read: bool = True
+) -> tuple[list[int], int | None, tuple | None]:
+    """A socket opened on the conversation: replies there left streaming by a dead process,
+    marked interrupted (recover_stale); the reply another process streams there now, if
+    any; and, with `read` and if none streams, the conversation, its target and its branch
+    as a send would read them now (None if it was deleted, or a reply streams: its end would
+    change the branch unseen)."""
+    recovered = recover_stale(conversation.pk, live_ids)
+    streaming = None
+    if not single_process():  # else recover_stale left none (this process's own: chat.watching)
+        streaming = (
+            Message.objects.filter(conversation_id=conversation.pk, status=Message.Status.STREAMING)
+            .values_list("id", flat=True)
+            .first()
+        )
+    if streaming is not None or not read:
+        return recovered, streaming, None
+    budgets.learn()
+    try:
+        fresh = _fresh(conversation)
+    except Conversation.DoesNotExist:
+        return recovered, None, None
+    return recovered, None, (fresh, providers.resolve(fresh), _history(fresh.id))
 
 
 def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:

@@ -161,6 +161,7 @@ class ChatStream:
         self._refusal = StorableStream()
         self._deadline = math.inf  # loop time by which the reply must have ended
         self._idle = 0.0
+        self._opening: asyncio.Task | None = None  # the request, sent ahead by begin()
 
     @property
     def response_model(self) -> str:
@@ -270,13 +271,33 @@ class ChatStream:
             provider_code=provider_code,
         )
 
+    def begin(self) -> None:
+        """Send the request now, before anyone iterates (chat.early: the provider thinks
+        while the turn is saved). Only the response's head is read: its body waits in the
+        connection until the stream is iterated, so nothing of the reply is seen before."""
+        if self._opening is None:
+            self._start_clock()
+            self._opening = asyncio.get_running_loop().create_task(self._open(), name="upstream-request")
+
+    def abandon(self) -> None:
+        """The request begun by begin() is not wanted after all: cancel it, or close the
+        response it already has. Safe to call more than once, and after iterating."""
+        task, self._opening = self._opening, None
+        if task is None:
+            return
+        task.cancel()
+        task.add_done_callback(_close_opened)
+
+    def _start_clock(self) -> None:
+        self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
+        if settings.CHAT_UPSTREAM_REPLY_DEADLINE and self._deadline == math.inf:
+            self._deadline = asyncio.get_running_loop().time() + settings.CHAT_UPSTREAM_REPLY_DEADLINE
+
     # -- response --------------------------------------------------------------
     async def __aiter__(self) -> AsyncIterator[Piece]:
-        loop = asyncio.get_running_loop()
-        self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
-        if settings.CHAT_UPSTREAM_REPLY_DEADLINE:
-            self._deadline = loop.time() + settings.CHAT_UPSTREAM_REPLY_DEADLINE
-        response = await self._open()
+        self._start_clock()
+        opening, self._opening = self._opening, None
+        response = await (opening if opening is not None else self._open())
         try:
             content_type = response.headers.get("content-type", "").lower()
             if "html" in content_type:
@@ -650,3 +671,17 @@ async def list_models(provider: Provider) -> list[str]:
         return sorted({str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")})
     except (ValueError, AttributeError):
         raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None
+
+
+def _close_opened(task: asyncio.Task) -> None:
+    """An abandoned request's outcome: a response that came anyway is closed; an error
+    is read, so it is not reported as never retrieved (no one waits for it)."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    response = task.result()
+    closing = asyncio.get_running_loop().create_task(response.close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task] = set()  # tasks are weakly held; these must finish
