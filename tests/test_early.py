@@ -85,6 +85,24 @@ async def test_the_request_reaches_the_provider_before_the_turn_is_saved_and_the
     await other_tab.disconnect()
 
 
+async def test_a_stream_cut_before_the_turn_is_saved_keeps_what_the_provider_sent(
+    use_upstream, conversation, alice
+):
+    cut = Reply(body=sse(*chat_chunks(["Half an ", "answer"], finish_reason=None), done=False), cut=True)
+    cut.written = threading.Event()
+    use_upstream.queue(cut)
+    socket = await ready_socket(conversation, alice)
+    held = DatabaseThreadHeld()
+    await socket.send_json_to({"type": "send", "content": "Hi"})
+    assert await asyncio.to_thread(cut.written.wait, 5)  # sent and cut while the save waits
+    await held.release()
+    frames = await frames_until(socket, "done")
+    assert text_of(frames) == "Half an answer" and frames[-1]["status"] == "interrupted"
+    reply = await Message.objects.filter(role="assistant").alast()
+    assert (reply.content, reply.status) == ("Half an answer", "interrupted")
+    await socket.disconnect()
+
+
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="holds SQLite's write lock")
 async def test_a_save_that_fails_cancels_the_request_and_nothing_is_half_written(
     use_upstream, conversation, alice

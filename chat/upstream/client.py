@@ -8,6 +8,7 @@ mapped to UpstreamError.
 """
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -277,7 +278,12 @@ class ChatStream:
         connection until the stream is iterated, so nothing of the reply is seen before."""
         if self._opening is None:
             self._start_clock()
-            self._opening = asyncio.get_running_loop().create_task(self._open(), name="upstream-request")
+            self._opening = asyncio.get_running_loop().create_task(
+                self._open_ahead(), name="upstream-request"
+            )
+
+    async def _open_ahead(self) -> "ReadAhead":
+        return ReadAhead(await self._open())
 
     def abandon(self) -> None:
         """The request begun by begin() is not wanted after all: cancel it, or close the
@@ -671,6 +677,54 @@ async def list_models(provider: Provider) -> list[str]:
         return sorted({str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")})
     except (ValueError, AttributeError):
         raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None
+
+
+class ReadAhead:
+    """A response opened by ChatStream.begin(), read as its bytes arrive until someone asks
+    for them: a provider that cuts the stream before the turn is saved must not take the
+    bytes it had sent with it (the transport's error would hide what was buffered). Once
+    asked, it stops reading ahead after its current read, and hands out what it kept, then
+    the response's own reads, so a stream pays no extra step per read."""
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+        self.status, self.headers = response.status, response.headers
+        self._kept: collections.deque[bytes] = collections.deque()
+        self._error: BaseException | None = None
+        self._stop = False
+        self._reading = asyncio.get_running_loop().create_task(self._read_ahead())
+
+    async def _read_ahead(self) -> None:
+        try:
+            while not self._stop:
+                data = await self._response.chunk()
+                self._kept.append(data)
+                if not data:
+                    return
+        except Exception as exc:  # handed to the reader in its turn, after the bytes before it
+            self._error = exc
+
+    async def chunk(self) -> bytes:
+        self._stop = True
+        if not self._kept and not self._reading.done():
+            await asyncio.shield(self._reading)  # its read in progress is the next bytes
+        if self._kept:
+            return self._kept.popleft()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return await self._response.chunk()
+
+    async def read(self, limit: int | None = None) -> bytes:
+        parts, size = [], 0
+        while (limit is None or size <= limit) and (data := await self.chunk()):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+    async def close(self) -> None:
+        self._stop = True
+        await self._response.close()  # a read in progress ends with it
 
 
 def _close_opened(task: asyncio.Task) -> None:
