@@ -40,7 +40,7 @@ class StreamResult:
     path: str  # "app" or "direct"
     expected: int
     sent_ns: int = 0
-    start_ns: int = 0  # the app's `start` frame: the reply row exists, the model is being called
+    start_ns: int = 0  # the app's `start` frame: the turn is saved, the reply row exists
     first_ns: int = 0
     pieces: int = 0
     latencies: list[int] = field(default_factory=list)  # ns, one per stamped piece
@@ -52,6 +52,7 @@ class StreamResult:
     content_bytes: int = 0
     status: str = ""
     error: str = ""
+    held: int = 0  # pieces the provider sent before the app's `start` frame (see _record)
 
     @property
     def ttft_ns(self) -> int | None:
@@ -491,8 +492,16 @@ async def app_stream(
 
 
 def _record(result: StreamResult, stamps, now: int) -> None:
+    """Each piece's latency. A piece the provider sent before the `start` frame came (its
+    request goes out while the turn is saved, chat.early) could not be shown before the
+    message was saved: it counts from the `start` frame, and is counted as held (what it
+    waited is in the TTFT rows)."""
     for _seq, sent, lag in stamps:
-        result.latencies.append(now - int(sent))
+        sent = int(sent)
+        if result.start_ns and sent < result.start_ns:
+            sent = result.start_ns
+            result.held += 1
+        result.latencies.append(now - sent)
         result.lags.append(int(lag))
         result.received.append(now)
     result.pieces += len(stamps)

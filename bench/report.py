@@ -387,8 +387,15 @@ little as possible (`--baseline httpx` reads the direct side with httpx instead)
   app socket is ready before its send is timed (it has answered a ping), as a
   browser's is by the time its user sends; the direct side's connections are
   pooled keep-alive connections.
+- TTFT with a provider that thinks (issue #15): the upstream waits 300 ms before its
+  first delta (`first=300` in the prompt; its headers and role chunk go out at once),
+  as real providers do, for 1 stream and 100 sent together, on both paths. What the
+  app adds then is what it could not do while the provider thought.
 - Per-delta streams start spread evenly over one token interval (streams that
-  start together are only the TTFT burst).
+  start together are only the TTFT burst). A piece the provider sent before the app's
+  `start` frame (its request goes out while the turn is saved) counts from that frame:
+  nothing may be shown before the message is saved, and that wait is the TTFT rows'.
+  The share of such pieces is in the raw figures (`held_until_saved_percent`).
 - Capacity steps up 100, 200, 300 … streams at 50 tok/s until a step loses a delta
   or its added p99 exceeds 25 ms (or the time budget runs out).
 - CPU per relayed delta: daphne's utime + stime from `/proc/<pid>/stat` over the
@@ -477,6 +484,24 @@ Fixed, each measured by this benchmark (first full run → now, same kind of mac
 - **PostgreSQL + Redis TTFT:** a reply's announcement to other processes (Redis round
   trips) runs beside its model request instead of before it: 5.1 → 3.8 ms at 1
   stream, 346 → ~200 ms with 100 at once.
+- **The database turn hidden behind the provider (issue #15, `chat.early`).** A send
+  was saved first and only then sent to the provider, so every millisecond of database
+  work (more on PostgreSQL, more again with 100 sends at once) was added to the wait
+  the provider imposes anyway. The request now goes out as soon as the send is known
+  to be allowed, built from what the process last read of the conversation (read when
+  a socket opens and kept up to date as replies end), and the turn is saved meanwhile;
+  the reply reads the response only once the turn has committed, and only if the
+  saved turn asks exactly what was sent (else that request is abandoned and the
+  turn's own one is made). With the provider taking 300 ms to its first token:
+  EARLY_FIGURES
+- **PostgreSQL: a send's statements 10 → 9, a burst's reply-cap count read once per
+  user.** The cap count (`streaming_of_user`) walks every reply streaming on the site,
+  and 100 sends of one user at once read it 100 times, each walk longer than the last;
+  a batch now reads it once per user and adds the replies it begins (the batch holds
+  the user's row lock, so no other process adds one meanwhile). The branch's last
+  message and its history are one query. In-process, `begin_many` of 100 sends on
+  loopback PostgreSQL (120–620 replies streaming site-wide): 210–250 → 139–147 ms;
+  one send 3.1 → 2.8 ms.
 - **The harness:** the app-side clients were the `websockets` library (~52 µs of
   client CPU per frame, 55–63 % of the load core at 300 streams, waiting for CPU
   16–28 % of the time, which showed up as server latency). Both sides now read through

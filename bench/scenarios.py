@@ -174,10 +174,13 @@ def _latency(app_rounds: list[Round], direct_rounds: list[Round]) -> dict:
     app = summary_ms([v for s in _streams(app_rounds) for v in s.latencies])
     direct = summary_ms([v for s in _streams(direct_rounds) for v in s.latencies])
     lags = [v / 1000 for r in app_rounds + direct_rounds for s in r.streams for v in s.lags]
+    pieces = sum(len(s.latencies) for s in _streams(app_rounds))
+    held = sum(s.held for s in _streams(app_rounds))
     return {
         "app_ms": app,
         "direct_ms": direct,
         "added_ms": added(app, direct),
+        "held_until_saved_percent": _r(held / pieces * 100 if pieces else 0, 2),
         "generator_lag_p99_ms": _r(percentile(lags, 99)),
         **_failures(_streams(app_rounds)),
     }
