@@ -709,7 +709,13 @@ class ReadAhead:
         if not self._kept and not self._reading.done():
             await asyncio.shield(self._reading)  # its read in progress is the next bytes
         if self._kept:
-            return self._kept.popleft()
+            # Everything kept, as one read: one piece and one frame per socket for what
+            # came while the turn was saved, not one each (hundreds of replies begun
+            # together would flood the loop with them at once).
+            data = self._kept.popleft()
+            while data and self._kept and self._kept[0]:
+                data += self._kept.popleft()
+            return data
         if self._error is not None:
             error, self._error = self._error, None
             raise error
