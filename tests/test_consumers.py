@@ -251,7 +251,7 @@ async def test_a_cut_stream_keeps_the_partial_reply_marked_interrupted(use_upstr
     await socket.disconnect()
 
 
-async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstream, conversation, alice):
+async def test_the_user_message_is_saved_before_any_of_the_reply_is_shown(use_upstream, conversation, alice):
     reply, release = held_reply([], ["late"])
     use_upstream.queue(reply)
     _, socket = await open_socket(conversation.id, alice)
