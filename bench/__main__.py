@@ -57,6 +57,8 @@ def conversations_needed(plan: Plan) -> int:
         + plan.single_rounds
         + plan.many_streams * plan.many_rounds
         + sum(plan.capacity_steps)
+        + 2 * (plan.thinking_single_rounds + 1)
+        + plan.burst_streams * (plan.thinking_burst_rounds + 1)
         + 100
     )
 
@@ -87,6 +89,7 @@ async def run(plan: Plan, results: dict, cpus: dict, skip_services: bool, baseli
             await step(
                 main, "ttft_burst", scenarios.ttft_burst(bench, app, plan.burst_streams, plan.burst_rounds)
             )
+            await thinking(main, bench, app, plan)
             await step(
                 main, "latency_1", scenarios.latency(bench, app, 1, 100, plan.single_n, plan.single_rounds)
             )
@@ -137,10 +140,24 @@ async def run(plan: Plan, results: dict, cpus: dict, skip_services: bool, baseli
         if skip_services:
             results["services"] = {"skipped": "--no-services"}
         else:
-            await services.run(bench, plan, results, cpus, step, log)
+            await services.run(bench, plan, results, cpus, step, log, thinking)
     finally:
         await bench.close()
         upstream.close()
+
+
+async def thinking(results: dict, bench: Bench, app: AppServer, plan: Plan) -> None:
+    """The rows of a provider that takes plan.thinking_ms to its first token (issue #15)."""
+    await step(
+        results,
+        "ttft_thinking_1",
+        scenarios.ttft_thinking(bench, app, 1, plan.thinking_single_rounds, plan.thinking_ms),
+    )
+    await step(
+        results,
+        "ttft_thinking_burst",
+        scenarios.ttft_thinking(bench, app, plan.burst_streams, plan.thinking_burst_rounds, plan.thinking_ms),
+    )
 
 
 def server_log(app: AppServer) -> dict:

@@ -31,8 +31,8 @@ now_ns = time.monotonic_ns
 SELF = ProcStat(os.getpid())
 
 
-def prompt(n: int, rate: float, mode: str = "stamp", pad: int = 0) -> str:
-    return f"bench n={n} rate={rate:g} mode={mode} pad={pad}"
+def prompt(n: int, rate: float, mode: str = "stamp", pad: int = 0, first_ms: int = 0) -> str:
+    return f"bench n={n} rate={rate:g} mode={mode} pad={pad} first={first_ms}"
 
 
 @dataclass(slots=True)
@@ -40,7 +40,7 @@ class StreamResult:
     path: str  # "app" or "direct"
     expected: int
     sent_ns: int = 0
-    start_ns: int = 0  # the app's `start` frame: the reply row exists, the model is being called
+    start_ns: int = 0  # the app's `start` frame: the turn is saved, the reply row exists
     first_ns: int = 0
     pieces: int = 0
     latencies: list[int] = field(default_factory=list)  # ns, one per stamped piece
@@ -52,6 +52,7 @@ class StreamResult:
     content_bytes: int = 0
     status: str = ""
     error: str = ""
+    held: int = 0  # pieces the provider sent before the app's `start` frame (see _record)
 
     @property
     def ttft_ns(self) -> int | None:
@@ -491,8 +492,16 @@ async def app_stream(
 
 
 def _record(result: StreamResult, stamps, now: int) -> None:
+    """Each piece's latency. A piece the provider sent before the `start` frame came (its
+    request goes out while the turn is saved, chat.early) could not be shown before the
+    message was saved: it counts from the `start` frame, and is counted as held (what it
+    waited is in the TTFT rows)."""
     for _seq, sent, lag in stamps:
-        result.latencies.append(now - int(sent))
+        sent = int(sent)
+        if result.start_ns and sent < result.start_ns:
+            sent = result.start_ns
+            result.held += 1
+        result.latencies.append(now - sent)
         result.lags.append(int(lag))
         result.received.append(now)
     result.pieces += len(stamps)
@@ -851,11 +860,12 @@ async def app_round(
     mode: str = "stamp",
     pad: int = 0,
     count_bytes: bool = False,
+    first_ms: int = 0,
 ) -> Round:
     """`streams` sockets, each on a fresh conversation, connected first; then each sends
     one message, the starts spread evenly over `spread` seconds (0: all at once)."""
     sockets = await open_sockets(app, app.take_conversations(streams))
-    text = prompt(n, rate, mode, pad)
+    text = prompt(n, rate, mode, pad, first_ms)
     try:
         with Sampler(procs) as sampler:
             started = now_ns()
@@ -882,9 +892,10 @@ async def direct_round(
     rate: float,
     spread: float,
     limit_s: float,
+    first_ms: int = 0,
 ) -> Round:
     """`reader(text, n, delay=..., limit_s=...)` reads one stream straight from the upstream."""
-    text = prompt(n, rate)
+    text = prompt(n, rate, first_ms=first_ms)
     with Sampler(procs) as sampler:
         started = now_ns()
         results = await asyncio.gather(

@@ -45,6 +45,9 @@ class Plan:
     db_rounds: int
     counting_runs: int
     services_rounds: int
+    thinking_ms: int = 300  # the provider's own time to first token, for the ttft_thinking rows
+    thinking_single_rounds: int = 10
+    thinking_burst_rounds: int = 3
 
     @classmethod
     def make(cls, quick: bool) -> Plan:
@@ -70,6 +73,8 @@ class Plan:
                 db_rounds=1,
                 counting_runs=20,
                 services_rounds=1,
+                thinking_single_rounds=3,
+                thinking_burst_rounds=1,
             )
         return cls(
             quick=False,
@@ -169,10 +174,13 @@ def _latency(app_rounds: list[Round], direct_rounds: list[Round]) -> dict:
     app = summary_ms([v for s in _streams(app_rounds) for v in s.latencies])
     direct = summary_ms([v for s in _streams(direct_rounds) for v in s.latencies])
     lags = [v / 1000 for r in app_rounds + direct_rounds for s in r.streams for v in s.lags]
+    pieces = sum(len(s.latencies) for s in _streams(app_rounds))
+    held = sum(s.held for s in _streams(app_rounds))
     return {
         "app_ms": app,
         "direct_ms": direct,
         "added_ms": added(app, direct),
+        "held_until_saved_percent": _r(held / pieces * 100 if pieces else 0, 2),
         "generator_lag_p99_ms": _r(percentile(lags, 99)),
         **_failures(_streams(app_rounds)),
     }
@@ -223,6 +231,19 @@ async def ttft_burst(bench: Bench, app: AppServer, streams: int, rounds: int) ->
     kw = dict(streams=streams, n=5, rate=100, spread=0, limit_s=120)
     await bench.interleaved(app, 1, **{**kw, "n": 2})  # warm-up: fill both connection pools
     return {"streams": streams, "rounds": rounds, **_ttft(*await bench.interleaved(app, rounds, **kw))}
+
+
+async def ttft_thinking(bench: Bench, app: AppServer, streams: int, rounds: int, first_ms: int) -> dict:
+    """TTFT when the provider itself takes `first_ms` to its first token (as real ones do):
+    what the app adds then is what it does not manage to do while the provider thinks."""
+    kw = dict(streams=streams, n=5, rate=100, spread=0, limit_s=120, first_ms=first_ms)
+    await bench.interleaved(app, 1, **{**kw, "n": 2})  # warm-up
+    return {
+        "streams": streams,
+        "rounds": rounds,
+        "first_ms": first_ms,
+        **_ttft(*await bench.interleaved(app, rounds, **kw)),
+    }
 
 
 # -- 2. per-delta latency (and 4. CPU per delta) --------------------------------------------------

@@ -172,7 +172,7 @@ async def cross_process(bench, app: AppServer, peer: Peer, pairs: int) -> dict:
     }
 
 
-async def run(bench, plan, results: dict, cpus: dict, step, log) -> None:
+async def run(bench, plan, results: dict, cpus: dict, step, log, thinking) -> None:
     svc = results["services"] = {}
     redis_url, redis_note = await asyncio.to_thread(pick_redis)
     pg_url, pg_note = await asyncio.to_thread(create_pg)
@@ -190,6 +190,8 @@ async def run(bench, plan, results: dict, cpus: dict, step, log) -> None:
         + plan.many_streams * rounds
         + plan.capacity_steps[min(2, len(plan.capacity_steps) - 1)]
         + 8 * plan.db_rounds
+        + 2 * (plan.thinking_single_rounds + 1)
+        + plan.burst_streams * (plan.thinking_burst_rounds + 1)
         + 200
     )
     app = None
@@ -209,6 +211,7 @@ async def run(bench, plan, results: dict, cpus: dict, step, log) -> None:
         )
         await step(svc, "ttft_1", scenarios.ttft_single(bench, app, max(5, plan.ttft_single_rounds // 2)))
         await step(svc, "ttft_burst", scenarios.ttft_burst(bench, app, plan.burst_streams, rounds))
+        await thinking(svc, bench, app, plan)
         await step(svc, "latency_1", scenarios.latency(bench, app, 1, 100, plan.single_n, rounds))
         await step(
             svc, "latency_many", scenarios.latency(bench, app, plan.many_streams, 50, plan.many_n, rounds)

@@ -11,7 +11,9 @@ listening on 127.0.0.1. Each request's last message says what to stream, e.g.
   on Linux, so another process can subtract it from its own receive time) and
   `lag_us` how late the write was against its schedule (the generator's own lag);
   `mode=words`: realistic English tokens of about 4 characters, for byte counts;
-- `pad`: that many extra bytes per delta (for the slow-reader memory test).
+- `pad`: that many extra bytes per delta (for the slow-reader memory test);
+- `first`: milliseconds the "model" thinks before its first delta (a real provider's
+  time to first token); the response headers and the role chunk still go out at once.
 
 One scheduler wakes every millisecond and writes every delta that is due, so
 thousands of concurrent streams cost one timer, not one timer each.
@@ -28,7 +30,7 @@ import signal
 import sys
 import time
 
-_PARAM = re.compile(r"\b(n|rate|pad|mode)=(\w+)")
+_PARAM = re.compile(r"\b(n|rate|pad|mode|first)=(\w+)")
 WORDS = (
     " the quick brown fox jumps over the lazy dog and then it runs across a wide green field"
     " while the sun sets slowly behind distant hills , painting everything in shades of gold"
@@ -63,11 +65,11 @@ def _usage(n: int) -> str:
 class Stream:
     __slots__ = ("writer", "n", "rate", "pad", "mode", "seq", "t0", "done")
 
-    def __init__(self, writer, n: int, rate: float, pad: int, mode: str) -> None:
+    def __init__(self, writer, n: int, rate: float, pad: int, mode: str, first_ms: int = 0) -> None:
         self.writer = writer
         self.n, self.rate, self.pad, self.mode = n, rate, pad, mode
         self.seq = 0
-        self.t0 = time.monotonic_ns()
+        self.t0 = time.monotonic_ns() + first_ms * 1_000_000
         self.done = asyncio.get_running_loop().create_future()
 
     def due_ns(self) -> int:
@@ -87,8 +89,13 @@ class Scheduler:
         self.wakeup = asyncio.Event()
 
     def add(self, stream: Stream) -> None:
-        """The first delta goes out at once; the rest on the stream's schedule."""
-        self._write_one(stream, time.monotonic_ns())
+        """The first delta goes out at once (or after its `first` delay); the rest on the
+        stream's schedule."""
+        now = time.monotonic_ns()
+        if stream.t0 > now:
+            heapq.heappush(self.heap, (stream.t0, next(self.counter), stream))
+        else:
+            self._write_one(stream, now)
         self.wakeup.set()
 
     async def run(self) -> None:
@@ -140,7 +147,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, dict, bytes]
     return path, headers, body
 
 
-def _params(body: bytes) -> tuple[int, float, int, str]:
+def _params(body: bytes) -> tuple[int, float, int, str, int]:
     try:
         messages = json.loads(body)["messages"]
         text = str(messages[-1]["content"])
@@ -152,6 +159,7 @@ def _params(body: bytes) -> tuple[int, float, int, str]:
         max(0.1, float(found.get("rate", 50))),
         max(0, min(int(found.get("pad", 0)), 1 << 20)),
         found.get("mode", "stamp"),
+        max(0, min(int(found.get("first", 0)), 60_000)),
     )
 
 
@@ -168,13 +176,13 @@ async def serve(port: int = 0) -> None:
                 if not path.endswith("/chat/completions"):
                     writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
                     continue
-                n, rate, pad, mode = _params(body)
+                n, rate, pad, mode, first_ms = _params(body)
                 writer.write(
                     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                     b"transfer-encoding: chunked\r\ncache-control: no-cache\r\n\r\n"
                     + _chunk(HEAD + '{"role":"assistant","content":""}' + TAIL)
                 )
-                stream = Stream(writer, n, rate, pad, mode)
+                stream = Stream(writer, n, rate, pad, mode, first_ms)
                 scheduler.add(stream)
                 if not await stream.done:
                     break

@@ -17,8 +17,9 @@ class ChatConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from chat.budgets import forget_budgets
+        from chat.early import forget_everywhere
         from chat.image_tokens import forget_rules
-        from chat.models import Budget, ChatModel, ImageTokenRule, Provider
+        from chat.models import Budget, ChatModel, Conversation, ImageTokenRule, Provider
         from chat.providers import forget_models
 
         for model, forget in (
@@ -26,6 +27,7 @@ class ChatConfig(AppConfig):
             (Provider, forget_models),
             (Budget, forget_budgets),
             (ImageTokenRule, forget_rules),
+            (Conversation, forget_everywhere),
         ):
             post_save.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}")
             post_delete.connect(forget, sender=model, dispatch_uid=f"forget-{model.__name__}-deleted")

@@ -51,6 +51,20 @@ def _budgets_exist() -> bool:
     return _any_budget[1]
 
 
+def none_known() -> bool:
+    """This process last found no budgets at all, however long ago (chat.early: a send's
+    request may go out before its turn is saved). A budget made here since is known at
+    once (forget_budgets); one made through another process is found when the turn is
+    saved, and that send's early request is abandoned then."""
+    return _any_budget is not None and not _any_budget[1]
+
+
+def learn() -> None:
+    """Find out whether budgets exist, if this process does not know (none_known)."""
+    if _any_budget is None:
+        _budgets_exist()
+
+
 def forget_budgets(**kwargs) -> None:
     global _any_budget
     _any_budget = None

@@ -13,7 +13,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import attachments, cluster, remote, replies, tokens, versions, worker
+from chat import attachments, cluster, early, remote, replies, tokens, versions, worker
 from chat.budgets import BudgetExceeded
 from chat.frames import branch_frame
 from chat.models import Conversation
@@ -40,7 +40,10 @@ async def send(
         if attachment_ids
         else None
     )
-    await _begin(socket, conversation, replies.begin_turn, (content,), request_id, files)
+    # Sends with files go the old way: chat.early builds prompts of text alone.
+    await _begin(
+        socket, conversation, replies.begin_turn, (content,), request_id, files, ahead=not attachment_ids
+    )
 
 
 async def regenerate(socket, conversation, request_id: str | None = None) -> None:
@@ -83,6 +86,7 @@ async def switch(socket, conversation, message_id: int, request_id: str | None =
         log.exception("Could not switch versions in conversation %s", conversation.id)
         await socket.send_error("database_error", DATABASE_ERROR)
         return
+    early.forget(here, conversation.id)
     await _tell_every_tab(conversation.id, branch_frame(message_id, request_id))
 
 
@@ -107,9 +111,12 @@ async def stop(socket, conversation_id: int) -> None:
     await socket.send_error("not_streaming", "Nothing is being written right now.")
 
 
-async def _begin(socket, conversation, begin, args: tuple, request_id: str | None, files=None) -> None:
+async def _begin(
+    socket, conversation, begin, args: tuple, request_id: str | None, files=None, ahead: bool = False
+) -> None:
     """Count the send's tokens, save the turn (replies.begin_*), then start streaming;
-    refusals become error frames.
+    refusals become error frames. With `ahead` (a plain send), the provider request goes
+    out before the save where chat.early can tell what it will be.
 
     Counting happens here, not in begin_* on the database thread every socket shares
     (issue #12: long system prompts counted there held up other users' sends for
@@ -135,18 +142,22 @@ async def _begin(socket, conversation, begin, args: tuple, request_id: str | Non
         "",
         replies.system_prompt(conversation),
     )
+    ahead_of_save = None  # the writer hands it to the reply, or abandons it if the save fails
     try:
         for attempt in (1, 2, 3):
             # A third attempt (the settings changed twice while we counted) counts where it runs.
             counted = await _count_ahead(model, encoding, content, system) if attempt < 3 else None
+            if ahead and attempt == 1 and not here.busy(conversation.id):
+                ahead_of_save = early.begin(here, conversation.id, content, counted)
             try:
                 await here.turns.save(
-                    functools.partial(begin, counted=counted), conversation, args, request_id
+                    functools.partial(begin, counted=counted), conversation, args, request_id, ahead_of_save
                 )
                 return
             except replies.Uncounted as exc:
                 model, encoding, system = exc.model, exc.encoding, exc.system
                 socket.counting = (model, encoding, system)
+                ahead_of_save = None  # built on what changed: the writer abandoned it
     except replies.Busy:
         await socket.send_error("busy", BUSY)
     except replies.TooManyReplies:

@@ -11,7 +11,7 @@ from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import commands, remote, signout, watching
+from chat import commands, early, remote, signout, watching, worker
 from chat.backpressure import DirectText, Lag
 from chat.frames import PONG, error_frame
 from chat.models import Conversation
@@ -139,6 +139,7 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
 
     # -- replies streaming in another worker process (Redis channel layer) -------------
     async def chat_started(self, event) -> None:
+        early.forget(worker.current(), self.conversation.id)  # its branch changes, maybe elsewhere
         await remote.on_started(self, event, self.conversation.id)
 
     async def chat_title(self, event) -> None:
@@ -155,6 +156,7 @@ class ChatConsumer(Watcher, AsyncWebsocketConsumer):
 
     async def chat_branch(self, event) -> None:
         """Another version was chosen, in a tab on any process (chat.commands.switch)."""
+        early.forget(worker.current(), self.conversation.id)
         await self.send_frame(event["frame"])
 
     def watch_remote_reply(self, reply_id: int) -> None:

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 
-from chat import attachments, fanout, frames, metrics, titles, tokens
+from chat import attachments, early, fanout, frames, metrics, titles, tokens
 from chat.frames import text_delta
 from chat.models import Message
 from chat.relay import Watchers
@@ -30,8 +30,16 @@ class Generation:
     """One reply while it streams. `worker` is the process's chat.worker.Worker: where its
     frames go (`watchers`), where it is listed while it runs, and how its end is saved."""
 
-    def __init__(self, turn: Turn, worker, request_id: str | None = None) -> None:
+    def __init__(
+        self,
+        turn: Turn,
+        worker,
+        request_id: str | None = None,
+        stream: ChatStream | None = None,
+        started: float | None = None,
+    ) -> None:
         self.turn = turn
+        self.stream = stream  # the request sent while the turn was saved (chat.early), if any
         self.worker = worker
         self.watchers: Watchers = worker.watchers
         self.conversation_id = turn.conversation_id
@@ -42,7 +50,7 @@ class Generation:
         self.refusal: list[str] = []
         self.seq = 0
         self.persisted_seq = 0  # saved up to here (chat.writers.checkpoints)
-        self.started = time.monotonic()
+        self.started = started or time.monotonic()  # when the provider was asked
         self.ttft_ms: float | None = None
         self.finals: list[str] | None = None  # the error/done frames, once the reply has ended
         # Markdown while streaming: content[:rendered_chars] is sent as sanitised HTML in
@@ -97,15 +105,15 @@ class Generation:
     # -- the reply ----------------------------------------------------------------
     async def run(self) -> None:
         target = self.turn.target
-        stream = ChatStream(
+        stream = self.stream or ChatStream(
             target.provider,
             target.model,
             self.turn.prompt,
             include_usage=target.include_usage,
             stream=target.stream,
             api_style=target.api_style,
-            on_retry=self._on_retry,
         )
+        stream.on_retry = self._on_retry  # retries before this reply existed were shown to no one
         status, finish_reason, error = Message.Status.FINISHED, "", None
         try:
             if self.stop_requested:  # stopped from another process before this task began
@@ -129,6 +137,7 @@ class Generation:
             log.exception("Reply %s failed inside the app", self.reply_id)
             status, finish_reason = Message.Status.FAILED, "error"
             error = ("internal_error", "Something went wrong on the server; the reply so far was kept.")
+        stream.abandon()  # a request sent early that was never read: stopped before it began
         await asyncio.shield(self._finish(stream, status, finish_reason, error))
 
     async def _append(self, piece) -> None:
@@ -221,6 +230,7 @@ class Generation:
                 len(fields["content"]), tokens.count_tokens, fields["content"], target.model, target.encoding
             )
             saved = await self.worker.finishes((self.reply_id, fields))
+            early.reply_saved(self.worker, self.turn, saved["content"], saved.get("token_count"))
         except Exception:
             # Leave it streaming: the lease runs out and recovery marks it interrupted
             # with the last checkpoint, rather than losing the reply silently here.

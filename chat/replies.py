@@ -7,6 +7,7 @@ conversation, one finishing), plus one batched checkpoint a second while it
 streams.
 """
 
+import contextvars
 import functools
 from dataclasses import dataclass
 from datetime import timedelta
@@ -123,6 +124,10 @@ class Turn:
     # What the user typed in the message answered (its files left out; the files' names when
     # nothing was typed), for its title (titled_by).
     user_text: str | None = None
+    # The conversation as the transaction read it, and its branch up to the reply (untrimmed
+    # history rows, the user message included): chat.early builds the next prompt from them.
+    conversation: Conversation | None = None
+    rows: list | None = None
 
     @property
     def model(self) -> str:
@@ -249,6 +254,23 @@ def _history(conversation_id: int, up_to_id: int | None = None) -> list[Row]:
         return cursor.fetchall()
 
 
+def _current(conversation_id: int) -> tuple[int | None, list[Row]]:
+    """_last_current and _history in one query: the branch's last message (the parent of one
+    added now), and its history as _history reads it. One round trip less per send."""
+    with connection.cursor() as cursor:
+        cursor.execute(_sql("current"), [conversation_id, False])
+        found = cursor.fetchall()
+    if not found:
+        return None, []
+    streaming, assistant = Message.Status.STREAMING, Message.Role.ASSISTANT
+    history = [
+        (role, content, *totals)
+        for _, status, role, content, *totals in found
+        if status != streaming and not (role == assistant and content == "")
+    ]
+    return found[-1][0], history
+
+
 def _last_current(conversation_id: int, below: int | None = None) -> int | None:
     """The id of the last message on the conversation's current branch (before id `below`):
     the parent of a message added there."""
@@ -271,7 +293,11 @@ def _claim(conversation: Conversation, live_ids, write):
         try:
             with transaction.atomic():
                 _check_reply_cap(conversation.user_id)
-                return write()
+                written = write()
+            counts = _streaming_counts.get()
+            if counts is not None and conversation.user_id in counts:
+                counts[conversation.user_id] += 1
+            return written
         except IntegrityError:
             if attempt == 2 or not recover_stale(conversation.id, live_ids):
                 raise Busy from None
@@ -289,12 +315,27 @@ def _check_reply_cap(user_id: int) -> None:
     cap = settings.CHAT_MAX_REPLIES_PER_USER
     if not cap:
         return
-    now = connection.ops.adapt_datetimefield_value(timezone.now())
-    with connection.cursor() as cursor:
-        cursor.execute(_sql("streaming_of_user"), [Message.Status.STREAMING, now, user_id])
-        (streaming,) = cursor.fetchone()
+    counts = _streaming_counts.get()
+    streaming = None if counts is None else counts.get(user_id)
+    if streaming is None:
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cursor:
+            cursor.execute(_sql("streaming_of_user"), [Message.Status.STREAMING, now, user_id])
+            (streaming,) = cursor.fetchone()
+        if counts is not None:
+            counts[user_id] = streaming
     if streaming >= cap:
         raise TooManyReplies
+
+
+# A batch's count of each user's streaming replies (begin_many): read once per user, then
+# the replies the batch begins are added (_claim). Sound because the batch holds the user's
+# lock until it commits (SQLite's write lock, PostgreSQL's row lock: _lock_users), so no
+# other process adds one meanwhile. The count walks every reply streaming on the site, and
+# a hundred sends of one user at once read it a hundred times (docs/benchmark.md).
+_streaming_counts: contextvars.ContextVar[dict[int, int] | None] = contextvars.ContextVar(
+    "streaming_counts", default=None
+)
 
 
 def lock_conversation(conversation_id: int) -> None:
@@ -407,9 +448,9 @@ def begin_turn(
             # the edited message's parent is the last current message before it.
             parent = _last_current(conversation.id, replaced)
             current.filter(id__gte=replaced).update(superseded=True)
+            history = _history(conversation.id)
         else:
-            parent = _last_current(conversation.id)
-        history = _history(conversation.id)
+            parent, history = _current(conversation.id)
         user = {
             **_append(history, Message.Role.USER, content, content_tokens, target),
             "parent_id": parent,
@@ -420,6 +461,7 @@ def begin_turn(
             "attachment_count": len(attached),
             "created_at": now,
         }
+        rows = list(history)
         reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count, attached
@@ -439,9 +481,9 @@ def begin_turn(
             carried = [next(copies) if a.pk in kept_ids else a for a in attached]
         reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
         (reply_id,) = _insert(Message, [reply])
-        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried
+        return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried, rows
 
-    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried = _claim(
+    prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried, rows = _claim(
         conversation, live_ids, write
     )
     return Turn(
@@ -459,6 +501,8 @@ def begin_turn(
         trimmed=trimmed,
         budget=budget,
         replaces_user=replaced,
+        conversation=conversation,
+        rows=rows,
     )
 
 
@@ -501,6 +545,7 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         )
         Message.objects.filter(id__in=previous).update(superseded=True)
         history = _history(conversation.id, last_user.id)
+        rows = list(history)
         reply_total = _total(history, target)  # before _prompt trims the history
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count
@@ -510,9 +555,11 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         )
         (reply_id,) = _insert(Message, [reply])
         files = attachments.by_message([last_user.id]).get(last_user.id, []) if not last_user.content else []
-        return prompt, prompt_tokens, trimmed, previous, reply_id, titled_by(last_user.content, files)
+        return prompt, prompt_tokens, trimmed, previous, reply_id, titled_by(last_user.content, files), rows
 
-    prompt, prompt_tokens, trimmed, previous, reply_id, user_text = _claim(conversation, live_ids, write)
+    prompt, prompt_tokens, trimmed, previous, reply_id, user_text, rows = _claim(
+        conversation, live_ids, write
+    )
     return Turn(
         conversation_id=conversation.id,
         reply_id=reply_id,
@@ -523,7 +570,63 @@ def begin_regenerate(conversation: Conversation, live_ids=(), *, counted: Counte
         trimmed=trimmed,
         budget=budget,
         user_text=user_text,
+        conversation=conversation,
+        rows=rows,
     )
+
+
+def next_prompt(
+    conversation: Conversation, target: Target, rows: list[Row], content: str, counted: Counted
+) -> list[dict]:
+    """The prompt begin_turn would send for `content` if the conversation's branch were
+    `rows` (what this process last read of it; chat.early checks the guess against what
+    begin_turn reads). Reads nothing; Uncounted if `counted` lacks a count."""
+    content_tokens, system_count = _counts(target, counted, content, system_prompt(conversation))
+    history = list(rows)
+    _append(history, Message.Role.USER, content, content_tokens, target)
+    tally = _total(history, target)["tokens_before"]
+    return _prompt(conversation, history, target, tally, system_count)[0]
+
+
+def reply_row(rows: list[Row], target: Target, content: str, token_count: int | None) -> Row:
+    """The history row a finished reply after `rows` reads back as (its running total is
+    the one _placeholder wrote)."""
+    total = _total(rows, target)
+    return (
+        Message.Role.ASSISTANT,
+        content,
+        token_count,
+        total["tokens_before"],
+        total["messages_before"],
+        None,
+        0,
+    )
+
+
+def branch(
+    conversation: Conversation, live_ids=(), read: bool = True
+) -> tuple[list[int], int | None, tuple | None]:
+    """A socket opened on the conversation: replies there left streaming by a dead process,
+    marked interrupted (recover_stale); the reply another process streams there now, if
+    any; and, with `read` and if none streams, the conversation, its target and its branch
+    as a send would read them now (None if it was deleted, or a reply streams: its end would
+    change the branch unseen)."""
+    recovered = recover_stale(conversation.pk, live_ids)
+    streaming = None
+    if not single_process():  # else recover_stale left none (this process's own: chat.watching)
+        streaming = (
+            Message.objects.filter(conversation_id=conversation.pk, status=Message.Status.STREAMING)
+            .values_list("id", flat=True)
+            .first()
+        )
+    if streaming is not None or not read:
+        return recovered, streaming, None
+    budgets.learn()
+    try:
+        fresh = _fresh(conversation)
+    except Conversation.DoesNotExist:
+        return recovered, None, None
+    return recovered, None, (fresh, providers.resolve(fresh), _history(fresh.id))
 
 
 def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
@@ -539,16 +642,20 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
     """
     live = list(live_ids)
     results = []
-    with transaction.atomic():
-        _lock_users(conversation.user_id for _, conversation, *_ in calls)
-        for begin, *args in calls:
-            try:
-                turn = begin(*args, live)
-            except Exception as exc:
-                results.append((False, exc))
-            else:
-                live.append(turn.reply_id)
-                results.append((True, turn))
+    counting = _streaming_counts.set({})
+    try:
+        with transaction.atomic():
+            _lock_users(conversation.user_id for _, conversation, *_ in calls)
+            for begin, *args in calls:
+                try:
+                    turn = begin(*args, live)
+                except Exception as exc:
+                    results.append((False, exc))
+                else:
+                    live.append(turn.reply_id)
+                    results.append((True, turn))
+    finally:
+        _streaming_counts.reset(counting)
     return results
 
 
@@ -758,6 +865,11 @@ def _statements(vendor: str) -> dict[str, str]:
             f"{message}.{m('conversation')}) = %s"
         ),
         "history_up_to": f"{history} AND {m('id')} <= %s ORDER BY {m('id')}",
+        "current": (
+            f"SELECT {m('id')}, {m('status')}, {m('role')}, {m('content')}, {m('token_count')}, "
+            f"{m('tokens_before')}, {m('messages_before')}, {m('id')}, {m('attachment_count')} FROM {message} "
+            f"WHERE {m('conversation')} = %s AND {m('superseded')} = %s ORDER BY {m('id')}"
+        ),
         "last_current": (
             f"SELECT {m('id')} FROM {message} WHERE {m('conversation')} = %s AND {m('superseded')} = %s "
             f"AND {m('id')} < %s ORDER BY {m('id')} DESC LIMIT 1"

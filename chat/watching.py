@@ -11,7 +11,7 @@ import logging
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 
-from chat import cluster, fanout, remote, replies, upstream, worker
+from chat import cluster, early, fanout, remote, replies, upstream, worker
 from chat.frames import final_frames
 from chat.models import Message
 
@@ -39,18 +39,23 @@ async def watch(socket, conversation_id: int) -> None:
             await socket.send_frame(rendered)
         await _show_ended(here, swept)
         return
-    swept += await database_sync_to_async(replies.recover_stale)(conversation_id, here.live_ids())
+    # In the same trip: what its next send will ask the provider (chat.early).
+    recovered, streaming, found = await database_sync_to_async(replies.branch)(
+        socket.conversation, here.live_ids(), conversation_id not in here.known
+    )
+    swept += recovered
+    if conversation_id not in here.running and here.watchers.sockets.get(conversation_id):
+        early.remember(here, found)
     await _show_ended(here, swept)
-    if not cluster.single_process():
-        streaming = await Message.objects.filter(
-            conversation_id=conversation_id, status=Message.Status.STREAMING
-        ).afirst()
-        if streaming is not None:
-            await remote.attach(socket, conversation_id, streaming.id)
+    if streaming is not None and not cluster.single_process():
+        await remote.attach(socket, conversation_id, streaming)
 
 
 async def unwatch(socket, conversation_id: int) -> None:
-    worker.current().watchers.discard(conversation_id, socket)
+    here = worker.current()
+    here.watchers.discard(conversation_id, socket)
+    if conversation_id not in here.watchers.sockets:  # its text is held only while a tab shows it
+        early.forget(here, conversation_id)
     if not cluster.single_process():
         fanout.unregister(socket)
         layer = get_channel_layer()

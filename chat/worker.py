@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 
 from chat import cluster, replies, shutdown
+from chat.early import EarlyRequest, Known
 from chat.generation import Generation
 from chat.relay import Watchers
 from chat.remote import RemoteTabs
@@ -31,6 +32,8 @@ class Worker:
         self.live: tuple[int, ...] = ()  # their reply ids; replaced whole, so other threads may read it
         self.ended_deltas = 0  # pieces of the replies that ran here and ended (chat.metrics)
         self.watchers = Watchers()
+        # conversation id -> what a send there will ask the provider (chat.early)
+        self.known: dict[int, Known] = {}
         self.turns = TurnWriter(self.start, self.live_ids)
         self.finishes = Batched(replies.finish_many)
         self.checkpointer: asyncio.Task | None = None
@@ -46,9 +49,15 @@ class Worker:
         """A reply streams in the conversation, or a turn there waits to be saved."""
         return conversation_id in self.running or conversation_id in self.turns.queued
 
-    async def start(self, turn: replies.Turn, request_id: str | None = None) -> Generation:
-        """Run the reply of a turn just saved: its start frame to every tab, then its task."""
-        generation = Generation(turn, self, request_id)
+    async def start(
+        self, turn: replies.Turn, request_id: str | None = None, early: EarlyRequest | None = None
+    ) -> Generation:
+        """Run the reply of a turn just saved: its start frame to every tab, then its task.
+        `early` is the provider request sent while the turn was saved, if any (chat.early):
+        the reply reads it if it asked what the turn asks."""
+        stream = early.adopt(turn) if early is not None else None
+        generation = Generation(turn, self, request_id, stream, early.started if stream else None)
+        self.known.pop(turn.conversation_id, None)  # the branch changes; known again at its end
         self.running[turn.conversation_id] = generation
         self.live = (*self.live, turn.reply_id)
         await generation.broadcast(generation.start_frame())

@@ -87,6 +87,7 @@ class QueuedTurn:
     args: tuple
     request_id: str | None
     future: asyncio.Future
+    early: object = None  # chat.early.EarlyRequest: the provider request sent meanwhile
 
 
 class TurnWriter:
@@ -101,10 +102,10 @@ class TurnWriter:
         self.queued: dict[int, QueuedTurn] = {}  # conversation id -> its turn, in order
         self.task: asyncio.Task | None = None
 
-    async def save(self, begin, conversation, args: tuple, request_id: str | None):
+    async def save(self, begin, conversation, args: tuple, request_id: str | None, early=None):
         """replies.begin_*, then start the reply; its chat.generation.Generation."""
         future = asyncio.get_running_loop().create_future()
-        self.queued[conversation.id] = QueuedTurn(begin, conversation, args, request_id, future)
+        self.queued[conversation.id] = QueuedTurn(begin, conversation, args, request_id, future, early)
         self.task = keep_running(self.task, self._write, "turn-writer")
         return await shielded(future)
 
@@ -122,12 +123,16 @@ class TurnWriter:
                 # second send to the conversation is refused as busy all along.
                 del self.queued[queued.conversation.id]
                 if not saved:
+                    if queued.early is not None:  # refused or failed: the provider is told to stop
+                        queued.early.cancel()
                     queued.future.set_exception(value)
                     continue
                 try:
-                    queued.future.set_result(await self.start(value, queued.request_id))
+                    queued.future.set_result(await self.start(value, queued.request_id, queued.early))
                 except Exception as exc:
                     log.exception("Could not start reply %s", value.reply_id)
+                    if queued.early is not None:
+                        queued.early.cancel()
                     queued.future.set_exception(exc)
                 if started % STARTS_PER_TURN == 0:
                     # Their model requests begin in the next turn of the loop, beside the

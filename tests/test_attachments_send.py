@@ -144,6 +144,16 @@ async def test_earlier_files_go_with_the_history(upstream, stored, conversation,
     assert title == "sums.csv"
     await socket.disconnect()
 
+    # A tab opened now reads the branch, files and all; its send is not guessed ahead of the
+    # save (chat.early) from rows that cannot carry the file: one request per send, each whole.
+    upstream.queue(Reply(body=sse(*chat_chunks(["Three."]))))
+    _, socket = await open_socket(conversation.id, alice)
+    await socket.send_json_to({"type": "send", "content": "Thanks"})
+    await frames_until(socket, "done")
+    assert len(upstream.requests) == 3
+    assert upstream.requests[2]["json"]["messages"][0] == {"role": "user", "content": block}
+    await socket.disconnect()
+
 
 @pytest.mark.parametrize(
     "model",

@@ -251,7 +251,7 @@ async def test_a_cut_stream_keeps_the_partial_reply_marked_interrupted(use_upstr
     await socket.disconnect()
 
 
-async def test_the_user_message_is_saved_before_the_upstream_is_called(use_upstream, conversation, alice):
+async def test_the_user_message_is_saved_before_any_of_the_reply_is_shown(use_upstream, conversation, alice):
     reply, release = held_reply([], ["late"])
     use_upstream.queue(reply)
     _, socket = await open_socket(conversation.id, alice)
@@ -428,7 +428,8 @@ def write_lock_held_elsewhere():
 async def test_a_send_while_the_database_is_locked_is_refused_and_nothing_is_half_written(
     use_upstream, conversation, alice, caplog
 ):
-    use_upstream.queue(Reply(body=sse(*chat_chunks(["Now it works"]))))
+    # The default: a request sent ahead of the failed save (chat.early) may take a reply too.
+    use_upstream.default = Reply(body=sse(*chat_chunks(["Now it works"])))
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "ping"})
     assert await receive_frame(socket) == {"type": "pong"}  # connected, done reading the database
@@ -442,7 +443,7 @@ async def test_a_send_while_the_database_is_locked_is_refused_and_nothing_is_hal
     assert conversation.title == ""
     await socket.send_json_to({"type": "send", "content": "Hello?"})  # the socket still works
     frames = await frames_until(socket, "done")
-    assert text_of(frames) == "Now it works" and len(use_upstream.requests) == 1
+    assert text_of(frames) == "Now it works" and 1 <= len(use_upstream.requests) <= 2
     await socket.disconnect()
 
 
@@ -615,18 +616,24 @@ async def test_a_reply_left_streaming_by_a_dead_process_is_marked_interrupted(co
 async def test_a_settings_change_applies_to_the_next_message_without_reconnecting(
     use_upstream, conversation, alice
 ):
-    use_upstream.queue(Reply(body=sse(*chat_chunks(["One"]))), Reply(body=sse(*chat_chunks(["Two"]))))
+    use_upstream.queue(Reply(body=sse(*chat_chunks(["One"]))))
+    use_upstream.default = Reply(body=sse(*chat_chunks(["Two"])))
     _, socket = await open_socket(conversation.id, alice)
     await socket.send_json_to({"type": "send", "content": "first"})
     await frames_until(socket, "done")
+    # As another worker process would change it: this process is not told (chat.early).
     await Conversation.objects.filter(pk=conversation.pk).aupdate(
         system_prompt="Answer in French.", model="gpt-4o"
     )
     await socket.send_json_to({"type": "send", "content": "second"})
-    await frames_until(socket, "done")
-    request = use_upstream.requests[1]["json"]
+    frames = await frames_until(socket, "done")
+    assert text_of(frames) == "Two"
+    request = use_upstream.requests[-1]["json"]
     assert request["model"] == "gpt-4o"
     assert request["messages"][0] == {"role": "system", "content": "Answer in French."}
+    # A request sent ahead with the old settings, if it got out, was abandoned unread.
+    assert [f["type"] for f in frames].count("start") == 1
+    assert all(r["json"]["model"] == "gpt-4o-mini" for r in use_upstream.requests[1:-1])
     await socket.disconnect()
 
 

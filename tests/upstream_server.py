@@ -43,6 +43,7 @@ class Reply:
     # After the pieces, write this again and again (every `delay`, at least 10 ms) until the
     # client hangs up: e.g. keep-alive comments that never end.
     repeat: bytes = b""
+    written: threading.Event | None = None  # set once the whole reply is written (or cut)
 
 
 def _error_reply(message: str) -> Reply:
@@ -230,10 +231,14 @@ class UpstreamServer:
             await asyncio.sleep(reply.stall)
         if reply.cut:
             writer.transport.abort()
+            if reply.written is not None:
+                reply.written.set()
             return False
         if chunked:
             writer.write(b"0\r\n\r\n")
             await writer.drain()
+        if reply.written is not None:
+            reply.written.set()
         return True
 
 

@@ -8,6 +8,7 @@ mapped to UpstreamError.
 """
 
 import asyncio
+import collections
 import json
 import logging
 import math
@@ -161,6 +162,7 @@ class ChatStream:
         self._refusal = StorableStream()
         self._deadline = math.inf  # loop time by which the reply must have ended
         self._idle = 0.0
+        self._opening: asyncio.Task | None = None  # the request, sent ahead by begin()
 
     @property
     def response_model(self) -> str:
@@ -270,13 +272,38 @@ class ChatStream:
             provider_code=provider_code,
         )
 
+    def begin(self) -> None:
+        """Send the request now, before anyone iterates (chat.early: the provider thinks
+        while the turn is saved). Only the response's head is read: its body waits in the
+        connection until the stream is iterated, so nothing of the reply is seen before."""
+        if self._opening is None:
+            self._start_clock()
+            self._opening = asyncio.get_running_loop().create_task(
+                self._open_ahead(), name="upstream-request"
+            )
+
+    async def _open_ahead(self) -> "ReadAhead":
+        return ReadAhead(await self._open())
+
+    def abandon(self) -> None:
+        """The request begun by begin() is not wanted after all: cancel it, or close the
+        response it already has. Safe to call more than once, and after iterating."""
+        task, self._opening = self._opening, None
+        if task is None:
+            return
+        task.cancel()
+        task.add_done_callback(_close_opened)
+
+    def _start_clock(self) -> None:
+        self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
+        if settings.CHAT_UPSTREAM_REPLY_DEADLINE and self._deadline == math.inf:
+            self._deadline = asyncio.get_running_loop().time() + settings.CHAT_UPSTREAM_REPLY_DEADLINE
+
     # -- response --------------------------------------------------------------
     async def __aiter__(self) -> AsyncIterator[Piece]:
-        loop = asyncio.get_running_loop()
-        self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
-        if settings.CHAT_UPSTREAM_REPLY_DEADLINE:
-            self._deadline = loop.time() + settings.CHAT_UPSTREAM_REPLY_DEADLINE
-        response = await self._open()
+        self._start_clock()
+        opening, self._opening = self._opening, None
+        response = await (opening if opening is not None else self._open())
         try:
             content_type = response.headers.get("content-type", "").lower()
             if "html" in content_type:
@@ -650,3 +677,71 @@ async def list_models(provider: Provider) -> list[str]:
         return sorted({str(item["id"]) for item in data if isinstance(item, dict) and item.get("id")})
     except (ValueError, AttributeError):
         raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None
+
+
+class ReadAhead:
+    """A response opened by ChatStream.begin(), read as its bytes arrive until someone asks
+    for them: a provider that cuts the stream before the turn is saved must not take the
+    bytes it had sent with it (the transport's error would hide what was buffered). Once
+    asked, it stops reading ahead after its current read, and hands out what it kept, then
+    the response's own reads, so a stream pays no extra step per read."""
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+        self.status, self.headers = response.status, response.headers
+        self._kept: collections.deque[bytes] = collections.deque()
+        self._error: BaseException | None = None
+        self._stop = False
+        self._reading = asyncio.get_running_loop().create_task(self._read_ahead())
+
+    async def _read_ahead(self) -> None:
+        try:
+            while not self._stop:
+                data = await self._response.chunk()
+                self._kept.append(data)
+                if not data:
+                    return
+        except Exception as exc:  # handed to the reader in its turn, after the bytes before it
+            self._error = exc
+
+    async def chunk(self) -> bytes:
+        self._stop = True
+        if not self._kept and not self._reading.done():
+            await asyncio.shield(self._reading)  # its read in progress is the next bytes
+        if self._kept:
+            # Everything kept, as one read: one piece and one frame per socket for what
+            # came while the turn was saved, not one each (hundreds of replies begun
+            # together would flood the loop with them at once).
+            data = self._kept.popleft()
+            while data and self._kept and self._kept[0]:
+                data += self._kept.popleft()
+            return data
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return await self._response.chunk()
+
+    async def read(self, limit: int | None = None) -> bytes:
+        parts, size = [], 0
+        while (limit is None or size <= limit) and (data := await self.chunk()):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+    async def close(self) -> None:
+        self._stop = True
+        await self._response.close()  # a read in progress ends with it
+
+
+def _close_opened(task: asyncio.Task) -> None:
+    """An abandoned request's outcome: a response that came anyway is closed; an error
+    is read, so it is not reported as never retrieved (no one waits for it)."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    response = task.result()
+    closing = asyncio.get_running_loop().create_task(response.close())
+    _closing.add(closing)
+    closing.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task] = set()  # tasks are weakly held; these must finish
