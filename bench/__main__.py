@@ -29,10 +29,14 @@ def log(message: str) -> None:
 
 
 DEADLINE = {"at": float("inf")}  # monotonic time after which no new measurement starts
+ONLY: set[str] = set()  # --only: the measurements to run (their result keys); empty: all
 
 
 async def step(results: dict, key: str, coro) -> None:
     """Run one measurement; a failure is recorded in the results, not fatal to the run."""
+    if ONLY and key not in ONLY:
+        coro.close()
+        return
     if time.monotonic() > DEADLINE["at"]:
         coro.close()
         results[key] = {"skipped": "the run's time budget was spent"}
@@ -206,7 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         help="how direct reads are made: a minimal HTTP/1.1 reader (default) or httpx",
     )
     parser.add_argument("--docs", action="store_true", help="rewrite docs/benchmark.md even for --quick")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated measurements to run, by their key in the results (e.g. "
+        "ttft_1,cross_process), on both paths; the docs are not rewritten",
+    )
     args = parser.parse_args(argv)
+    ONLY.update(key for key in args.only.split(",") if key)
 
     plan = Plan.make(args.quick)
     cpus = choose_cpus(not args.no_pin)
@@ -232,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         table = report.markdown(results)
         print(table)
         log(f"wrote {out.relative_to(ROOT)} in {results['duration_s']} s")
-        if not args.quick or args.docs:
+        if (not args.quick or args.docs) and not ONLY:
             report.write_docs(results, table, Path(out).relative_to(ROOT))
             log("wrote docs/benchmark.md")
     return 0
