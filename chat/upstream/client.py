@@ -162,7 +162,7 @@ class ChatStream:
         self._refusal = StorableStream()
         self._deadline = math.inf  # loop time by which the reply must have ended
         self._idle = 0.0
-        self._opening: asyncio.Task | None = None  # the request, sent ahead by begin()
+        self._opening: ReadAhead | None = None  # the request, sent ahead by begin()
 
     @property
     def response_model(self) -> str:
@@ -274,25 +274,18 @@ class ChatStream:
 
     def begin(self) -> None:
         """Send the request now, before anyone iterates (chat.early: the provider thinks
-        while the turn is saved). Only the response's head is read: its body waits in the
-        connection until the stream is iterated, so nothing of the reply is seen before."""
+        while the turn is saved). The response is read ahead into memory (ReadAhead) and
+        handed out only when the stream is iterated, so nothing of the reply is seen before."""
         if self._opening is None:
             self._start_clock()
-            self._opening = asyncio.get_running_loop().create_task(
-                self._open_ahead(), name="upstream-request"
-            )
-
-    async def _open_ahead(self) -> "ReadAhead":
-        return ReadAhead(await self._open())
+            self._opening = ReadAhead(self._open)
 
     def abandon(self) -> None:
         """The request begun by begin() is not wanted after all: cancel it, or close the
         response it already has. Safe to call more than once, and after iterating."""
-        task, self._opening = self._opening, None
-        if task is None:
-            return
-        task.cancel()
-        task.add_done_callback(_close_opened)
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.abandon()
 
     def _start_clock(self) -> None:
         self._idle = settings.CHAT_UPSTREAM_IDLE_TIMEOUT
@@ -303,7 +296,7 @@ class ChatStream:
     async def __aiter__(self) -> AsyncIterator[Piece]:
         self._start_clock()
         opening, self._opening = self._opening, None
-        response = await (opening if opening is not None else self._open())
+        response = await (opening.opened() if opening is not None else self._open())
         try:
             content_type = response.headers.get("content-type", "").lower()
             if "html" in content_type:
@@ -680,21 +673,36 @@ async def list_models(provider: Provider) -> list[str]:
 
 
 class ReadAhead:
-    """A response opened by ChatStream.begin(), read as its bytes arrive until someone asks
-    for them: a provider that cuts the stream before the turn is saved must not take the
-    bytes it had sent with it (the transport's error would hide what was buffered). Once
-    asked, it stops reading ahead after its current read, and hands out what it kept, then
-    the response's own reads, so a stream pays no extra step per read."""
+    """A request sent by ChatStream.begin(), its response read as its bytes arrive until
+    someone asks for them: a provider that cuts the stream before the turn is saved must
+    not take the bytes it had sent with it (aiohttp raises a cut connection's error before
+    handing out what it buffered). So the first read follows the response's head in the
+    same task, with no turn of the event loop between them in which the rest of the body
+    and the cut could both arrive. Once asked, it stops reading ahead after its current
+    read, and hands out what it kept, then the response's own reads, so a stream pays no
+    extra step per read."""
 
-    def __init__(self, response: Response) -> None:
-        self._response = response
-        self.status, self.headers = response.status, response.headers
+    def __init__(self, open_response) -> None:
+        loop = asyncio.get_running_loop()
+        self._response: Response | None = None
+        self._head: asyncio.Future = loop.create_future()
         self._kept: collections.deque[bytes] = collections.deque()
         self._error: BaseException | None = None
         self._stop = False
-        self._reading = asyncio.get_running_loop().create_task(self._read_ahead())
+        self._reading = loop.create_task(self._run(open_response), name="upstream-request")
 
-    async def _read_ahead(self) -> None:
+    async def _run(self, open_response) -> None:
+        try:
+            self._response = await open_response()
+        except asyncio.CancelledError:  # abandoned
+            self._head.cancel()
+            raise
+        except Exception as exc:  # the request failed: the reader's to raise, if one comes
+            self._head.set_exception(exc)
+            self._head.exception()  # marked as retrieved: an abandoned request has no reader
+            return
+        self.status, self.headers = self._response.status, self._response.headers
+        self._head.set_result(self)
         try:
             while not self._stop:
                 data = await self._response.chunk()
@@ -703,6 +711,26 @@ class ReadAhead:
                     return
         except Exception as exc:  # handed to the reader in its turn, after the bytes before it
             self._error = exc
+
+    async def opened(self) -> "ReadAhead":
+        """The response, once its head has come (or the request's error)."""
+        try:
+            return await asyncio.shield(self._head)
+        except asyncio.CancelledError:  # the reply was stopped meanwhile
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        self._stop = True
+        if not self._reading.done():
+            self._reading.cancel()
+        self._reading.add_done_callback(self._close_abandoned)
+
+    def _close_abandoned(self, _task: asyncio.Task) -> None:
+        if self._response is not None:
+            closing = asyncio.get_running_loop().create_task(self._response.close())
+            _closing.add(closing)
+            closing.add_done_callback(_closing.discard)
 
     async def chunk(self) -> bytes:
         self._stop = True
@@ -731,17 +759,6 @@ class ReadAhead:
     async def close(self) -> None:
         self._stop = True
         await self._response.close()  # a read in progress ends with it
-
-
-def _close_opened(task: asyncio.Task) -> None:
-    """An abandoned request's outcome: a response that came anyway is closed; an error
-    is read, so it is not reported as never retrieved (no one waits for it)."""
-    if task.cancelled() or task.exception() is not None:
-        return
-    response = task.result()
-    closing = asyncio.get_running_loop().create_task(response.close())
-    _closing.add(closing)
-    closing.add_done_callback(_closing.discard)
 
 
 _closing: set[asyncio.Task] = set()  # tasks are weakly held; these must finish
