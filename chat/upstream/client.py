@@ -26,7 +26,7 @@ from chat.text import StorableStream, storable
 from chat.upstream.chunks import parse_chunk
 from chat.upstream.demo import DEMO_ORIGIN
 from chat.upstream.errors import UpstreamError, redact, secrets_of
-from chat.upstream.http import Client, Response, TransportError
+from chat.upstream.http import Client, Readable, Response, TransportError
 from chat.upstream.sse import SSEDecoder
 
 log = logging.getLogger(__name__)
@@ -672,7 +672,7 @@ async def list_models(provider: Provider) -> list[str]:
         raise UpstreamError("upstream_bad_response", "The provider's model list could not be read.") from None
 
 
-class ReadAhead:
+class ReadAhead(Readable):
     """A request sent by ChatStream.begin(), its response read as its bytes arrive until
     someone asks for them: a provider that cuts the stream before the turn is saved must
     not take the bytes it had sent with it (aiohttp raises a cut connection's error before
@@ -748,13 +748,6 @@ class ReadAhead:
             error, self._error = self._error, None
             raise error
         return await self._response.chunk()
-
-    async def read(self, limit: int | None = None) -> bytes:
-        parts, size = [], 0
-        while (limit is None or size <= limit) and (data := await self.chunk()):
-            parts.append(data)
-            size += len(data)
-        return b"".join(parts)
 
     async def close(self) -> None:
         self._stop = True

@@ -88,7 +88,22 @@ def _failure(exc: Exception) -> TransportError:
     return TransportError(reason, timed_out=False)
 
 
-class Response:
+class Readable:
+    """`read()` for a body read by `chunk()` (Response here; chat.upstream.client.ReadAhead)."""
+
+    async def chunk(self) -> bytes:
+        raise NotImplementedError
+
+    async def read(self, limit: int | None = None) -> bytes:
+        """The body, or its first `limit` bytes or a little more (an error page)."""
+        parts, size = [], 0
+        while (limit is None or size <= limit) and (data := await self.chunk()):
+            parts.append(data)
+            size += len(data)
+        return b"".join(parts)
+
+
+class Response(Readable):
     """A response whose body is read as it arrives. Failures are TransportErrors."""
 
     def __init__(self, response: httpx.Response) -> None:
@@ -110,14 +125,6 @@ class Response:
             return b""
         except _FAILURES as exc:
             raise _failure(exc) from exc
-
-    async def read(self, limit: int | None = None) -> bytes:
-        """The body, or its first `limit` bytes or a little more (an error page)."""
-        parts, size = [], 0
-        while (limit is None or size <= limit) and (data := await self.chunk()):
-            parts.append(data)
-            size += len(data)
-        return b"".join(parts)
 
     async def close(self) -> None:
         """Done with it: a body read to its end leaves its connection in the pool; one

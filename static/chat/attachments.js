@@ -3,7 +3,7 @@
 // docs/protocol.md) and shows as a chip in the composer: its name and size, the upload's
 // progress, then its token cost and the server's note, or the server's reason for refusing
 // it. Send takes the ids of the uploaded ones (composer.js); Remove deletes an unsent upload.
-import { formatSize } from "./messages.js";
+import { chipRemoveButton, formatSize } from "./messages.js";
 import { $, csrfToken, focusComposer } from "./page.js";
 
 const input = $("attach-input");
@@ -52,13 +52,7 @@ function drawChip(file) {
   error.dataset.testid = "attachment-error";
   error.hidden = true;
   text.append(name, meta, progress, note, error);
-  const remove = document.createElement("button");
-  remove.type = "button";
-  remove.className = "attachment-chip-remove";
-  remove.dataset.testid = "attachment-remove";
-  remove.setAttribute("aria-label", `Remove ${file.name}`);
-  remove.title = "Remove";
-  remove.textContent = "✕";
+  const remove = chipRemoveButton(file.name, "attachment-remove");
   el.append(text, remove);
   return el;
 }

@@ -45,13 +45,7 @@ function keptFiles(files, input) {
     size.className = "attachment-chip-meta";
     size.textContent = M.formatSize(file.size);
     words.append(name, size);
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "attachment-chip-remove";
-    remove.dataset.testid = "edit-file-remove";
-    remove.setAttribute("aria-label", `Remove ${file.name}`);
-    remove.title = "Remove";
-    remove.textContent = "✕";
+    const remove = M.chipRemoveButton(file.name, "edit-file-remove");
     remove.addEventListener("click", () => {
       files.splice(files.indexOf(file), 1);
       chip.remove();

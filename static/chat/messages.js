@@ -44,6 +44,18 @@ export function formatSize(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+/** The ✕ of a file chip (the composer's and the editor's), labelled with the file's name. */
+export function chipRemoveButton(fileName, testid) {
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "attachment-chip-remove";
+  remove.dataset.testid = testid;
+  remove.setAttribute("aria-label", `Remove ${fileName}`);
+  remove.title = "Remove";
+  remove.textContent = "✕";
+  return remove;
+}
+
 /**
  * A message's files, as the server describes them ({id, name, size, kind, content_type, url,
  * tokens}): images as thumbnails that open the image, other files as chips that download it.
