@@ -338,6 +338,25 @@ _streaming_counts: contextvars.ContextVar[dict[int, int] | None] = contextvars.C
 )
 
 
+# A batch's conversations as _fresh reads them, read in one query at the batch's start
+# (begin_many): conversation id -> its row, or None if it was deleted. Each is taken out
+# when used, so a second call for the conversation reads it again.
+_read_ahead: contextvars.ContextVar[dict[int, tuple | None] | None] = contextvars.ContextVar(
+    "read_ahead", default=None
+)
+
+
+def _read_conversations(ids: set[int]) -> dict[int, tuple | None]:
+    """_fresh's rows of several conversations in one query (None: deleted)."""
+    read: dict[int, tuple | None] = dict.fromkeys(ids)
+    sql = _sql("conversations").format(", ".join(["%s"] * len(ids)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, list(ids))
+        for row in cursor.fetchall():
+            read[row[0]] = row
+    return read
+
+
 def lock_conversation(conversation_id: int) -> None:
     """Where transactions do not take the write lock at their start (PostgreSQL), lock the
     conversation's row, so a regeneration and a version switch (chat.versions) in two
@@ -355,16 +374,23 @@ def _lock_users(user_ids) -> None:
         return
     if not connection.features.has_select_for_update:
         return
-    users = get_user_model().objects.filter(pk__in=set(user_ids)).order_by("pk").select_for_update()
-    list(users.values_list("pk", flat=True))
+    ids = sorted(set(user_ids))
+    # A statement built once, not a queryset: compiling the ORM's SELECT ... FOR UPDATE
+    # was a large part of a lone send's Python work on the database thread.
+    with connection.cursor() as cursor:
+        cursor.execute(_sql("lock_users").format(", ".join(["%s"] * len(ids))), ids)
 
 
 def _fresh(conversation: Conversation) -> Conversation:
     """The socket loaded the conversation when it opened; the model or system prompt may
     have been changed since (settings dialog, another tab)."""
-    with connection.cursor() as cursor:
-        cursor.execute(_sql("conversation"), [conversation.pk])
-        row = cursor.fetchone()
+    read = _read_ahead.get()
+    if read is not None and conversation.pk in read:
+        row = read.pop(conversation.pk)
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_sql("conversation"), [conversation.pk])
+            row = cursor.fetchone()
     if row is None:
         raise Conversation.DoesNotExist(f"Conversation {conversation.pk} was deleted.")
     return Conversation(id=row[0], user_id=row[1], model=row[2], system_prompt=row[3])
@@ -466,21 +492,20 @@ def begin_turn(
         prompt, prompt_tokens, trimmed = _prompt(
             conversation, history, target, reply_total["tokens_before"], system_count, attached
         )
-        (user_id,) = _insert(Message, [user])
+        # An edit's kept files are the edited message's rows (attachments.for_edit): if
+        # another message is edited now (a send from another tab since), none is kept.
+        kept = [a for a in attached if a.pk in kept_ids]
+        if any(a.message_id != replaced for a in kept):
+            raise attachments.UnknownAttachment
+        reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=None)
+        user_id, reply_id = _insert_turn(user, reply)
         carried = attached
         if attached:
-            # An edit's kept files are the edited message's rows (attachments.for_edit): if
-            # another message is edited now (a send from another tab since), none is kept.
-            kept = [a for a in attached if a.pk in kept_ids]
-            if any(a.message_id != replaced for a in kept):
-                raise attachments.UnknownAttachment
             added = [a for a in attached if a.pk not in kept_ids]
             if added:
                 attachments.attach(added, user_id, conversation.user_id)
             copies = iter(attachments.carry(kept, user_id) if kept else ())
             carried = [next(copies) if a.pk in kept_ids else a for a in attached]
-        reply = _placeholder(conversation, target, prompt_tokens, now, reply_total, parent=user_id)
-        (reply_id,) = _insert(Message, [reply])
         return prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried, rows
 
     prompt, prompt_tokens, trimmed, user_id, reply_id, replaced, carried, rows = _claim(
@@ -643,9 +668,12 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
     live = list(live_ids)
     results = []
     counting = _streaming_counts.set({})
+    reading = _read_ahead.set(None)
     try:
         with transaction.atomic():
             _lock_users(conversation.user_id for _, conversation, *_ in calls)
+            if len(calls) > 1:  # one query for the batch's conversations, not one each
+                _read_ahead.set(_read_conversations({conversation.pk for _, conversation, *_ in calls}))
             for begin, *args in calls:
                 try:
                     turn = begin(*args, live)
@@ -655,6 +683,7 @@ def begin_many(calls: list[tuple], live_ids) -> list[tuple[bool, object]]:
                     live.append(turn.reply_id)
                     results.append((True, turn))
     finally:
+        _read_ahead.reset(reading)
         _streaming_counts.reset(counting)
     return results
 
@@ -849,10 +878,18 @@ def _statements(vendor: str) -> dict[str, str]:
         f"AND NOT ({m('role')} = %s AND {m('content')} = %s)"
     )
     c = functools.partial(column, Conversation)
+    user, u_id = quote(get_user_model()._meta.db_table), quote(get_user_model()._meta.pk.column)
     return {
         "conversation": (
             f"SELECT {c('id')}, {c('user')}, {c('model')}, {c('system_prompt')} FROM {conversation} "
             f"WHERE {c('id')} = %s"
+        ),
+        "lock_users": (  # str.format's {} takes the placeholders, one per id
+            f"SELECT {u_id} FROM {user} WHERE {u_id} IN ({{}}) ORDER BY {u_id} FOR UPDATE"
+        ),
+        "conversations": (  # str.format's {} takes the placeholders, one per id
+            f"SELECT {c('id')}, {c('user')}, {c('model')}, {c('system_prompt')} FROM {conversation} "
+            f"WHERE {c('id')} IN ({{}})"
         ),
         "history": f"{history} ORDER BY {m('id')}",
         # The replies streaming now, site-wide, through the message_lease index (status,
@@ -931,10 +968,53 @@ def _plain_or(prepare):
 def _insert(model, rows: list[dict]) -> list[int]:
     """Insert rows given as {attname: value} (other fields take their defaults) in one
     statement, built once per model and row count; returns the new ids in row order
-    (SQLite and PostgreSQL both return them, and assign them in that order). Values are
-    made ready as get_db_prep_save would, without its chain of calls for every field of
-    every row, which was a third of a send's Python work."""
+    (SQLite and PostgreSQL both return them, and assign them in that order)."""
     sql, _ = _insert_sql(connection.vendor, model, len(rows))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, _insert_params(model, rows))
+        return sorted(row[0] for row in cursor.fetchall())  # rows come back in no promised order
+
+
+@functools.cache
+def _turn_sql(vendor: str) -> str:
+    """The user's message and its reply in one statement, the reply's parent taken from the
+    message's RETURNING (a data-modifying WITH: PostgreSQL's, not SQLite's). The reply is
+    selected FROM the message's row, so its id is drawn after the message's: a child comes
+    after its parent in id order, which the branch reads rely on."""
+    sql, fields = _insert_sql(vendor, Message, 1)
+    head = sql.split(" VALUES ", 1)[0]
+    parent = [f.attname for f in fields].index("parent_id")
+    pk = connection.ops.quote_name(Message._meta.pk.column)
+    values = ["%s"] * len(fields)
+    values[parent] = f"asked.{pk}"
+    return (
+        f"WITH asked AS ({sql}) {head} SELECT {', '.join(values)} FROM asked "
+        f"RETURNING {pk}, {connection.ops.quote_name(fields[parent].column)}"
+    )
+
+
+def _insert_turn(user: dict, reply: dict) -> tuple[int, int]:
+    """Insert the user's message and the reply that answers it (`reply`'s parent_id is set
+    to the message's new id); their ids. On PostgreSQL in one statement: a round trip
+    less for every send."""
+    if connection.vendor != "postgresql":
+        (user_id,) = _insert(Message, [user])
+        (reply_id,) = _insert(Message, [{**reply, "parent_id": user_id}])
+        return user_id, reply_id
+    _, fields = _insert_sql(connection.vendor, Message, 1)
+    parent = [f.attname for f in fields].index("parent_id")
+    reply_params = _insert_params(Message, [reply])
+    del reply_params[parent]
+    with connection.cursor() as cursor:
+        cursor.execute(_turn_sql(connection.vendor), [*_insert_params(Message, [user]), *reply_params])
+        reply_id, user_id = cursor.fetchone()
+    return user_id, reply_id
+
+
+def _insert_params(model, rows: list[dict]) -> list:
+    """The parameters of _insert_sql for rows given as {attname: value}. Values are made
+    ready as get_db_prep_save would, without its chain of calls for every field of every
+    row, which was a third of a send's Python work."""
     defaults, positions, per_row = _columns(connection.vendor, model)
     params = []
     for row in rows:
@@ -946,9 +1026,7 @@ def _insert(model, rows: list[dict]) -> list[int]:
             index, ready = positions[attname]
             values[index] = ready(value)
         params += values
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return sorted(row[0] for row in cursor.fetchall())  # rows come back in no promised order
+    return params
 
 
 def titled_by(content: str, attached) -> str:

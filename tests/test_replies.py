@@ -68,6 +68,31 @@ def test_sends_saved_together_fail_alone_and_a_reply_begun_in_the_batch_is_live(
     assert other.messages.count() == 2
 
 
+def test_a_batch_reads_each_conversation_as_it_is_now(conversation):
+    """The batch's conversations are read in one query (replies._read_ahead): one deleted
+    since its socket opened is refused alone, one whose model changed is answered by the
+    new model, and the message and reply of each go to their own conversation."""
+    changed = Conversation.objects.create(user=conversation.user, model="gpt-4o")
+    gone = Conversation.objects.create(user=conversation.user)
+    Conversation.objects.filter(pk=changed.pk).update(model="gpt-4o-mini")  # the socket's copy is stale
+    Conversation.objects.filter(pk=gone.pk).delete()
+    results = replies.begin_many(
+        [
+            (replies.begin_turn, conversation, "Here"),
+            (replies.begin_turn, gone, "Lost"),
+            (replies.begin_turn, changed, "There"),
+        ],
+        live_ids=[],
+    )
+    assert [saved for saved, _ in results] == [True, False, True]
+    assert isinstance(results[1][1], Conversation.DoesNotExist)
+    assert results[2][1].model == "gpt-4o-mini"
+    for chat, text in ((conversation, "Here"), (changed, "There")):
+        question, reply = chat.messages.order_by("id")
+        assert (question.content, reply.parent_id, reply.status) == (text, question.pk, "streaming")
+    assert not Message.objects.filter(content="Lost").exists()
+
+
 def final(content: str, target, **extra) -> dict:
     """A finished reply's fields, as chat.generation passes them to replies.finish_many."""
     return {"usage": None, **extra} | dict(

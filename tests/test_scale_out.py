@@ -91,8 +91,11 @@ async def test_a_reply_streamed_on_one_process_is_seen_live_on_the_other(
         done = frames[-1]
         assert (done["type"], done["status"], done["message_id"]) == ("done", "finished", start["message_id"])
     assert len([f for f in remote if f["type"] == "done"]) == 1
-    reply = site.messages(conversation_id)[-1]
+    question, reply = site.messages(conversation_id)[-2:]
     assert (reply["content"], reply["status"], reply["lease_until"]) == (full, "finished", None)
+    # Saved in one statement on PostgreSQL (chat.replies._insert_turn): the reply answers
+    # the message and comes after it, as the branch reads (id order) expect.
+    assert (question["content"], reply["parent_id"]) == ("Count", question["id"])
 
 
 async def test_stop_from_the_other_process_cancels_the_reply(
