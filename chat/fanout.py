@@ -48,7 +48,9 @@ class _State:
     """This process's side, per event loop (tests run several loops, one after another)."""
 
     def __init__(self) -> None:
-        self.inbox = f"{get_channel_layer().prefix}:fanout:{cluster.PROCESS_ID}:{uuid.uuid4().hex}"
+        self.inbox = (
+            f"{getattr(get_channel_layer(), 'prefix', 'asgi')}:fanout:{cluster.PROCESS_ID}:{uuid.uuid4().hex}"
+        )
         self.listening = asyncio.Event()  # the inbox is subscribed: frames published now arrive
         self.reader: asyncio.Task | None = None
         self.sockets: dict[str, object] = {}  # channel name -> this process's socket
