@@ -9,7 +9,8 @@ opened (issue #15). Here the pool is a ``BlockingConnectionPool``: at most
 ``max_connections`` connections, and a command that finds none free waits its turn (up to
 ``pool_timeout`` seconds, then ``PoolExhausted``, which names the setting to raise). A
 Redis command takes a fraction of a millisecond, so a few dozen connections carry a storm
-of hundreds of tabs; one of them is held by the worker's blocking receive (BZPOPMIN).
+of hundreds of tabs; one of them is held by the worker's blocking receive (BZPOPMIN),
+and one by its fan-out inbox's subscription (chat.fanout).
 
 Only the ``address`` form of a host is used by chatsite/settings.py; the others (sentinel,
 host/port dicts) fall back to channels_redis's own pools.

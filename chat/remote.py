@@ -84,12 +84,15 @@ class RemoteTabs:
             elif kind == "chat.stop":
                 self.reply.stop()
 
-    def collect(self, outbox: dict[str, list[dict]]) -> bool:
+    def collect(self, outbox: dict[str, list[dict]], waiting: set[str] = frozenset()) -> bool:
         """Put the frames other processes' tabs have not had yet in `outbox` (per inbox): a
-        resume for a tab that just attached, else one delta of all it missed since the
-        last round; then, once the reply is over, its end. True when that end is in."""
+        resume for a tab that just attached (or missed a message), else one delta of all it
+        missed since the last round; then, once the reply is over, its end. Tabs behind the
+        inboxes in `waiting` (nobody read them lately) wait. True when that end is in."""
         reply = self.reply
         for channel in list(self.pending):
+            if self.target[channel] in waiting:
+                continue
             self.pending.discard(channel)
             self.sent[channel] = reply.seq
             for text in reply.resume_frames():
@@ -106,6 +109,12 @@ class RemoteTabs:
             for channel in self.sent:
                 outbox[self.target[channel]].append(self._item(channel, text, final=True))
         return True
+
+    def missed(self, target: str) -> None:
+        """Nobody read the last message to that inbox: its tabs get a fresh resume instead."""
+        for channel in [c for c in self.sent if self.target[c] == target]:
+            del self.sent[channel]
+            self.pending.add(channel)
 
     def _item(self, channel: str, text: str, final: bool = False) -> dict:
         return {"channel": channel, "frame": text, "final": final, "message_id": self.reply.reply_id}

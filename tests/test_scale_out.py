@@ -143,6 +143,43 @@ async def test_send_on_the_other_process_while_a_reply_streams_is_busy(
     ]
 
 
+def close_inboxes(redis_url: str) -> int:
+    """Close this run's Redis pub/sub connections (the fan-out inboxes), as a Redis restart or
+    a dropped connection would; how many there were."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        db = client.connection_pool.connection_kwargs.get("db", 0)
+        ours = [c for c in client.client_list(_type="pubsub") if int(c["db"]) == db]
+        for connection in ours:
+            client.client_kill_filter(_id=connection["id"])
+        return len(ours)
+    finally:
+        client.close()
+
+
+async def test_a_tab_on_the_other_process_misses_nothing_when_its_inbox_loses_redis(
+    site, upstream, servers, conversation_id, cookie, redis_url
+):
+    """Frames published while the other process's inbox reconnects reach nobody: the owner
+    sees that and sends its tab a fresh resume, so the reply still shows whole and in order."""
+    a, b = servers
+    pieces = [f"tok{i} " for i in range(60)]
+    upstream.queue(Reply(body=sse(*chat_chunks(pieces)), delay=0.03))
+    async with a.socket(conversation_id, cookie) as on_a, b.socket(conversation_id, cookie) as on_b:
+        await on_a.send({"type": "send", "content": "Count"})
+        await on_b.until_text("tok0 tok1 tok2 ")
+        assert close_inboxes(redis_url) == 1  # process B's: A has no tab elsewhere to follow
+        missed_at = on_b.seq
+        frames = await on_b.frames_until("done")
+        await on_a.frames_until("done")
+    full = "".join(pieces)
+    assert_exact(on_b.frames, full)
+    assert [f["seq"] for f in frames if f["type"] == "resume" and f["seq"] > missed_at]  # caught up whole
+    assert frames[-1]["status"] == "finished" and len([f for f in on_b.frames if f["type"] == "done"]) == 1
+
+
 async def test_a_killed_process_leaves_its_reply_interrupted_for_the_other(
     site, upstream, servers, conversation_id, cookie
 ):
