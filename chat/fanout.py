@@ -42,6 +42,12 @@ DEAF_RETRY = 0.2  # seconds between resumes offered to a process whose inbox had
 DEAF_LIMIT = 10.0  # seconds without a reader before that process's tabs are forgotten
 SUBSCRIBE_WAIT = 5.0  # seconds an attach waits for this process's inbox to listen
 RECONNECT_DELAY = 0.1  # seconds before the inbox subscribes again after losing Redis
+# A quiet inbox asks Redis whether it is still there this often, and gives up on a connection
+# that has not answered in PONG_WAIT: a connection that died silently (no reset from the
+# network) would otherwise be read for ever, and the layer's connections time out a read
+# after 15 s (chatsite/settings.py), which would drop a merely idle inbox.
+QUIET = 5.0
+PONG_WAIT = 5.0
 
 
 class _State:
@@ -108,8 +114,13 @@ async def _read(state: _State) -> None:
             await pubsub.subscribe(state.inbox)
             state.listening.set()
             while True:
-                message = await pubsub.get_message(timeout=None)
-                if message is not None:
+                message = await pubsub.get_message(timeout=QUIET)
+                if message is None:
+                    await pubsub.ping()
+                    message = await pubsub.get_message(timeout=PONG_WAIT)
+                    if message is None:
+                        raise ConnectionError("Redis did not answer the fan-out inbox's ping")
+                if message["type"] == "message":
                     await _deliver(state, message["data"])
         except asyncio.CancelledError:
             raise
