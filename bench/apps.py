@@ -29,6 +29,10 @@ def _shape(sql: str) -> str:
     return shape[:300]
 
 
+# A data-modifying WITH (PostgreSQL's one-statement turn, chat.replies._insert_turn) writes too.
+_WRITES = re.compile(r"\b(INSERT|UPDATE|DELETE)\b")
+
+
 def _counter(execute, sql, params, many, context):
     verb = sql.lstrip()[:6].upper()
     try:
@@ -39,7 +43,7 @@ def _counter(execute, sql, params, many, context):
                 _counts["error: database is locked"] += 1
         raise
     finally:
-        if verb in ("INSERT", "UPDATE", "DELETE"):
+        if verb in ("INSERT", "UPDATE", "DELETE") or (verb.startswith("WITH") and _WRITES.search(sql)):
             # An executemany runs the statement once per parameter set: each is a write.
             runs = len(params) if many and hasattr(params, "__len__") else 1
             with _lock:

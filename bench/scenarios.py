@@ -437,8 +437,8 @@ def classify(counts_before: dict, counts_after: dict) -> dict[str, int]:
             continue
         if shape.startswith("error:"):
             kind = "database is locked"
-        elif shape.startswith("INSERT") and "chat_message" in shape:
-            kind = "insert messages"
+        elif shape.startswith(("INSERT", "WITH")) and 'INSERT INTO "chat_message"' in shape:
+            kind = "insert messages"  # a WITH inserts the user's message and its reply in one
         elif shape.startswith("UPDATE") and "chat_conversation" in shape:
             kind = "update conversation"
         elif shape.startswith("UPDATE") and "chat_message" in shape:
